@@ -1,0 +1,15 @@
+"""zarrec: record every optimizer step of neural-network training into Zarr, analyse it with xarray."""
+
+from zarrec.errors import ConfigError, RecordError, StoreExistsError, WriterError, ZarrecError
+from zarrec.recorder import Recorder
+
+__all__ = ["ConfigError", "RecordError", "Recorder", "StoreExistsError", "WriterError", "ZarrecError", "ZarrecCallback"]
+
+
+def __getattr__(name: str):
+    # transformers is heavy to import; load the callback only when asked for.
+    if name == "ZarrecCallback":
+        from zarrec.callback import ZarrecCallback
+
+        return ZarrecCallback
+    raise AttributeError(f"module 'zarrec' has no attribute {name!r}")

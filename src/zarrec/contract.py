@@ -1,0 +1,91 @@
+"""The store contract: names, dimensions, descriptions and defaults of a zarrec store.
+
+Everything that reads or writes a store imports its names from here, so the
+layout documented in the README has exactly one definition in the code.
+
+Layout of a store (Zarr v3 group)::
+
+    step        (step,)              int64    the optimizer step of each row
+    token, dim  (token,), (dim,)     int64    index coordinates
+    live, char, count  (token,)               corpus statistics per token
+    embeddings, grads, momentum, variance  (step, token, dim)  float32
+    logits      (step, token)        float32
+    loss, lr    (step,)              float32
+
+Every array is chunked along ``step`` in blocks of ``chunk_steps`` rows and whole
+along its other dimensions, and compressed with Blosc zstd + bit-shuffle.
+"""
+
+from __future__ import annotations
+
+from zarr.codecs import BloscCodec
+
+STEP = "step"
+TOKEN = "token"
+DIM = "dim"
+
+# Data variables of the default (embedding) recording, with their non-step dims.
+EMBEDDINGS = "embeddings"
+GRADS = "grads"
+MOMENTUM = "momentum"
+VARIANCE = "variance"
+LOGITS = "logits"
+LOSS = "loss"
+LR = "lr"
+
+VARIABLE_DIMS: dict[str, tuple[str, ...]] = {
+    EMBEDDINGS: (TOKEN, DIM),
+    GRADS: (TOKEN, DIM),
+    MOMENTUM: (TOKEN, DIM),
+    VARIANCE: (TOKEN, DIM),
+    LOGITS: (TOKEN,),
+    LOSS: (),
+    LR: (),
+}
+
+DESCRIPTIONS: dict[str, str] = {
+    EMBEDDINGS: "input-embedding matrix after optimizer step t (step 0: initial matrix)",
+    GRADS: "gradient used by optimizer step t, after accumulation and clipping",
+    MOMENTUM: "AdamW exp_avg (first moment) after step t",
+    VARIANCE: "AdamW exp_avg_sq (second moment) after step t",
+    LOGITS: "logits of step t's batch at sequence 0, last position",
+    LOSS: "mean training loss of step t's batch",
+    LR: "learning rate used by optimizer step t",
+    STEP: "optimizer step (the Trainer's global_step after the step)",
+    TOKEN: "token id",
+    DIM: "embedding dimension",
+}
+
+# Coordinates along `token` describing the corpus.
+LIVE = "live"
+CHAR = "char"
+COUNT = "count"
+TOKEN_COORDS = (LIVE, CHAR, COUNT)
+
+TOKEN_COORD_DESCRIPTIONS: dict[str, str] = {
+    LIVE: "the token occurs in the training corpus",
+    CHAR: "printable label of the token's byte",
+    COUNT: "occurrences of the token in the training corpus",
+}
+
+# Array attributes.
+SOURCE_DTYPE_ATTR = "source_dtype"  # the dtype the values had before being stored as float32
+STORED_DTYPE = "float32"
+
+# Group attribute naming the library that wrote the store.
+FORMAT_ATTR = "zarrec_format"
+FORMAT_VERSION = 1
+
+DEFAULT_CHUNK_STEPS = 64
+
+
+def default_compressor() -> BloscCodec:
+    """Blosc zstd level 3 with bit-shuffle: a standard Zarr v3 codec any reader has."""
+    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=4)
+
+
+def dims_of(name: str, ndim: int) -> tuple[str, ...]:
+    """Non-step dimension names of a variable: the contract's, or ``<name>_dim<i>``."""
+    if name in VARIABLE_DIMS and len(VARIABLE_DIMS[name]) == ndim:
+        return VARIABLE_DIMS[name]
+    return tuple(f"{name}_dim{i}" for i in range(ndim))

@@ -1,0 +1,26 @@
+"""Every error zarrec raises on purpose.
+
+One hierarchy, rooted at :class:`ZarrecError`, so a caller (and the CLI) can catch
+everything zarrec reports with a single ``except``. Each message names the problem
+and the fix; the CLI prints it as one line and exits with status 2.
+"""
+
+
+class ZarrecError(Exception):
+    """Base class of every error zarrec raises on purpose."""
+
+
+class ConfigError(ZarrecError, ValueError):
+    """An argument, a file or a configuration that zarrec cannot use as given."""
+
+
+class StoreExistsError(ConfigError):
+    """The output store already exists and overwriting was not asked for."""
+
+
+class RecordError(ZarrecError, ValueError):
+    """A call to ``Recorder.record`` that does not fit the recording so far."""
+
+
+class WriterError(ZarrecError, RuntimeError):
+    """The background writer failed to write to the store; the cause is chained."""

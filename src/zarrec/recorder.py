@@ -1,0 +1,243 @@
+"""The framework-free recorder: ``record(step, **tensors)`` into step-chunked Zarr arrays.
+
+On the training thread a step costs one copy per tensor into a preallocated
+host staging buffer (non-blocking from a CUDA device, into pinned memory). When a
+buffer holds ``chunk_steps`` steps it goes to the background
+:class:`~zarrec.writer.ChunkWriter`; the training thread continues in the next
+free buffer, and waits only if all ``buffers`` are still being written
+(back-pressure, so memory stays bounded).
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from zarrec import contract
+from zarrec.errors import RecordError, WriterError
+from zarrec.store import RunStore, StoreLike
+from zarrec.writer import Chunk, ChunkWriter
+
+Value = torch.Tensor | np.ndarray | float | int
+
+
+class _Staging:
+    """Host memory for one chunk: ``chunk_steps`` rows of every variable, NaN where unrecorded."""
+
+    def __init__(self, chunk_steps: int, shapes: Mapping[str, tuple[int, ...]], pinned: bool) -> None:
+        self.steps = np.full(chunk_steps, -1, dtype=np.int64)
+        self.tensors = {
+            name: torch.empty((chunk_steps, *shape), dtype=torch.float32, pin_memory=pinned)
+            for name, shape in shapes.items()
+        }
+        self.rows = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.rows = 0
+        for tensor in self.tensors.values():
+            tensor.fill_(float("nan"))
+
+
+def _dtype_name(value: Value) -> str:
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return str(value.dtype).removeprefix("torch.")
+    return type(value).__name__
+
+
+def _shape_of(value: Value) -> tuple[int, ...]:
+    return tuple(value.shape) if isinstance(value, (torch.Tensor, np.ndarray)) else ()
+
+
+class Recorder:
+    """Streams named tensors, one row per training step, into a new Zarr v3 store.
+
+    The first :meth:`record` call fixes the variables and their shapes; later calls
+    may pass any subset of them (the rest are stored as NaN for that step). Values
+    are stored as float32 exactly as given: NaN and Inf included. The store opens
+    with ``xr.open_zarr(out)``.
+
+    Args:
+        out: path, fsspec URL or Zarr store to create.
+        chunk_steps: steps per chunk along ``step``; also how many steps a crash can lose.
+        dims: non-step dimension names per variable; defaults come from
+            :data:`zarrec.contract.VARIABLE_DIMS`, else ``<name>_dim<i>``.
+        coords: static coordinates, ``{name: (dim, values)}``, e.g. ``{"live": ("token", mask)}``.
+        attrs: run attributes (hyperparameters) stored on the group.
+        compressor: a Zarr v3 bytes-to-bytes codec; default Blosc zstd-3 + bit-shuffle.
+        buffers: staging chunks in host memory (one filling, the rest being written).
+        overwrite: replace an existing store at ``out``.
+
+    Use it as a context manager, or call :meth:`close` to write the last partial chunk.
+    """
+
+    def __init__(
+        self,
+        out: StoreLike,
+        *,
+        chunk_steps: int = contract.DEFAULT_CHUNK_STEPS,
+        dims: Mapping[str, tuple[str, ...]] | None = None,
+        coords: Mapping[str, tuple[str, Any]] | None = None,
+        attrs: Mapping[str, Any] | None = None,
+        compressor: Any = None,
+        buffers: int = 3,
+        overwrite: bool = False,
+    ) -> None:
+        if chunk_steps < 1:
+            raise RecordError(f"chunk_steps must be at least 1, got {chunk_steps}")
+        if buffers < 2:
+            raise RecordError(f"buffers must be at least 2 (one filling, one writing), got {buffers}")
+        self.chunk_steps = chunk_steps
+        self._dims = dict(dims or {})
+        self._compressor = compressor or contract.default_compressor()
+        self._buffer_count = buffers
+        self._store = RunStore.create(out, chunk_steps=chunk_steps, overwrite=overwrite)
+        self._store.update_attrs(attrs or {})
+        for name, (dim, values) in (coords or {}).items():
+            self._store.write_coordinate(name, dim, np.asarray(values), contract.TOKEN_COORD_DESCRIPTIONS.get(name, ""))
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._free: queue.Queue[_Staging] = queue.Queue()
+        self._current: _Staging | None = None
+        self._writer: ChunkWriter | None = None
+        self._uses_cuda = False
+        self._last_step: int | None = None
+        self._closed = False
+
+    @property
+    def store_name(self) -> str:
+        return self._store.name
+
+    @property
+    def last_step(self) -> int | None:
+        """The last step passed to :meth:`record`, or None."""
+        return self._last_step
+
+    def record(self, step: int, **values: Value) -> None:
+        """Stage the values of one step; cheap, never writes on the calling thread.
+
+        Raises :class:`~zarrec.errors.WriterError` if the background writer has failed,
+        :class:`~zarrec.errors.RecordError` for a step or value that does not fit.
+        """
+        self._raise_if_failed()
+        if self._closed:
+            raise RecordError(f"the recorder for {self.store_name} is closed; create a new Recorder to record more")
+        if not values:
+            raise RecordError("record() needs at least one named value, e.g. record(step, loss=loss)")
+        if self._last_step is not None and step <= self._last_step:
+            raise RecordError(
+                f"step {step} is not after the last recorded step {self._last_step}; steps must increase"
+            )
+        if not self._shapes:
+            self._start(values)
+        for name, value in values.items():
+            self._check(step, name, value)
+        staging = self._current or self._take_free_buffer()
+        row = staging.rows
+        for name, value in values.items():
+            self._copy_into(staging.tensors[name][row], value)
+        staging.steps[row] = step
+        staging.rows = row + 1
+        self._last_step = step
+        if staging.rows == self.chunk_steps:
+            self._submit()
+
+    def flush(self) -> None:
+        """Hand the partial chunk to the writer now (it is written in the background)."""
+        self._raise_if_failed()
+        if self._current is not None and self._current.rows:
+            self._submit()
+
+    def close(self) -> None:
+        """Write every staged step, stop the writer, and raise any writer error."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            if self._current is not None and self._current.rows:
+                self._submit()
+            self._writer.close()
+        self._raise_if_failed()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _start(self, values: Mapping[str, Value]) -> None:
+        """Create one array per variable from the first step's values, and the writer."""
+        for name, value in values.items():
+            if not isinstance(value, (torch.Tensor, np.ndarray, float, int)):
+                raise RecordError(f"{name} is a {type(value).__name__}; record tensors, arrays or numbers")
+            shape = _shape_of(value)
+            dims = self._dims.get(name) or contract.dims_of(name, len(shape))
+            if len(dims) != len(shape):
+                raise RecordError(f"{name} has shape {shape} but dims {dims}; give one dim name per axis")
+            attrs = {contract.SOURCE_DTYPE_ATTR: _dtype_name(value)}
+            if name in contract.DESCRIPTIONS:
+                attrs["description"] = contract.DESCRIPTIONS[name]
+            self._store.create_variable(name, shape, dims, self.chunk_steps, attrs, self._compressor)
+            self._shapes[name] = shape
+        self._store.link_coordinates(list(self._shapes))
+        self._uses_cuda = any(isinstance(v, torch.Tensor) and v.is_cuda for v in values.values())
+        for _ in range(self._buffer_count):
+            self._free.put(_Staging(self.chunk_steps, self._shapes, pinned=self._uses_cuda))
+        self._writer = ChunkWriter(self._store)
+
+    def _check(self, step: int, name: str, value: Value) -> None:
+        if name not in self._shapes:
+            raise RecordError(f"{name!r} was not in the first record() call; this recording has {sorted(self._shapes)}")
+        if _shape_of(value) != self._shapes[name]:
+            raise RecordError(
+                f"{name} has shape {_shape_of(value)} at step {step}, expected {self._shapes[name]} as in the first step"
+            )
+
+    @staticmethod
+    def _copy_into(target: torch.Tensor, value: Value) -> None:
+        if isinstance(value, torch.Tensor):
+            target.copy_(value.detach(), non_blocking=value.is_cuda)
+        elif isinstance(value, np.ndarray):
+            target.copy_(torch.from_numpy(value))
+        else:
+            target.fill_(value)
+
+    def _take_free_buffer(self) -> _Staging:
+        self._current = self._free.get()  # blocks while every buffer is being written
+        self._raise_if_failed()
+        return self._current
+
+    def _submit(self) -> None:
+        staging, self._current = self._current, None
+        assert staging is not None and self._writer is not None
+        rows = staging.rows
+        wait = _cuda_wait() if self._uses_cuda else (lambda: None)
+        chunk = Chunk(
+            steps=staging.steps[:rows].copy(),
+            values={name: tensor[:rows].numpy() for name, tensor in staging.tensors.items()},
+            wait_until_ready=wait,
+            release=lambda: self._release(staging),
+        )
+        self._writer.submit(chunk)
+
+    def _release(self, staging: _Staging) -> None:
+        staging.reset()
+        self._free.put(staging)
+
+    def _raise_if_failed(self) -> None:
+        if self._writer is not None and self._writer.error is not None:
+            cause = self._writer.error
+            raise WriterError(
+                f"writing to {self.store_name} failed ({type(cause).__name__}: {cause}); "
+                f"steps up to the last complete chunk are in the store; fix the cause and record again"
+            ) from cause
+
+
+def _cuda_wait():
+    """Record an event after this chunk's non-blocking copies; the writer thread waits on it."""
+    event = torch.cuda.Event()
+    event.record()
+    return event.synchronize

@@ -1,0 +1,161 @@
+"""Creating a zarrec store and appending whole step-chunks to it.
+
+The store is a Zarr v3 group laid out as :mod:`zarrec.contract` describes. Each
+append writes the data arrays first, then the ``step`` coordinate, then the
+consolidated metadata: a reader that opens the store through its consolidated
+metadata (as ``xr.open_zarr`` does) sees only steps whose data is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.errors import ContainsArrayError, ContainsGroupError
+
+from zarrec import contract
+from zarrec.errors import ConfigError, StoreExistsError
+
+StoreLike = str | os.PathLike | zarr.abc.store.Store
+
+
+def describe(out: StoreLike) -> str:
+    """A store's name for messages: its path or URL."""
+    return os.fspath(out) if isinstance(out, (str, os.PathLike)) else repr(out)
+
+
+def _consolidate(group: zarr.Group) -> None:
+    # zarr-python warns that consolidated metadata is not (yet) in the v3 spec; we
+    # write it anyway because xarray reads it, and readers without it still work
+    # from the per-array metadata.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
+        zarr.consolidate_metadata(group.store, path=group.path)
+
+
+def _exists_message(name: str) -> str:
+    return f"{name} already exists; pass --overwrite (overwrite=True) to replace it, or choose another output path"
+
+
+def ensure_new(out: StoreLike, *, overwrite: bool = False) -> None:
+    """Refuse a local ``out`` that is a file, a non-empty non-Zarr directory, or a store unless ``overwrite``."""
+    if isinstance(out, (str, os.PathLike)) and "://" not in os.fspath(out):
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{describe(out)} exists and is not a directory; choose another output path")
+        if path.is_dir() and any(path.iterdir()):
+            if not (path / "zarr.json").exists():
+                raise ConfigError(
+                    f"{describe(out)} is a non-empty directory but not a Zarr store; "
+                    "zarrec never deletes it: choose another output path"
+                )
+            if not overwrite:
+                raise StoreExistsError(_exists_message(describe(out)))
+
+
+class RunStore:
+    """A zarrec store open for writing: static coordinates, attributes and step-chunked variables."""
+
+    def __init__(self, group: zarr.Group, name: str) -> None:
+        self.group = group
+        self.name = name
+        self.rows = 0
+
+    @classmethod
+    def create(cls, out: StoreLike, *, chunk_steps: int = contract.DEFAULT_CHUNK_STEPS, overwrite: bool = False) -> RunStore:
+        """Create an empty store at ``out`` (a path, an fsspec URL or a zarr Store); see :func:`ensure_new`."""
+        ensure_new(out, overwrite=overwrite)
+        try:
+            group = zarr.open_group(out, mode="w" if overwrite else "w-", zarr_format=3)
+        except (ContainsGroupError, ContainsArrayError, FileExistsError) as exc:
+            raise StoreExistsError(_exists_message(describe(out))) from exc
+        group.attrs[contract.FORMAT_ATTR] = contract.FORMAT_VERSION
+        store = cls(group, describe(out))
+        store.create_step_coordinate(chunk_steps)
+        return store
+
+    def update_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Add run attributes (hyperparameters, versions) to the group."""
+        self.group.attrs.update(dict(attrs))
+
+    def create_step_coordinate(self, chunk_steps: int) -> None:
+        self.group.create_array(
+            contract.STEP,
+            shape=(0,),
+            chunks=(chunk_steps,),
+            dtype="int64",
+            fill_value=-1,
+            compressors=contract.default_compressor(),
+            dimension_names=(contract.STEP,),
+            attributes={"description": contract.DESCRIPTIONS[contract.STEP]},
+        )
+
+    def write_coordinate(self, name: str, dim: str, values: np.ndarray, description: str = "") -> None:
+        """Write a static coordinate along one non-step dimension (e.g. ``live`` along ``token``)."""
+        values = np.asarray(values)
+        if values.dtype.kind in "OU":
+            array = self.group.create_array(name, shape=values.shape, dtype=str, dimension_names=(dim,))
+            array[:] = values.astype(object)
+        else:
+            array = self.group.create_array(name, data=values, dimension_names=(dim,))
+        if description:
+            array.attrs["description"] = description
+
+    def create_variable(
+        self,
+        name: str,
+        item_shape: tuple[int, ...],
+        dims: tuple[str, ...],
+        chunk_steps: int,
+        attrs: Mapping[str, Any],
+        compressor: Any,
+    ) -> None:
+        """Create an empty float32 array ``(step, *dims)`` chunked by ``chunk_steps`` along step."""
+        if name in self.group:
+            raise ConfigError(f"{self.name} already has an array named {name!r}; choose another variable name")
+        for dim, size in zip(dims, item_shape):
+            if dim not in self.group:
+                self.write_coordinate(dim, dim, np.arange(size, dtype="int64"), contract.DESCRIPTIONS.get(dim, ""))
+        self.group.create_array(
+            name,
+            shape=(0, *item_shape),
+            chunks=(chunk_steps, *item_shape),
+            dtype=contract.STORED_DTYPE,
+            fill_value=np.nan,
+            compressors=compressor,
+            dimension_names=(contract.STEP, *dims),
+            attributes=dict(attrs),
+        )
+
+    def link_coordinates(self, variables: list[str]) -> None:
+        """Name each variable's non-index coordinates in its ``coordinates`` attribute (xarray reads it)."""
+        coords_by_dim: dict[str, list[str]] = {}
+        for name, array in self.group.arrays():
+            (dim, *rest) = array.metadata.dimension_names or ("",)
+            if not rest and name != dim and dim != contract.STEP and name not in variables:
+                coords_by_dim.setdefault(dim, []).append(name)
+        for variable in variables:
+            array = self.group[variable]
+            names = [c for dim in array.metadata.dimension_names for c in coords_by_dim.get(dim, [])]
+            if names:
+                array.attrs["coordinates"] = " ".join(sorted(names))
+        _consolidate(self.group)
+
+    def append(self, steps: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
+        """Append rows: data arrays first, then ``step``, then consolidated metadata (the commit)."""
+        n = len(steps)
+        start, stop = self.rows, self.rows + n
+        for name, block in values.items():
+            array = self.group[name]
+            array.resize((stop, *array.shape[1:]))
+            array[start:stop] = block
+        step_array = self.group[contract.STEP]
+        step_array.resize((stop,))
+        step_array[start:stop] = steps
+        _consolidate(self.group)
+        self.rows = stop

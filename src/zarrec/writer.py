@@ -1,0 +1,62 @@
+"""The background thread that compresses and writes whole step-chunks.
+
+It knows nothing of what is recorded: it receives :class:`Chunk` objects (rows of
+numpy arrays plus their step labels), writes them in order through
+:meth:`zarrec.store.RunStore.append`, and hands each chunk back through its
+``release`` callback whether the write succeeded or not, so the producer never
+waits forever on a writer that has failed. The first failure is kept in
+:attr:`ChunkWriter.error` for the producer to raise in its own thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from zarrec.store import RunStore
+
+
+@dataclass
+class Chunk:
+    """Rows ready to be written: ``values[name][i]`` belongs to step ``steps[i]``."""
+
+    steps: np.ndarray
+    values: dict[str, np.ndarray]
+    wait_until_ready: Callable[[], None] = lambda: None  # e.g. synchronise an accelerator copy
+    release: Callable[[], None] = lambda: None  # hands the staging memory back to the producer
+
+
+class ChunkWriter:
+    """Writes :class:`Chunk` objects to a :class:`RunStore` from one daemon thread, in order."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        self.error: BaseException | None = None
+        # Unbounded: the producer bounds memory by the number of staging buffers it owns.
+        self._queue: queue.Queue[Chunk | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=f"zarrec-writer[{store.name}]", daemon=True)
+        self._thread.start()
+
+    def submit(self, chunk: Chunk) -> None:
+        """Queue a chunk for writing; returns at once."""
+        self._queue.put(chunk)
+
+    def close(self) -> None:
+        """Write everything queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            try:
+                if self.error is None:
+                    chunk.wait_until_ready()
+                    self.store.append(chunk.steps, chunk.values)
+            except BaseException as exc:  # kept for the producer thread, which raises it
+                self.error = exc
+            finally:
+                chunk.release()
