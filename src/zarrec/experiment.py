@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +24,9 @@ from zarrec.corpus import ByteDataset, Corpus, load_corpus
 from zarrec.errors import ConfigError
 from zarrec.store import StoreLike, ensure_new
 from zarrec.summary import StoreSummary, summarize
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 INITS = ("f32_to_bf16", "pure_bf16")
@@ -101,9 +106,11 @@ def build_model(config: TrainConfig):
         tie_word_embeddings=True,
         bos_token_id=None,  # GPT-2's 50256 lies outside a byte vocabulary
         eos_token_id=None,
-        loss_type="ForCausalLM",
     )
     model = GPT2LMHeadModel(model_config).to(DTYPES[config.dtype])
+    # transformers cannot infer the loss type from the class name "GPT2LMHeadModel"; without it
+    # the Trainer counts unshifted labels and scales every loss by (context - 1) / context.
+    model.loss_type = "ForCausalLM"
     with torch.no_grad():
         model.get_input_embeddings().weight.copy_(initial_embeddings(config))
     return model
@@ -139,8 +146,18 @@ def experiment_attributes(config: TrainConfig, corpus: Corpus, device: str) -> d
     }
 
 
-def train(config: TrainConfig, out: StoreLike, *, overwrite: bool = False, progress: bool = True) -> StoreSummary:
-    """Train the reference model, recording every ``config.every``-th step into ``out``."""
+def train(
+    config: TrainConfig,
+    out: StoreLike,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> StoreSummary:
+    """Train the reference model, recording every ``config.every``-th step into ``out``.
+
+    ``callbacks`` run after the recorder's, on the same events.
+    """
     from transformers import Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
 
@@ -183,7 +200,7 @@ def train(config: TrainConfig, out: StoreLike, *, overwrite: bool = False, progr
             use_cpu=device == "cpu",
             disable_tqdm=not progress,
         )
-        trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback])
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback, *callbacks])
         try:
             trainer.train()
         finally:

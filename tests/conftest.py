@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny corpora, tiny configurations and one recorded float32 run."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from zarrec.experiment import TrainConfig, train
+
+# ~100 bytes: with context 16 and batch 4 an epoch is 22 steps, so short runs cross epoch boundaries.
+SMALL_TEXT = "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs! 0123456789\n"
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "small.txt"
+    path.write_text(SMALL_TEXT, encoding="ascii")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_config(small_corpus) -> TrainConfig:
+    """A float32 model small enough to train dozens of steps in a second or two."""
+    return TrainConfig(
+        n_embd=16, n_layer=1, n_head=2, context=16, batch_size=4, steps=30, dtype="float32",
+        device="cpu", corpus=str(small_corpus), chunk_steps=8,
+    )
+
+
+class LiveTensors(TrainerCallback):
+    """Clones, at every optimizer step, the same live tensors the recorder reads (for bitwise checks)."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.embeddings: list[torch.Tensor] = []
+        self.grads: list[torch.Tensor] = []
+        self.momentum: list[torch.Tensor] = []
+        self.variance: list[torch.Tensor] = []
+        self.lr: list[float] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads.append(model.get_input_embeddings().weight.grad.detach().clone())
+
+    def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        weight = model.get_input_embeddings().weight
+        moments = optimizer.optimizer.state[weight]
+        self.steps.append(state.global_step + 1)
+        self.embeddings.append(weight.detach().clone())
+        self.momentum.append(moments["exp_avg"].clone())
+        self.variance.append(moments["exp_avg_sq"].clone())
+        self.lr.append(next(g["lr"] for g in optimizer.param_groups if any(p is weight for p in g["params"])))
+
+
+@dataclasses.dataclass
+class RecordedRun:
+    path: Path
+    config: TrainConfig
+    live: LiveTensors
+
+
+def record_run(path: Path, config: TrainConfig) -> RecordedRun:
+    live = LiveTensors()
+    train(config, path, progress=False, callbacks=[live])
+    return RecordedRun(path, config, live)
+
+
+@pytest.fixture(scope="session")
+def float32_run(tmp_path_factory, tiny_config) -> RecordedRun:
+    """30 float32 steps over an epoch boundary, with clipping active on every step (max_grad_norm 0.05)."""
+    config = dataclasses.replace(tiny_config, max_grad_norm=0.05)
+    return record_run(tmp_path_factory.mktemp("runs") / "float32.zarr", config)

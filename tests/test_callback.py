@@ -1,0 +1,146 @@
+"""The HF callback writes the store contract, with values bitwise equal to the live tensors."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from conftest import record_run
+from zarrec import contract
+
+
+@pytest.fixture(scope="module")
+def ds(float32_run) -> xr.Dataset:
+    return xr.open_zarr(float32_run.path)
+
+
+def test_store_opens_without_warnings(float32_run):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        xr.open_zarr(float32_run.path).load()
+
+
+def test_store_contract(ds, float32_run):
+    config = float32_run.config
+    shapes = {"token": config.vocab_size, "dim": config.n_embd}
+    for name in (contract.EMBEDDINGS, contract.GRADS, contract.MOMENTUM, contract.VARIANCE):
+        assert ds[name].dims == ("step", "token", "dim")
+        assert ds[name].dtype == np.float32
+    assert ds[contract.LOGITS].dims == ("step", "token")
+    assert ds[contract.LOSS].dims == ("step",)
+    assert ds[contract.LR].dims == ("step",)
+    assert dict(ds.sizes) == {"step": config.steps + 1, **shapes}
+    assert ds.step.dtype == np.int64
+    np.testing.assert_array_equal(ds.step, np.arange(config.steps + 1))
+    np.testing.assert_array_equal(ds.token, np.arange(config.vocab_size))
+    np.testing.assert_array_equal(ds.dim, np.arange(config.n_embd))
+    assert set(ds.coords) == {"step", "token", "dim", "live", "char", "count"}
+    assert ds.live.dtype == bool and ds["count"].dtype == np.int64
+    assert ds.char.values[ord("a")] == "a" and ds.char.values[10] == "\\n"
+    np.testing.assert_array_equal(ds.live, ds["count"] > 0)
+    assert int(ds["count"].sum()) == ds.attrs["corpus_tokens"]
+    for key in ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+                "batch_size", "steps", "init_sigma", "init_method", "seed", "dtype", "device", "model_config",
+                "corpus_name", "corpus_sha256", "versions"):
+        assert key in ds.attrs, key
+    assert ds.attrs["max_grad_norm"] == 0.05 and ds.attrs["steps"] == config.steps
+    assert ds.embeddings.attrs["source_dtype"] == "float32"
+
+
+def test_step_zero_is_the_initial_state(ds, float32_run):
+    from zarrec.experiment import initial_embeddings
+
+    np.testing.assert_array_equal(ds.embeddings[0], initial_embeddings(float32_run.config).numpy())
+    assert (ds.momentum[0] == 0).all() and (ds.variance[0] == 0).all()
+    for name in ("grads", "logits", "loss", "lr"):
+        assert ds[name][0].isnull().all(), name
+    for name in ("grads", "logits", "loss", "lr"):
+        assert ds[name][1:].notnull().all(), name
+
+
+def test_values_bitwise_equal_to_live_tensors(ds, float32_run):
+    live = float32_run.live
+    assert live.steps == list(range(1, float32_run.config.steps + 1))
+    for name in ("embeddings", "grads", "momentum", "variance"):
+        expected = torch.stack(getattr(live, name)).float().numpy()
+        np.testing.assert_array_equal(ds[name][1:].values, expected, err_msg=name)
+    np.testing.assert_array_equal(ds.lr[1:].values, np.float32(live.lr))
+
+
+def test_steps_are_global_steps_across_epoch_boundaries(ds, float32_run):
+    from zarrec.corpus import ByteDataset, load_corpus
+
+    config = float32_run.config
+    steps_per_epoch = -(-len(ByteDataset(load_corpus(config.corpus), config.context)) // config.batch_size)
+    assert steps_per_epoch < config.steps  # the run crosses an epoch boundary
+    np.testing.assert_array_equal(ds.step, np.arange(config.steps + 1))
+    # every step, including the ones either side of the boundary, moved the embeddings
+    moved = np.abs(ds.embeddings.diff("step")).max(["token", "dim"])
+    assert (moved > 0).all()
+
+
+def test_lr_follows_the_linear_schedule(ds, float32_run):
+    config = float32_run.config
+    t = np.arange(1, config.steps + 1)
+    expected = config.learning_rate * (1 - (t - 1) / config.steps)
+    np.testing.assert_allclose(ds.lr[1:], expected, rtol=1e-6)
+
+
+def test_adamw_identity_holds_to_float32_precision(ds):
+    """W[t] = W[t-1]·(1 − lr·wd) − lr·m̂/(√v̂ + eps), with m̂, v̂ bias-corrected for step t."""
+    a = ds.attrs
+    t = ds.step.values[1:, None, None]
+    W = ds.embeddings.values
+    m_hat = ds.momentum.values[1:] / (1 - a["adam_beta1"] ** t)
+    v_hat = ds.variance.values[1:] / (1 - a["adam_beta2"] ** t)
+    lr = ds.lr.values[1:, None, None]
+    predicted = W[:-1] * (1 - lr * a["weight_decay"]) - lr * m_hat / (np.sqrt(v_hat) + a["adam_epsilon"])
+    assert np.abs(W[1:] - predicted).max() <= 4e-7 * np.abs(W).max()
+
+
+def test_moment_recursions_prove_grads_are_after_clipping(ds):
+    """momentum[t] = β1·m[t−1] + (1−β1)·g[t]; variance[t] = β2·v[t−1] + (1−β2)·g[t]²."""
+    a = ds.attrs
+    g = ds.grads.values[1:]
+    m, m_prev = ds.momentum.values[1:], ds.momentum.values[:-1]
+    v, v_prev = ds.variance.values[1:], ds.variance.values[:-1]
+    np.testing.assert_allclose(m, a["adam_beta1"] * m_prev + (1 - a["adam_beta1"]) * g, rtol=1e-5, atol=1e-6 * np.abs(m).max())
+    np.testing.assert_allclose(v, a["adam_beta2"] * v_prev + (1 - a["adam_beta2"]) * g**2, rtol=1e-5, atol=1e-6 * np.abs(v).max())
+    # clipping was active: the embedding gradient is part of the clipped total norm
+    grad_norms = np.sqrt((g.astype(np.float64) ** 2).sum(axis=(1, 2)))
+    assert (grad_norms <= a["max_grad_norm"] * (1 + 1e-5)).all()
+
+
+def test_loss_and_logits_come_from_the_training_batch(ds):
+    assert ds.loss[1:].notnull().all() and (ds.loss[1:] > 0).all()
+    # untrained near-identical embeddings: the first loss is close to ln(V)
+    assert abs(float(ds.loss[1]) - np.log(ds.sizes["token"])) < 0.1
+    assert ds.logits[1:].notnull().all()
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_config):
+    """2 accumulated batches of 4 give the loss and gradient of one batch of 8, labelled by optimizer step."""
+    config = dataclasses.replace(tiny_config, steps=6)
+    big = record_run(tmp_path / "big.zarr", dataclasses.replace(config, batch_size=8))
+    accumulated = record_run(tmp_path / "acc.zarr", dataclasses.replace(config, batch_size=4, gradient_accumulation=2))
+    one, two = xr.open_zarr(big.path).load(), xr.open_zarr(accumulated.path).load()
+    np.testing.assert_array_equal(two.step, np.arange(7))
+    assert accumulated.live.steps == list(range(1, 7))
+    np.testing.assert_allclose(two.loss[1:], one.loss[1:], rtol=1e-5)
+    np.testing.assert_allclose(two.grads[1], one.grads[1], rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(two.embeddings, one.embeddings, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(two.grads[1:].values, torch.stack(accumulated.live.grads).numpy())
+
+
+def test_every_n_records_only_those_steps(tmp_path, tiny_config):
+    run = record_run(tmp_path / "every.zarr", dataclasses.replace(tiny_config, steps=10, every=3))
+    ds = xr.open_zarr(run.path)
+    np.testing.assert_array_equal(ds.step, [0, 3, 6, 9])
+    recorded = [run.live.steps.index(s) for s in (3, 6, 9)]
+    expected = torch.stack([run.live.grads[i] for i in recorded]).numpy()
+    np.testing.assert_array_equal(ds.grads[1:].values, expected)
