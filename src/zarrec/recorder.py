@@ -145,11 +145,14 @@ class Recorder:
         if staging.rows == self.chunk_steps:
             self._submit()
 
-    def flush(self) -> None:
-        """Hand the partial chunk to the writer now (it is written in the background)."""
+    def flush(self, wait: bool = False) -> None:
+        """Hand the partial chunk to the writer now; with ``wait``, return once it is on disk."""
         self._raise_if_failed()
         if self._current is not None and self._current.rows:
             self._submit()
+        if wait and self._writer is not None:
+            self._writer.wait()
+            self._raise_if_failed()
 
     def close(self) -> None:
         """Write every staged step, stop the writer, and raise any writer error."""

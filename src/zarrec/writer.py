@@ -45,6 +45,10 @@ class ChunkWriter:
         """Queue a chunk for writing; returns at once."""
         self._queue.put(chunk)
 
+    def wait(self) -> None:
+        """Block until every chunk submitted so far is written (or has failed)."""
+        self._queue.join()
+
     def close(self) -> None:
         """Write everything queued, then stop the thread."""
         self._queue.put(None)
@@ -60,3 +64,4 @@ class ChunkWriter:
                 self.error = exc
             finally:
                 chunk.release()
+                self._queue.task_done()

@@ -1,0 +1,65 @@
+"""RunStore: refusing to clobber, the commit order of an append, coordinates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from zarrec import ConfigError, StoreExistsError, contract
+from zarrec.store import RunStore, ensure_new
+
+
+def test_existing_store_is_refused_unless_overwrite(tmp_path):
+    RunStore.create(tmp_path / "run.zarr")
+    with pytest.raises(StoreExistsError, match="already exists; pass --overwrite"):
+        RunStore.create(tmp_path / "run.zarr")
+    RunStore.create(tmp_path / "run.zarr", overwrite=True)
+
+
+def test_never_deletes_a_directory_that_is_not_a_store(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("data")
+    with pytest.raises(ConfigError, match="not a Zarr store; zarrec never deletes it"):
+        ensure_new(folder, overwrite=True)
+    assert (folder / "precious.txt").read_text() == "data"
+
+
+def test_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is not a directory"):
+        ensure_new(tmp_path / "file")
+
+
+def test_empty_directory_is_accepted(tmp_path):
+    (tmp_path / "empty").mkdir()
+    RunStore.create(tmp_path / "empty")
+
+
+def test_append_commits_data_then_step_then_metadata(tmp_path):
+    store = RunStore.create(tmp_path / "run.zarr", chunk_steps=4)
+    store.create_variable("x", (2,), ("dim",), 4, {}, contract.default_compressor())
+    store.link_coordinates(["x"])
+    store.append(np.array([0, 1, 2]), {"x": np.ones((3, 2), np.float32)})
+    store.append(np.array([5]), {"x": np.zeros((1, 2), np.float32)})
+    group = zarr.open_group(tmp_path / "run.zarr", mode="r")
+    assert group["x"].shape == (4, 2) and group[contract.STEP][:].tolist() == [0, 1, 2, 5]
+    ds = xr.open_zarr(tmp_path / "run.zarr")  # consolidated metadata is up to date
+    assert ds.sizes == {"step": 4, "dim": 2}
+
+
+def test_codec_is_standard_blosc_zstd_bitshuffle(tmp_path):
+    store = RunStore.create(tmp_path / "run.zarr")
+    store.create_variable("x", (2,), ("dim",), 8, {}, contract.default_compressor())
+    codecs = zarr.open_array(tmp_path / "run.zarr" / "x").metadata.to_dict()["codecs"]
+    blosc = next(codec for codec in codecs if codec["name"] == "blosc")
+    assert blosc["configuration"]["cname"] == "zstd" and blosc["configuration"]["shuffle"] == "bitshuffle"
+
+
+def test_a_variable_name_cannot_be_used_twice(tmp_path):
+    store = RunStore.create(tmp_path / "run.zarr")
+    store.create_variable("x", (2,), ("dim",), 8, {}, contract.default_compressor())
+    with pytest.raises(ConfigError, match="already has an array named 'x'"):
+        store.create_variable("x", (2,), ("dim",), 8, {}, contract.default_compressor())

@@ -1,0 +1,44 @@
+"""ChunkWriter: order, waiting, and a failure that never blocks the producer."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from zarrec import contract
+from zarrec.store import RunStore
+from zarrec.writer import Chunk, ChunkWriter
+
+
+def make_store(path) -> RunStore:
+    store = RunStore.create(path, chunk_steps=2)
+    store.create_variable("x", (), (), 2, {}, contract.default_compressor())
+    return store
+
+
+def test_chunks_are_written_in_order_and_released(tmp_path):
+    store = make_store(tmp_path / "run.zarr")
+    writer = ChunkWriter(store)
+    released = []
+    for start in (0, 2, 4):
+        steps = np.arange(start, start + 2)
+        writer.submit(Chunk(steps, {"x": steps.astype(np.float32)}, release=lambda s=start: released.append(s)))
+    writer.wait()
+    assert released == [0, 2, 4] and store.rows == 6
+    writer.close()
+    assert writer.error is None
+    np.testing.assert_array_equal(store.group["x"][:], np.arange(6))
+
+
+def test_after_a_failure_chunks_are_released_but_not_written(tmp_path):
+    store = make_store(tmp_path / "run.zarr")
+    writer = ChunkWriter(store)
+    released = []
+
+    def fail():
+        raise OSError("device went away")
+
+    writer.submit(Chunk(np.array([0]), {"x": np.zeros(1, np.float32)}, wait_until_ready=fail, release=lambda: released.append(0)))
+    writer.submit(Chunk(np.array([1]), {"x": np.zeros(1, np.float32)}, release=lambda: released.append(1)))
+    writer.close()
+    assert isinstance(writer.error, OSError)
+    assert released == [0, 1] and store.rows == 0
