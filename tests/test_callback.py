@@ -144,3 +144,36 @@ def test_every_n_records_only_those_steps(tmp_path, tiny_config):
     recorded = [run.live.steps.index(s) for s in (3, 6, 9)]
     expected = torch.stack([run.live.grads[i] for i in recorded]).numpy()
     np.testing.assert_array_equal(ds.grads[1:].values, expected)
+
+
+def _trainer(tmp_path, config, callback, **arguments):
+    from transformers import Trainer, TrainingArguments
+
+    from zarrec.corpus import ByteDataset, load_corpus
+    from zarrec.experiment import build_model
+
+    args = TrainingArguments(output_dir=str(tmp_path / "trainer"), max_steps=3, per_device_train_batch_size=4,
+                             report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, **arguments)
+    dataset = ByteDataset(load_corpus(config.corpus), config.context)
+    return Trainer(model=build_model(config), args=args, train_dataset=dataset, callbacks=[callback])
+
+
+def test_plain_trainer_with_sgd_records_without_adam_moments(tmp_path, tiny_config):
+    from zarrec import ZarrecCallback
+
+    _trainer(tmp_path, tiny_config, ZarrecCallback(tmp_path / "sgd.zarr"), optim="sgd").train()
+    ds = xr.open_zarr(tmp_path / "sgd.zarr")
+    assert set(ds.data_vars) == {"embeddings", "grads", "logits", "loss", "lr"}
+    np.testing.assert_array_equal(ds.step, [0, 1, 2, 3])
+    # plain SGD with weight decay 0: W[t] = W[t-1] - lr[t]·g[t]
+    W, g, lr = ds.embeddings.values, ds.grads.values, ds.lr.values
+    np.testing.assert_allclose(W[1:], W[:-1] - lr[1:, None, None] * g[1:], atol=1e-7)
+
+
+def test_a_frozen_embedding_is_a_clear_error(tmp_path, tiny_config):
+    from zarrec import ConfigError, ZarrecCallback
+
+    trainer = _trainer(tmp_path, tiny_config, ZarrecCallback(tmp_path / "frozen.zarr"))
+    trainer.model.get_input_embeddings().weight.requires_grad_(False)
+    with pytest.raises(ConfigError, match="not trained by the optimizer"):
+        trainer.train()

@@ -63,3 +63,12 @@ def test_a_variable_name_cannot_be_used_twice(tmp_path):
     store.create_variable("x", (2,), ("dim",), 8, {}, contract.default_compressor())
     with pytest.raises(ConfigError, match="already has an array named 'x'"):
         store.create_variable("x", (2,), ("dim",), 8, {}, contract.default_compressor())
+
+
+def test_a_dimension_keeps_one_size(tmp_path):
+    store = RunStore.create(tmp_path / "run.zarr")
+    store.write_coordinate("live", "token", np.ones(4, bool))
+    with pytest.raises(ConfigError, match="has 3 entries along 'token', but 'token' already has 4"):
+        store.create_variable("w", (3, 2), ("token", "dim"), 8, {}, contract.default_compressor())
+    store.create_variable("w", (4, 2), ("token", "dim"), 8, {}, contract.default_compressor())
+    assert store.dim_sizes() == {"token": 4, "dim": 2}

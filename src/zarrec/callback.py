@@ -95,7 +95,12 @@ class ZarrecCallback(TrainerCallback):
             return  # every other event returns at once while self.recorder is None
         self._weight = model.get_input_embeddings().weight
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
-        self._group = next(g for g in inner.param_groups if any(p is self._weight for p in g["params"]))
+        self._group = next((g for g in inner.param_groups if any(p is self._weight for p in g["params"])), None)
+        if self._group is None:
+            raise ConfigError(
+                "the model's input-embedding matrix is not trained by the optimizer; "
+                "unfreeze it (requires_grad=True) or record with zarrec.Recorder directly"
+            )
         self._optimizer_state = inner.state
         self._records_moments = "betas" in self._group  # Adam-family: exp_avg and exp_avg_sq exist
         self._hook = model.register_forward_hook(self._capture_forward, with_kwargs=True)

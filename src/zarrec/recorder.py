@@ -173,14 +173,17 @@ class Recorder:
 
     def _start(self, values: Mapping[str, Value]) -> None:
         """Create one array per variable from the first step's values, and the writer."""
-        for name, value in values.items():
+        layout = {}
+        for name, value in values.items():  # validate everything before creating anything
             if not isinstance(value, (torch.Tensor, np.ndarray, float, int)):
                 raise RecordError(f"{name} is a {type(value).__name__}; record tensors, arrays or numbers")
             shape = _shape_of(value)
             dims = self._dims.get(name) or contract.dims_of(name, len(shape))
             if len(dims) != len(shape):
                 raise RecordError(f"{name} has shape {shape} but dims {dims}; give one dim name per axis")
-            attrs = {contract.SOURCE_DTYPE_ATTR: _dtype_name(value)}
+            layout[name] = (shape, dims, _dtype_name(value))
+        for name, (shape, dims, source_dtype) in layout.items():
+            attrs = {contract.SOURCE_DTYPE_ATTR: source_dtype}
             if name in contract.DESCRIPTIONS:
                 attrs["description"] = contract.DESCRIPTIONS[name]
             self._store.create_variable(name, shape, dims, self.chunk_steps, attrs, self._compressor)

@@ -118,7 +118,13 @@ class RunStore:
         """Create an empty float32 array ``(step, *dims)`` chunked by ``chunk_steps`` along step."""
         if name in self.group:
             raise ConfigError(f"{self.name} already has an array named {name!r}; choose another variable name")
+        sizes = self.dim_sizes()
         for dim, size in zip(dims, item_shape):
+            if sizes.get(dim, size) != size:
+                raise ConfigError(
+                    f"{name} has {size} entries along {dim!r}, but {dim!r} already has {sizes[dim]}; "
+                    f"give {name} its own dims (Recorder(dims={{{name!r}: (...)}}))"
+                )
             if dim not in self.group:
                 self.write_coordinate(dim, dim, np.arange(size, dtype="int64"), contract.DESCRIPTIONS.get(dim, ""))
         self.group.create_array(
@@ -131,6 +137,15 @@ class RunStore:
             dimension_names=(contract.STEP, *dims),
             attributes=dict(attrs),
         )
+
+    def dim_sizes(self) -> dict[str, int]:
+        """Size of every named dimension in the store so far (``step`` excluded)."""
+        return {
+            dim: size
+            for _, array in self.group.arrays()
+            for dim, size in zip(array.metadata.dimension_names or (), array.shape)
+            if dim != contract.STEP
+        }
 
     def link_coordinates(self, variables: list[str]) -> None:
         """Name each variable's non-index coordinates in its ``coordinates`` attribute (xarray reads it)."""
