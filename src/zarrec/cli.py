@@ -6,6 +6,7 @@ Every :class:`~zarrec.errors.ZarrecError` is printed as one line and exits with 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 
@@ -44,19 +45,8 @@ def _train_parser(subparsers) -> None:
 def _train(args: argparse.Namespace) -> None:
     from zarrec.experiment import TrainConfig, train
 
-    config = TrainConfig(
-        steps=args.steps,
-        device=args.device,
-        dtype=args.dtype,
-        init=args.init,
-        every=args.every,
-        chunk_steps=args.chunk_steps,
-        batch_size=args.batch_size,
-        gradient_accumulation=args.gradient_accumulation,
-        context=args.context,
-        seed=args.seed,
-        corpus=args.corpus,
-    )
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{name: value for name, value in vars(args).items() if name in fields})
     summary = train(config, args.out, overwrite=args.overwrite, progress=not args.quiet)
     print("\n".join(summary.lines()))
 
