@@ -73,3 +73,31 @@ def float32_run(tmp_path_factory, tiny_config) -> RecordedRun:
     """30 float32 steps over an epoch boundary, with clipping active on every step (max_grad_norm 0.05)."""
     config = dataclasses.replace(tiny_config, max_grad_norm=0.05)
     return record_run(tmp_path_factory.mktemp("runs") / "float32.zarr", config)
+
+
+def synthetic_dataset(steps=(0, 1, 2, 3, 4, 5, 6), tokens: int = 6, dims: int = 4, seed: int = 0):
+    """A small run in the store contract's layout, with random values and known hyperparameters."""
+    import numpy as np
+    import xarray as xr
+
+    rng = np.random.default_rng(seed)
+    shape = (len(steps), tokens, dims)
+    lr = np.linspace(1e-3, 5e-4, len(steps))
+    lr[0] = np.nan
+    live = np.arange(tokens) % 3 != 2
+    three = ("step", "token", "dim")
+    return xr.Dataset(
+        {
+            "embeddings": (three, rng.normal(size=shape).astype(np.float32)),
+            "grads": (three, rng.normal(size=shape).astype(np.float32)),
+            "momentum": (three, rng.normal(scale=0.1, size=shape).astype(np.float32)),
+            "variance": (three, rng.uniform(1e-4, 1e-2, size=shape).astype(np.float32)),
+            "logits": (("step", "token"), rng.normal(size=shape[:2]).astype(np.float32)),
+            "loss": ("step", rng.uniform(1, 5, size=len(steps)).astype(np.float32)),
+            "lr": ("step", lr.astype(np.float32)),
+        },
+        coords={"step": np.array(steps, dtype=np.int64), "token": np.arange(tokens), "dim": np.arange(dims),
+                "live": ("token", live), "char": ("token", [chr(97 + i) for i in range(tokens)]),
+                "count": ("token", live.astype(np.int64) * 10)},
+        attrs={"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "weight_decay": 0.01},
+    ).chunk({"step": 3})

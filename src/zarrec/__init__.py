@@ -1,5 +1,6 @@
 """zarrec: record every optimizer step of neural-network training into Zarr, analyse it with xarray."""
 
+from zarrec import accessor as _accessor  # noqa: F401  (registers ds.zarrec)
 from zarrec.errors import ConfigError, RecordError, StoreExistsError, WriterError, ZarrecError
 from zarrec.recorder import Recorder
 

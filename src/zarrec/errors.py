@@ -24,3 +24,7 @@ class RecordError(ZarrecError, ValueError):
 
 class WriterError(ZarrecError, RuntimeError):
     """The background writer failed to write to the store; the cause is chained."""
+
+
+class MissingDependencyError(ZarrecError, ImportError):
+    """An optional dependency (such as matplotlib) is needed for what was asked."""

@@ -1,0 +1,90 @@
+"""``ds.zarrec``: the analysis of :mod:`zarrec.analysis` and the figures of :mod:`zarrec.plots`, as methods.
+
+A thin facade: every method forwards to the plain function of the same name, whose
+docstring states the formula. Registered when ``zarrec`` is imported::
+
+    import xarray as xr, zarrec
+    ds = xr.open_zarr("run.zarr")
+    ds.zarrec.speed().sel(token=ord("e")).plot()
+    ds.zarrec.plot.loss()
+"""
+
+from __future__ import annotations
+
+import xarray as xr
+
+from zarrec import analysis, plots
+
+
+@xr.register_dataset_accessor("zarrec")
+class ZarrecAccessor:
+    """Analysis of a zarrec run; see :mod:`zarrec.analysis` for each formula."""
+
+    def __init__(self, ds: xr.Dataset) -> None:
+        self._ds = ds
+
+    def live(self) -> xr.Dataset:
+        return analysis.live(self._ds)
+
+    def dead(self) -> xr.Dataset:
+        return analysis.dead(self._ds)
+
+    def velocity(self) -> xr.DataArray:
+        return analysis.velocity(self._ds)
+
+    def speed(self) -> xr.DataArray:
+        return analysis.speed(self._ds)
+
+    def centroid(self, split: bool = False) -> xr.DataArray:
+        return analysis.centroid(self._ds, split)
+
+    def spread(self, split: bool = False) -> xr.DataArray:
+        return analysis.spread(self._ds, split)
+
+    def norms(self, split: bool = False) -> xr.DataArray:
+        return analysis.norms(self._ds, split)
+
+    def adam_update(self) -> xr.Dataset:
+        return analysis.adam_update(self._ds)
+
+    def update_residual(self) -> xr.DataArray:
+        return analysis.update_residual(self._ds)
+
+    def realized_fraction(self) -> xr.Dataset:
+        return analysis.realized_fraction(self._ds)
+
+    def force_decomposition(self) -> xr.Dataset:
+        return analysis.force_decomposition(self._ds)
+
+    def logit_stats(self) -> xr.Dataset:
+        return analysis.logit_stats(self._ds)
+
+    def pca(self, n: int = 2) -> xr.Dataset:
+        return analysis.pca(self._ds, n)
+
+    @property
+    def plot(self) -> PlotAccessor:
+        """The figures of :mod:`zarrec.plots`, each returning a matplotlib Figure."""
+        return PlotAccessor(self._ds)
+
+
+class PlotAccessor:
+    """``ds.zarrec.plot.<name>()``: one matplotlib Figure per question."""
+
+    def __init__(self, ds: xr.Dataset) -> None:
+        self._ds = ds
+
+    def loss(self):
+        return plots.loss(self._ds)
+
+    def trajectories(self):
+        return plots.trajectories(self._ds)
+
+    def norms(self):
+        return plots.norms(self._ds)
+
+    def logits(self):
+        return plots.logits(self._ds)
+
+    def realized_fraction(self):
+        return plots.realized_fraction(self._ds)

@@ -1,0 +1,215 @@
+"""Each analysis function against a hand-computed numpy reference, and on a real recorded run."""
+
+from __future__ import annotations
+
+import shutil
+
+import dask.array
+import numpy as np
+import pytest
+import xarray as xr
+
+import zarrec  # noqa: F401  (registers ds.zarrec)
+from conftest import synthetic_dataset
+from zarrec import ConfigError, analysis
+
+
+@pytest.fixture
+def ds() -> xr.Dataset:
+    return synthetic_dataset()
+
+
+def arrays(ds):
+    a = ds.attrs
+    return (ds.embeddings.values.astype(np.float64), ds.grads.values.astype(np.float64), ds.momentum.values.astype(np.float64),
+            ds.variance.values.astype(np.float64), ds.lr.values.astype(np.float64), ds.step.values, ds.live.values, a)
+
+
+def close(actual: xr.DataArray, expected: np.ndarray, rtol=1e-5, atol=1e-7):
+    assert isinstance(actual.data, dask.array.Array), "results stay lazy"
+    np.testing.assert_allclose(actual.values, expected, rtol=rtol, atol=atol)
+
+
+def test_live_and_dead(ds):
+    live = ds.live.values
+    np.testing.assert_array_equal(analysis.live(ds).token, np.flatnonzero(live))
+    np.testing.assert_array_equal(analysis.dead(ds).token, np.flatnonzero(~live))
+    assert ds.zarrec.live().sizes["token"] + ds.zarrec.dead().sizes["token"] == ds.sizes["token"]
+
+
+def test_velocity_and_speed(ds):
+    W = arrays(ds)[0]
+    velocity = analysis.velocity(ds)
+    assert velocity.dims == ("step", "token", "dim")
+    np.testing.assert_array_equal(velocity.step, ds.step[1:])
+    close(velocity, W[1:] - W[:-1])
+    close(analysis.speed(ds), np.linalg.norm(W[1:] - W[:-1], axis=-1))
+
+
+def test_centroid_spread_norms_and_their_live_dead_split(ds):
+    W, *_, live, _ = arrays(ds)
+    close(analysis.centroid(ds), W.mean(1))
+    c = W.mean(1, keepdims=True)
+    close(analysis.spread(ds), np.linalg.norm(W - c, axis=-1).mean(1))
+    close(analysis.norms(ds), np.linalg.norm(W, axis=-1))
+    split_centroid = analysis.centroid(ds, split=True)
+    assert split_centroid.dims == ("population", "step", "dim")
+    close(split_centroid.sel(population="live"), W[:, live].mean(1))
+    close(split_centroid.sel(population="dead"), W[:, ~live].mean(1))
+    dead = W[:, ~live]
+    close(analysis.spread(ds, split=True).sel(population="dead"),
+          np.linalg.norm(dead - dead.mean(1, keepdims=True), axis=-1).mean(1))
+    close(analysis.norms(ds, split=True).sel(population="live"), np.linalg.norm(W[:, live], axis=-1).mean(1))
+
+
+def adam_reference(ds):
+    W, g, m, v, lr, step, live, a = arrays(ds)
+    t = step[1:, None, None].astype(np.float64)
+    m_hat = m[1:] / (1 - a["adam_beta1"] ** t)
+    v_hat = v[1:] / (1 - a["adam_beta2"] ** t)
+    adam_step = -lr[1:, None, None] * m_hat / (np.sqrt(v_hat) + a["adam_epsilon"])
+    previous = np.where((np.diff(step) == 1)[:, None, None], W[:-1], np.nan)
+    decay = -lr[1:, None, None] * a["weight_decay"] * previous
+    return adam_step, decay
+
+
+def test_adam_update_is_the_exact_adamw_formula(ds):
+    adam_step, decay = adam_reference(ds)
+    update = analysis.adam_update(ds)
+    close(update["adam_step"], adam_step)
+    close(update["weight_decay"], decay)
+    close(update["total"], adam_step + decay)
+    np.testing.assert_array_equal(update.step, ds.step[1:])
+
+
+def test_adam_update_needs_the_previous_step():
+    gappy = synthetic_dataset(steps=(0, 1, 2, 4, 5))
+    update = analysis.adam_update(gappy)
+    total = update["total"].values
+    assert np.isnan(total[2]).all()  # step 4: step 3 was not recorded
+    assert np.isfinite(total[[0, 1, 3]]).all()
+    assert np.isfinite(update["adam_step"].values).all()  # needs no previous step
+
+
+def test_update_residual_and_realized_fraction(ds):
+    W = arrays(ds)[0]
+    adam_step, decay = adam_reference(ds)
+    intended = adam_step + decay
+    actual = W[1:] - W[:-1]
+    close(analysis.update_residual(ds), actual - intended, rtol=1e-4, atol=1e-6)
+    fraction = analysis.realized_fraction(ds)
+    close(fraction["per_token"], (actual * intended).sum(-1) / (intended**2).sum(-1), rtol=1e-4)
+    close(fraction["overall"], (actual * intended).sum((1, 2)) / (intended**2).sum((1, 2)), rtol=1e-4)
+
+
+def test_realized_fraction_is_one_when_the_update_landed_and_zero_when_swallowed(ds):
+    adam_step, decay = adam_reference(ds)
+    W = ds.embeddings.values.astype(np.float64)
+    landed = W.copy()
+    for i in range(1, len(W)):
+        landed[i] = landed[i - 1] + adam_step[i - 1] - ds.lr.values[i] * ds.attrs["weight_decay"] * landed[i - 1]
+    full = ds.copy().assign(embeddings=(("step", "token", "dim"), landed))
+    np.testing.assert_allclose(analysis.realized_fraction(full)["overall"], 1, rtol=1e-9)
+    frozen = ds.copy().assign(embeddings=(("step", "token", "dim"), np.repeat(W[:1], len(W), axis=0)))
+    np.testing.assert_allclose(analysis.realized_fraction(frozen)["per_token"], 0, atol=1e-12)
+
+
+def test_force_decomposition(ds):
+    W, g, m, *_ = arrays(ds)
+    motion = W[1:] - W[:-1]
+    result = analysis.force_decomposition(ds)
+    for name, force in (("grad", g[1:]), ("momentum", m[1:])):
+        dot = (motion * -force).sum(-1)
+        close(result[f"cos_{name}"], dot / (np.linalg.norm(motion, axis=-1) * np.linalg.norm(force, axis=-1)), rtol=1e-4)
+        close(result[f"along_{name}"], dot / np.linalg.norm(force, axis=-1), rtol=1e-4)
+
+
+def test_force_decomposition_of_a_token_that_does_not_move_is_nan_not_an_error(ds):
+    still = ds.copy().assign(embeddings=ds.embeddings * 0)
+    result = analysis.force_decomposition(still).compute()
+    assert np.isnan(result.cos_grad).all() and (result.along_grad == 0).all()
+
+
+def test_logit_stats(ds):
+    z = ds.logits.values.astype(np.float64)
+    live = ds.live.values
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    stats = analysis.logit_stats(ds)
+    close(stats["range"], z.max(1) - z.min(1))
+    close(stats["std"], z.std(1))
+    close(stats["entropy"], -(p * np.log(p)).sum(1))
+    close(stats["live_mass"], p[:, live].sum(1))
+    close(stats["dead_mass"], p[:, ~live].sum(1))
+    assert stats["entropy"].attrs["max_entropy"] == pytest.approx(np.log(ds.sizes["token"]))
+
+
+def test_uniform_logits_have_zero_range_and_maximal_entropy(ds):
+    uniform = ds.copy().assign(logits=ds.logits * 0 + 7.6875)
+    stats = analysis.logit_stats(uniform).compute()
+    assert (stats["range"] == 0).all()
+    np.testing.assert_allclose(stats["entropy"], np.log(ds.sizes["token"]), rtol=1e-6)
+
+
+def test_pca_matches_numpy_svd(ds):
+    W = arrays(ds)[0]
+    X = W.reshape(-1, W.shape[-1])
+    centred = X - X.mean(0)
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    result = analysis.pca(ds, n=2)
+    components = result["components"].values
+    for k in range(2):
+        sign = np.sign(vt[k][np.abs(vt[k]).argmax()])
+        np.testing.assert_allclose(components[k], sign * vt[k], atol=1e-6)
+    np.testing.assert_allclose(result["explained_variance_ratio"], (singular**2 / (singular**2).sum())[:2], rtol=1e-6)
+    close(result["projection"], (W - X.mean(0)) @ components.T, rtol=1e-5, atol=1e-6)
+    assert result["projection"].dims == ("step", "token", "component")
+    with pytest.raises(ConfigError, match="pca needs 1 <= n <= 4"):
+        analysis.pca(ds, n=5)
+
+
+def test_missing_variables_and_attributes_are_clear_errors(ds):
+    with pytest.raises(ConfigError, match="no momentum"):
+        analysis.adam_update(ds.drop_vars("momentum"))
+    no_attrs = ds.copy()
+    no_attrs.attrs = {}
+    with pytest.raises(ConfigError, match="'adam_beta1' attribute"):
+        analysis.adam_update(no_attrs)
+    with pytest.raises(ConfigError, match="no live"):
+        analysis.live(ds.drop_vars("live"))
+
+
+def test_accessor_forwards_every_function(ds):
+    for name in ("velocity", "speed", "centroid", "spread", "norms", "adam_update", "update_residual",
+                 "realized_fraction", "force_decomposition", "logit_stats", "pca"):
+        via_accessor = getattr(ds.zarrec, name)()
+        direct = getattr(analysis, name)(ds)
+        xr.testing.assert_identical(via_accessor.compute(), direct.compute())
+
+
+def test_on_a_real_float32_run_every_intended_update_landed(float32_run):
+    """On a float32 run the AdamW update is reproduced to rounding: residual ≈ 0, fraction ≈ 1."""
+    ds = xr.open_zarr(float32_run.path)
+    residual = ds.zarrec.update_residual()
+    assert float(np.abs(residual).max()) <= 4e-7 * float(np.abs(ds.embeddings).max())
+    np.testing.assert_allclose(ds.zarrec.realized_fraction()["overall"], 1, rtol=1e-3)
+    for name in ("velocity", "speed", "centroid", "spread", "norms", "force_decomposition", "logit_stats", "pca"):
+        result = getattr(ds.zarrec, name)().compute()
+        assert result.sizes["step"] >= float32_run.config.steps
+    assert ds.zarrec.centroid(split=True).sizes["population"] == 2
+    assert float(ds.zarrec.logit_stats()["entropy"][1]) == pytest.approx(np.log(128), abs=1e-3)
+
+
+def test_speed_of_one_token_reads_only_the_embeddings(tmp_path, float32_run):
+    """Corrupt every chunk of the other variables: speed() still computes, so it never read them."""
+    store = tmp_path / "run.zarr"
+    shutil.copytree(float32_run.path, store)
+    for name in ("grads", "momentum", "variance", "logits", "loss", "lr"):
+        for chunk in (store / name / "c").rglob("*"):
+            if chunk.is_file():
+                chunk.write_bytes(b"not a blosc frame")
+    ds = xr.open_zarr(store)
+    expected = np.linalg.norm(np.diff(xr.open_zarr(float32_run.path).embeddings.values[:, 5], axis=0), axis=-1)
+    np.testing.assert_allclose(ds.zarrec.speed().sel(token=5).values, expected, rtol=1e-6)
+    with pytest.raises(Exception):
+        ds.grads.values  # the corruption is real
