@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from zarrec.experiment import TrainConfig, train
+from zarrec.config import TrainConfig
+from zarrec.experiment import train
 
 # ~100 bytes: with context 16 and batch 4 an epoch is 22 steps, so short runs cross epoch boundaries.
 SMALL_TEXT = "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs! 0123456789\n"

@@ -55,3 +55,32 @@ def test_missing_and_empty_corpus_are_one_line_errors(tmp_path):
 def test_bad_numbers_are_one_line_errors(tmp_path):
     result = zarrec("train", "--out", str(tmp_path / "run.zarr"), "--steps", "0")
     assert result.returncode == 2 and result.stderr.strip() == "zarrec: error: steps must be at least 1, got 0"
+
+
+def test_info_reports_and_speaks_json(float32_run):
+    import json
+
+    text = zarrec("info", str(float32_run.path))
+    assert text.returncode == 0, text.stderr
+    assert "steps      31 recorded, 0..30" in text.stdout and "learning_rate" in text.stdout
+    machine = zarrec("info", str(float32_run.path), "--json")
+    data = json.loads(machine.stdout)
+    assert data["steps"] == 31 and data["gaps"] == [] and data["compression_ratio"] > 1
+    assert data["attrs"]["adam_beta2"] == 0.999
+
+
+def test_plot_writes_the_figures(tmp_path, float32_run):
+    result = zarrec("plot", str(float32_run.path), "--out", str(tmp_path / "figures"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    written = sorted(path.name for path in (tmp_path / "figures").glob("*.png"))
+    assert written == ["logits.png", "loss_lr.png", "norms_speed.png", "realized_fraction.png", "trajectories.png"]
+    assert len(result.stdout.splitlines()) == 5
+
+
+def test_info_and_plot_of_a_missing_store_are_one_line_errors(tmp_path):
+    for command in (["info", str(tmp_path / "nope.zarr")], ["plot", str(tmp_path / "nope.zarr"), "--out", str(tmp_path)]):
+        result = zarrec(*command)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            f"zarrec: error: {tmp_path / 'nope.zarr'} is not a Zarr store; pass the path of a store written by zarrec"
+        ]

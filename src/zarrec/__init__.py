@@ -1,14 +1,29 @@
-"""zarrec: record every optimizer step of neural-network training into Zarr, analyse it with xarray."""
+"""zarrec: record every optimizer step of neural-network training into Zarr, analyse it with xarray.
+
+Importing zarrec registers the ``ds.zarrec`` xarray accessor. ``Recorder`` (torch) and
+``ZarrecCallback`` (transformers) load on first use, so reading a store stays quick.
+"""
 
 from zarrec import accessor as _accessor  # noqa: F401  (registers ds.zarrec)
-from zarrec.errors import ConfigError, RecordError, StoreExistsError, WriterError, ZarrecError
-from zarrec.recorder import Recorder
+from zarrec.errors import ConfigError, MissingDependencyError, RecordError, StoreExistsError, WriterError, ZarrecError
 
-__all__ = ["ConfigError", "RecordError", "Recorder", "StoreExistsError", "WriterError", "ZarrecError", "ZarrecCallback"]
+__all__ = [
+    "ConfigError",
+    "MissingDependencyError",
+    "RecordError",
+    "Recorder",
+    "StoreExistsError",
+    "WriterError",
+    "ZarrecCallback",
+    "ZarrecError",
+]
 
 
 def __getattr__(name: str):
-    # transformers is heavy to import; load the callback only when asked for.
+    if name == "Recorder":
+        from zarrec.recorder import Recorder
+
+        return Recorder
     if name == "ZarrecCallback":
         from zarrec.callback import ZarrecCallback
 

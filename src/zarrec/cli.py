@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Sequence
 
@@ -15,7 +16,7 @@ from zarrec.errors import ZarrecError
 
 
 def _train_parser(subparsers) -> None:
-    from zarrec.experiment import DEVICES, DTYPES, INITS, TrainConfig
+    from zarrec.config import DEVICES, DTYPES, INITS, TrainConfig
 
     defaults = TrainConfig()
     parser = subparsers.add_parser(
@@ -27,7 +28,7 @@ def _train_parser(subparsers) -> None:
     parser.add_argument("--corpus", help="text file to train on (non-ASCII bytes dropped); default: Python's pydoc topics")
     parser.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps (default %(default)s)")
     parser.add_argument("--device", choices=DEVICES, default=defaults.device, help="default %(default)s")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=defaults.dtype, help="training dtype (default %(default)s)")
+    parser.add_argument("--dtype", choices=DTYPES, default=defaults.dtype, help="training dtype (default %(default)s)")
     parser.add_argument("--init", choices=INITS, default=defaults.init, help="embedding initialisation (default %(default)s)")
     parser.add_argument("--every", type=int, default=defaults.every, help="record every N-th step (default %(default)s)")
     parser.add_argument("--chunk-steps", type=int, default=contract.DEFAULT_CHUNK_STEPS,
@@ -43,7 +44,8 @@ def _train_parser(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from zarrec.experiment import TrainConfig, train
+    from zarrec.config import TrainConfig
+    from zarrec.experiment import train
 
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{name: value for name, value in vars(args).items() if name in fields})
@@ -51,10 +53,48 @@ def _train(args: argparse.Namespace) -> None:
     print("\n".join(summary.lines()))
 
 
+def _info_parser(subparsers) -> None:
+    parser = subparsers.add_parser("info", help="what a store holds: steps, variables, sizes, tokens, loss, hyperparameters")
+    parser.add_argument("store", help="path or URL of a zarrec store")
+    parser.add_argument("--json", action="store_true", help="print JSON for machines")
+    parser.set_defaults(run=_info)
+
+
+def _info(args: argparse.Namespace) -> None:
+    from zarrec.summary import summarize
+
+    summary = summarize(args.store)
+    print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.report())
+
+
+def _plot_parser(subparsers) -> None:
+    parser = subparsers.add_parser("plot", help="write the standard figures of a run as PNG files")
+    parser.add_argument("store", help="path or URL of a zarrec store")
+    parser.add_argument("--out", required=True, help="directory for the PNG files (created if missing)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_plot)
+
+
+def _plot(args: argparse.Namespace) -> None:
+    import xarray as xr
+
+    from zarrec.plots import save_all
+    from zarrec.summary import summarize
+
+    summarize(args.store)  # a clear error for a path that is not a zarrec store
+    written, skipped = save_all(xr.open_zarr(args.store), args.out, progress=not args.quiet)
+    for path in written:
+        print(path)
+    for reason in skipped:
+        print(f"skipped {reason}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zarrec", description="Record every training step into Zarr; analyse with xarray.")
     subparsers = parser.add_subparsers(title="commands", required=True)
     _train_parser(subparsers)
+    _info_parser(subparsers)
+    _plot_parser(subparsers)
     return parser
 
 

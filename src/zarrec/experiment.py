@@ -13,13 +13,12 @@ import dataclasses
 import logging
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from zarrec import contract
 from zarrec.callback import ZarrecCallback
+from zarrec.config import TrainConfig
 from zarrec.corpus import ByteDataset, Corpus, load_corpus
 from zarrec.errors import ConfigError
 from zarrec.store import StoreLike, ensure_new
@@ -28,55 +27,7 @@ from zarrec.summary import StoreSummary, summarize
 if TYPE_CHECKING:
     from transformers import TrainerCallback
 
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-INITS = ("f32_to_bf16", "pure_bf16")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyperparameters of the reference experiment (defaults reproduce the notebook)."""
-
-    vocab_size: int = 128
-    n_embd: int = 64
-    n_layer: int = 2
-    n_head: int = 2
-    context: int = 128
-    batch_size: int = 32
-    gradient_accumulation: int = 1
-    steps: int = 10_000
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.01
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    dtype: str = "bfloat16"
-    init: str = "f32_to_bf16"
-    init_sigma: float = 1e-5
-    device: str = "auto"
-    corpus: str | None = None
-    every: int = 1
-    chunk_steps: int = contract.DEFAULT_CHUNK_STEPS
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first setting that cannot work."""
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype {self.dtype!r} is not supported; use one of {sorted(DTYPES)}")
-        if self.init not in INITS:
-            raise ConfigError(f"init {self.init!r} is not supported; use one of {list(INITS)}")
-        if self.device not in DEVICES:
-            raise ConfigError(f"device {self.device!r} is not supported; use one of {list(DEVICES)}")
-        positive = ("vocab_size", "n_embd", "n_layer", "n_head", "context", "batch_size", "gradient_accumulation",
-                    "steps", "every", "chunk_steps")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0 < self.vocab_size <= 256:
-            raise ConfigError(f"vocab_size must be between 1 and 256 for a byte-level model, got {self.vocab_size}")
+TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def resolve_device(name: str) -> str:
@@ -107,7 +58,7 @@ def build_model(config: TrainConfig):
         bos_token_id=None,  # GPT-2's 50256 lies outside a byte vocabulary
         eos_token_id=None,
     )
-    model = GPT2LMHeadModel(model_config).to(DTYPES[config.dtype])
+    model = GPT2LMHeadModel(model_config).to(TORCH_DTYPES[config.dtype])
     # transformers cannot infer the loss type from the class name "GPT2LMHeadModel"; without it
     # the Trainer counts unshifted labels and scales every loss by (context - 1) / context.
     model.loss_type = "ForCausalLM"
@@ -128,7 +79,7 @@ def initial_embeddings(config: TrainConfig) -> torch.Tensor:
     direction = torch.randn(config.n_embd, generator=generator).to(draw_dtype)
     direction = direction / direction.norm()
     noise = torch.randn(config.vocab_size, config.n_embd, generator=generator).to(draw_dtype) * config.init_sigma
-    return (direction + noise).to(DTYPES[config.dtype])
+    return (direction + noise).to(TORCH_DTYPES[config.dtype])
 
 
 def experiment_attributes(config: TrainConfig, corpus: Corpus, device: str) -> dict:

@@ -46,7 +46,7 @@ class _Staging:
 def _dtype_name(value: Value) -> str:
     if isinstance(value, (torch.Tensor, np.ndarray)):
         return str(value.dtype).removeprefix("torch.")
-    return type(value).__name__
+    return str(np.asarray(value).dtype)  # a Python float is a float64
 
 
 def _shape_of(value: Value) -> tuple[int, ...]:

@@ -1,32 +1,64 @@
-"""What a store holds, in numbers: steps, sizes raw and on disk."""
+"""What a store holds, in numbers: steps and gaps, variables, sizes raw and on disk, tokens, loss.
+
+Reads only metadata and the small arrays (``step``, ``loss``, ``live``), so it answers in
+well under a second however long the run.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import zarr
 
 from zarrec import contract
+from zarrec.errors import ConfigError
 from zarrec.store import StoreLike, describe
 
 
 @dataclass(frozen=True)
+class VariableSummary:
+    name: str
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: str
+    source_dtype: str | None
+    raw_bytes: int
+    stored_bytes: int
+
+
+@dataclass(frozen=True)
 class StoreSummary:
-    """Steps recorded and bytes (uncompressed vs stored) of a zarrec store."""
+    """Steps, variables and bytes (uncompressed vs stored) of a zarrec store."""
 
     path: str
     steps: int
     first_step: int | None
     last_step: int | None
+    stride: int | None  # the usual distance between recorded steps (``every``)
+    gaps: list[tuple[int, int]]  # ranges of steps missing from the usual stride, inclusive
+    variables: list[VariableSummary]
     raw_bytes: int
     stored_bytes: int
+    live_tokens: int | None = None
+    dead_tokens: int | None = None
+    first_loss: float | None = None
+    last_loss: float | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def compression_ratio(self) -> float:
         return self.raw_bytes / self.stored_bytes if self.stored_bytes else float("nan")
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: every field, plus the compression ratio."""
+        return {**dataclasses.asdict(self), "compression_ratio": self.compression_ratio}
+
     def lines(self) -> list[str]:
-        """A short human-readable report, one fact per line."""
+        """The short report printed after ``zarrec train``."""
         span = f"steps {self.first_step}..{self.last_step}" if self.steps else "no steps"
         return [
             f"recorded {self.steps} steps ({span}) in {self.path}",
@@ -35,17 +67,106 @@ class StoreSummary:
             f'open it with: xarray.open_zarr("{self.path}")',
         ]
 
+    def report(self) -> str:
+        """The full human-readable report of ``zarrec info``."""
+        out = [f"store      {self.path}"]
+        if self.steps:
+            every = f", every {self.stride}" if self.stride and self.stride > 1 else ""
+            out.append(f"steps      {self.steps} recorded, {self.first_step}..{self.last_step}{every}")
+        else:
+            out.append("steps      none recorded")
+        gaps = ", ".join(f"{a}..{b}" if a != b else f"{a}" for a, b in self.gaps) or "none"
+        out.append(f"gaps       {gaps}")
+        if self.live_tokens is not None:
+            out.append(f"tokens     {self.live_tokens} live, {self.dead_tokens} dead")
+        if self.first_loss is not None:
+            out.append(f"loss       {self.first_loss:.4f} first, {self.last_loss:.4f} last")
+        out.append(
+            f"size       {_megabytes(self.raw_bytes)} raw, {_megabytes(self.stored_bytes)} on disk "
+            f"({self.compression_ratio:.1f}x)"
+        )
+        out.append("variables")
+        width = max((len(v.name) for v in self.variables), default=0)
+        for v in self.variables:
+            shape = ", ".join(f"{d}: {n}" for d, n in zip(v.dims, v.shape))
+            source = f" (from {v.source_dtype})" if v.source_dtype and v.source_dtype != v.dtype else ""
+            ratio = v.raw_bytes / v.stored_bytes if v.stored_bytes else math.nan
+            out.append(
+                f"  {v.name:<{width}}  ({shape})  {v.dtype}{source}  "
+                f"{_megabytes(v.raw_bytes)} raw, {_megabytes(v.stored_bytes)} stored ({ratio:.1f}x)"
+            )
+        if self.attrs:
+            out.append("attributes")
+            width = max(len(key) for key in self.attrs)
+            for key, value in self.attrs.items():
+                text = str(value) if not isinstance(value, dict) else f"{{{len(value)} entries}}"
+                out.append(f"  {key:<{width}}  {text}")
+        return "\n".join(out)
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _gaps(steps: np.ndarray) -> tuple[int | None, list[tuple[int, int]]]:
+    """The usual stride between steps and the ranges missing from it."""
+    if steps.size < 2:
+        return None, []
+    differences = np.diff(steps)
+    values, counts = np.unique(differences, return_counts=True)
+    stride = int(values[counts.argmax()])
+    gaps = [
+        (int(before + stride), int(after - stride))
+        for before, after, step in zip(steps[:-1], steps[1:], differences)
+        if step > stride
+    ]
+    return stride, gaps
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    return values[np.isfinite(values)]
+
 
 def summarize(out: StoreLike) -> StoreSummary:
-    """Count the steps and the raw and stored bytes of every array in a store."""
-    group = zarr.open_group(out, mode="r")
+    """Summarise a store from its metadata and its small arrays."""
+    try:
+        group = zarr.open_group(out, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as exc:
+        raise ConfigError(f"{describe(out)} is not a Zarr store; pass the path of a store written by zarrec") from exc
+    if contract.STEP not in group:
+        raise ConfigError(f"{describe(out)} has no {contract.STEP!r} array; it was not written by zarrec")
     steps = group[contract.STEP][:]
-    arrays = [array for _, array in group.arrays()]
+    arrays = dict(group.arrays())
+    stored = {name: array.nbytes_stored() for name, array in arrays.items()}
+    variables = [
+        VariableSummary(
+            name=name,
+            dims=tuple(array.metadata.dimension_names or ()),
+            shape=tuple(array.shape),
+            dtype=str(array.dtype),
+            source_dtype=array.attrs.get(contract.SOURCE_DTYPE_ATTR),
+            raw_bytes=array.nbytes,
+            stored_bytes=stored[name],
+        )
+        for name, array in sorted(arrays.items())
+        if (array.metadata.dimension_names or ("",))[0] == contract.STEP and name != contract.STEP
+    ]
+    stride, gaps = _gaps(steps)
+    live = arrays[contract.LIVE][:] if contract.LIVE in arrays else None
+    losses = _finite(arrays[contract.LOSS][:]) if contract.LOSS in arrays else np.array([])
     return StoreSummary(
         path=describe(out),
         steps=int(steps.size),
         first_step=int(steps[0]) if steps.size else None,
         last_step=int(steps[-1]) if steps.size else None,
-        raw_bytes=sum(array.nbytes for array in arrays),
-        stored_bytes=sum(array.nbytes_stored() for array in arrays),
+        stride=stride,
+        gaps=gaps,
+        variables=variables,
+        raw_bytes=sum(array.nbytes for array in arrays.values()),
+        stored_bytes=sum(stored.values()),
+        live_tokens=int(live.sum()) if live is not None else None,
+        dead_tokens=int((~live).sum()) if live is not None else None,
+        first_loss=float(losses[0]) if losses.size else None,
+        last_loss=float(losses[-1]) if losses.size else None,
+        attrs=dict(group.attrs),
     )

@@ -1,0 +1,45 @@
+"""summarize(): steps and gaps, variables and sizes, tokens, loss, attributes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from zarrec import ConfigError, Recorder
+from zarrec.summary import summarize
+
+
+def test_summary_of_a_real_run(float32_run):
+    summary = summarize(float32_run.path)
+    steps = float32_run.config.steps
+    assert (summary.steps, summary.first_step, summary.last_step, summary.stride, summary.gaps) == (steps + 1, 0, steps, 1, [])
+    names = [v.name for v in summary.variables]
+    assert names == ["embeddings", "grads", "logits", "loss", "lr", "momentum", "variance"]
+    embeddings = summary.variables[0]
+    assert embeddings.dims == ("step", "token", "dim") and embeddings.shape == (steps + 1, 128, 16)
+    assert embeddings.raw_bytes == (steps + 1) * 128 * 16 * 4 and 0 < embeddings.stored_bytes < embeddings.raw_bytes
+    assert summary.live_tokens + summary.dead_tokens == 128 and summary.live_tokens == len(set(open(float32_run.config.corpus, "rb").read()))
+    assert summary.first_loss == pytest.approx(np.log(128), abs=1e-3) and summary.last_loss < summary.first_loss
+    assert summary.attrs["learning_rate"] == 1e-3
+    report = summary.report()
+    for text in ("steps      31 recorded, 0..30", "gaps       none", "embeddings  (step: 31, token: 128, dim: 16)"):
+        assert text in report
+    json.dumps(summary.to_dict())
+
+
+def test_gaps_are_found_against_the_usual_stride(tmp_path):
+    with Recorder(tmp_path / "r.zarr", chunk_steps=4) as recorder:
+        for step in (0, 3, 6, 9, 15, 18, 27):
+            recorder.record(step, x=torch.zeros(1))
+    summary = summarize(tmp_path / "r.zarr")
+    assert summary.stride == 3 and summary.gaps == [(12, 12), (21, 24)]
+    assert "every 3" in summary.report() and "gaps       12, 21..24" in summary.report()
+    assert summary.live_tokens is None and summary.first_loss is None
+
+
+def test_a_path_that_is_not_a_store_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="is not a Zarr store"):
+        summarize(tmp_path / "missing.zarr")
