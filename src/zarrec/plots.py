@@ -36,6 +36,14 @@ def _thin(da: xr.DataArray) -> xr.DataArray:
     return da.isel({contract.STEP: slice(None, None, stride)})
 
 
+def _plain_tick_labels(axis) -> None:
+    """Label a log axis 3.25, 4 rather than 3.25×10⁰, 4×10⁰ (a loss spans less than a decade)."""
+    from matplotlib.ticker import FormatStrFormatter
+
+    axis.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+    axis.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
+
+
 def _title(figure, ds: xr.Dataset, question: str) -> None:
     run = ds.attrs.get("corpus_name", "")
     dtype = ds.attrs.get("dtype", "")
@@ -51,6 +59,7 @@ def loss(ds: xr.Dataset):
     smooth = values.rolling({contract.STEP: window}, center=True, min_periods=1).mean()
     loss_axis.plot(smooth[contract.STEP], smooth, color="tab:blue", label=f"running mean ({window} steps)")
     loss_axis.set_yscale("log")
+    _plain_tick_labels(loss_axis)
     loss_axis.set_ylabel("loss (nats)")
     loss_axis.legend()
     lr = ds[contract.LR].compute()
