@@ -74,6 +74,21 @@ def _split(function: Callable[[xr.Dataset], xr.DataArray], ds: xr.Dataset, split
     return xr.concat(parts, dim=pd.Index(["live", "dead"], name=POPULATION), coords="minimal", compat="override")
 
 
+def _from_second_row(da: xr.DataArray) -> xr.DataArray:
+    """Drop the first recorded step, which has no predecessor.
+
+    Formulas are computed on full-length arrays (``shift`` keeps dask chunks aligned, so
+    each chunk is computed from the same chunks of every input) and trimmed last.
+    """
+    return da.isel({contract.STEP: slice(1, None)})
+
+
+def _motion(ds: xr.Dataset) -> xr.DataArray:
+    """``W[t] − W[t_prev]`` on every row (NaN on the first)."""
+    W = ds[contract.EMBEDDINGS]
+    return W - W.shift({contract.STEP: 1})
+
+
 def velocity(ds: xr.Dataset) -> xr.DataArray:
     """Motion of every token between consecutive recorded steps.
 
@@ -81,7 +96,7 @@ def velocity(ds: xr.Dataset) -> xr.DataArray:
     recorded step: ``t − 1`` when every step was recorded).
     """
     _require(ds, contract.EMBEDDINGS)
-    return ds[contract.EMBEDDINGS].diff(contract.STEP, label="upper").rename("velocity")
+    return _from_second_row(_motion(ds)).rename("velocity")
 
 
 def speed(ds: xr.Dataset) -> xr.DataArray:
@@ -115,12 +130,23 @@ def norms(ds: xr.Dataset, split: bool = False) -> xr.DataArray:
 
 
 def _previous_embeddings(ds: xr.Dataset) -> xr.DataArray:
-    """``W[t − 1]`` labelled with ``t``, from step 1's row on; NaN where step t − 1 was not recorded."""
-    W = ds[contract.EMBEDDINGS]
+    """``W[t − 1]`` on every row: NaN where step t − 1 was not recorded (and on the first row)."""
     steps = ds[contract.STEP]
-    previous = W.shift({contract.STEP: 1}).isel({contract.STEP: slice(1, None)})
-    consecutive = (steps.diff(contract.STEP, label="upper") == 1)
-    return previous.where(consecutive)
+    consecutive = (steps - steps.shift({contract.STEP: 1})) == 1
+    return ds[contract.EMBEDDINGS].shift({contract.STEP: 1}).where(consecutive)
+
+
+def _adam_terms(ds: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray]:
+    """The Adam step and the weight-decay term of :func:`adam_update`, on every row."""
+    _require(ds, contract.EMBEDDINGS, contract.MOMENTUM, contract.VARIANCE, contract.LR)
+    beta1, beta2 = _attr(ds, "adam_beta1"), _attr(ds, "adam_beta2")
+    eps, wd = _attr(ds, "adam_epsilon"), _attr(ds, "weight_decay")
+    t = ds[contract.STEP].astype("float64")
+    t = t.where(t > 0)  # step 0 has no update (and no bias correction)
+    lr = ds[contract.LR]
+    m_hat = ds[contract.MOMENTUM] / (1 - beta1**t)
+    v_hat = ds[contract.VARIANCE] / (1 - beta2**t)
+    return -lr * m_hat / (np.sqrt(v_hat) + eps), -lr * wd * _previous_embeddings(ds)
 
 
 def adam_update(ds: xr.Dataset) -> xr.Dataset:
@@ -136,22 +162,15 @@ def adam_update(ds: xr.Dataset) -> xr.Dataset:
     ``β1, β2, eps, wd`` are the attributes ``adam_beta1``, ``adam_beta2``, ``adam_epsilon``
     and ``weight_decay``. ``weight_decay`` and ``total`` are NaN where step t − 1 was not recorded.
     """
-    _require(ds, contract.EMBEDDINGS, contract.MOMENTUM, contract.VARIANCE, contract.LR)
-    beta1, beta2 = _attr(ds, "adam_beta1"), _attr(ds, "adam_beta2")
-    eps, wd = _attr(ds, "adam_epsilon"), _attr(ds, "weight_decay")
-    later = {contract.STEP: slice(1, None)}
-    t = ds[contract.STEP].isel(later).astype("float64")
-    lr = ds[contract.LR].isel(later)
-    m_hat = ds[contract.MOMENTUM].isel(later) / (1 - beta1**t)
-    v_hat = ds[contract.VARIANCE].isel(later) / (1 - beta2**t)
-    adam_step = -lr * m_hat / (np.sqrt(v_hat) + eps)
-    decay = -lr * wd * _previous_embeddings(ds)
-    return xr.Dataset({"adam_step": adam_step, "weight_decay": decay, "total": adam_step + decay})
+    adam_step, decay = _adam_terms(ds)
+    terms = {"adam_step": adam_step, "weight_decay": decay, "total": adam_step + decay}
+    return xr.Dataset({name: _from_second_row(term) for name, term in terms.items()})
 
 
-def _actual_update(ds: xr.Dataset) -> xr.DataArray:
-    """``W[t] − W[t − 1]``, NaN where step t − 1 was not recorded."""
-    return ds[contract.EMBEDDINGS].isel({contract.STEP: slice(1, None)}) - _previous_embeddings(ds)
+def _actual_and_intended(ds: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray]:
+    """``W[t] − W[t − 1]`` and AdamW's intended total update, on every row."""
+    adam_step, decay = _adam_terms(ds)
+    return ds[contract.EMBEDDINGS] - _previous_embeddings(ds), adam_step + decay
 
 
 def update_residual(ds: xr.Dataset) -> xr.DataArray:
@@ -160,7 +179,8 @@ def update_residual(ds: xr.Dataset) -> xr.DataArray:
     At float32 rounding (≈1e-7·|W|) on a float32 run; on a bf16 run, the part of the
     intended update that bf16 rounding swallowed.
     """
-    return (_actual_update(ds) - adam_update(ds)["total"]).rename("update_residual")
+    actual, intended = _actual_and_intended(ds)
+    return _from_second_row(actual - intended).rename("update_residual")
 
 
 def realized_fraction(ds: xr.Dataset) -> xr.Dataset:
@@ -170,14 +190,13 @@ def realized_fraction(ds: xr.Dataset) -> xr.Dataset:
     ``token`` and ``dim``. Exactly 1 where every intended update landed; 0 where none did
     (as when bf16 parameters round a small update away).
     """
-    actual, intended = _actual_update(ds), adam_update(ds)["total"]
+    actual, intended = _actual_and_intended(ds)
     dims = [contract.TOKEN, contract.DIM]
-    return xr.Dataset(
-        {
-            "per_token": _safe_ratio((actual * intended).sum(contract.DIM), (intended**2).sum(contract.DIM)),
-            "overall": _safe_ratio((actual * intended).sum(dims), (intended**2).sum(dims)),
-        }
-    )
+    fractions = {
+        "per_token": _safe_ratio((actual * intended).sum(contract.DIM), (intended**2).sum(contract.DIM)),
+        "overall": _safe_ratio((actual * intended).sum(dims), (intended**2).sum(dims)),
+    }
+    return xr.Dataset({name: _from_second_row(fraction) for name, fraction in fractions.items()})
 
 
 def force_decomposition(ds: xr.Dataset) -> xr.Dataset:
@@ -187,16 +206,15 @@ def force_decomposition(ds: xr.Dataset) -> xr.Dataset:
     of the motion along −g); likewise ``cos_momentum`` and ``along_momentum`` with ``m[t]``
     (the same direction as the bias-corrected ``m̂[t]``). Per ``(step, token)``.
     """
-    _require(ds, contract.GRADS, contract.MOMENTUM)
-    motion = velocity(ds)
-    later = {contract.STEP: slice(1, None)}
+    _require(ds, contract.EMBEDDINGS, contract.GRADS, contract.MOMENTUM)
+    motion = _motion(ds)
     motion_norm = _norm(motion)
     result = {}
-    for name, force in (("grad", ds[contract.GRADS].isel(later)), ("momentum", ds[contract.MOMENTUM].isel(later))):
+    for name, force in (("grad", ds[contract.GRADS]), ("momentum", ds[contract.MOMENTUM])):
         along = (motion * -force).sum(contract.DIM)
         force_norm = _norm(force)
-        result[f"cos_{name}"] = _safe_ratio(along, motion_norm * force_norm)
-        result[f"along_{name}"] = _safe_ratio(along, force_norm)
+        result[f"cos_{name}"] = _from_second_row(_safe_ratio(along, motion_norm * force_norm))
+        result[f"along_{name}"] = _from_second_row(_safe_ratio(along, force_norm))
     return xr.Dataset(result)
 
 
