@@ -38,16 +38,21 @@ def test_empty_directory_is_accepted(tmp_path):
     RunStore.create(tmp_path / "empty")
 
 
-def test_append_commits_data_then_step_then_metadata(tmp_path):
+def test_consolidated_metadata_is_the_commit(tmp_path):
+    """Arrays reserve rows ahead; readers of consolidated metadata see exactly the committed rows."""
     store = RunStore.create(tmp_path / "run.zarr", chunk_steps=4)
     store.create_variable("x", (2,), ("dim",), 4, {}, contract.default_compressor())
     store.link_coordinates(["x"])
     store.append(np.array([0, 1, 2]), {"x": np.ones((3, 2), np.float32)})
     store.append(np.array([5]), {"x": np.zeros((1, 2), np.float32)})
-    group = zarr.open_group(tmp_path / "run.zarr", mode="r")
+    reserved = zarr.open_array(tmp_path / "run.zarr" / "x")  # the array's own metadata
+    assert reserved.shape[0] >= 4 and np.isnan(reserved[4:]).all()
+    group = zarr.open_group(tmp_path / "run.zarr", mode="r")  # through consolidated metadata
     assert group["x"].shape == (4, 2) and group[contract.STEP][:].tolist() == [0, 1, 2, 5]
-    ds = xr.open_zarr(tmp_path / "run.zarr")  # consolidated metadata is up to date
+    ds = xr.open_zarr(tmp_path / "run.zarr")
     assert ds.sizes == {"step": 4, "dim": 2}
+    store.finish()
+    assert zarr.open_array(tmp_path / "run.zarr" / "x").shape == (4, 2)  # a clean close agrees
 
 
 def test_codec_is_standard_blosc_zstd_bitshuffle(tmp_path):

@@ -97,6 +97,52 @@ def experiment_attributes(config: TrainConfig, corpus: Corpus, device: str) -> d
     }
 
 
+def make_trainer(
+    config: TrainConfig,
+    output_dir: str,
+    callbacks: Sequence[TrainerCallback] = (),
+    *,
+    corpus: Corpus | None = None,
+    progress: bool = True,
+):
+    """A Hugging Face Trainer for the reference experiment (no recording unless a callback records).
+
+    ``output_dir`` receives nothing but what the Trainer insists on writing (checkpoints are off).
+    """
+    from transformers import Trainer, TrainingArguments
+    from transformers.utils import logging as hf_logging
+
+    config.validate()
+    device = resolve_device(config.device)
+    corpus = corpus or load_corpus(config.corpus, config.vocab_size)
+    hf_logging.set_verbosity_error()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+    args = TrainingArguments(
+        output_dir=output_dir,
+        max_steps=config.steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        adam_beta1=config.adam_beta1,
+        adam_beta2=config.adam_beta2,
+        adam_epsilon=config.adam_epsilon,
+        max_grad_norm=config.max_grad_norm,
+        optim="adamw_torch",
+        lr_scheduler_type="linear",
+        seed=config.seed,
+        save_strategy="no",
+        logging_steps=max(1, config.steps // 10),
+        report_to="none",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        use_cpu=device == "cpu",
+        disable_tqdm=not progress,
+    )
+    dataset = ByteDataset(corpus, config.context)
+    return Trainer(model=build_model(config), args=args, train_dataset=dataset, callbacks=list(callbacks))
+
+
 def train(
     config: TrainConfig,
     out: StoreLike,
@@ -109,51 +155,21 @@ def train(
 
     ``callbacks`` run after the recorder's, on the same events.
     """
-    from transformers import Trainer, TrainingArguments
-    from transformers.utils import logging as hf_logging
-
     config.validate()
     ensure_new(out, overwrite=overwrite)
-    device = resolve_device(config.device)
     corpus = load_corpus(config.corpus, config.vocab_size)
-    dataset = ByteDataset(corpus, config.context)
-    model = build_model(config)
-    callback = ZarrecCallback(
+    recorder = ZarrecCallback(
         out,
         every=config.every,
         chunk_steps=config.chunk_steps,
         token_coords=corpus.token_coords(config.vocab_size),
-        attrs=experiment_attributes(config, corpus, device),
+        attrs=experiment_attributes(config, corpus, resolve_device(config.device)),
         overwrite=overwrite,
     )
-    hf_logging.set_verbosity_error()
-    logging.getLogger("accelerate").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="zarrec-trainer-") as trainer_dir:
-        args = TrainingArguments(
-            output_dir=trainer_dir,
-            max_steps=config.steps,
-            per_device_train_batch_size=config.batch_size,
-            gradient_accumulation_steps=config.gradient_accumulation,
-            learning_rate=config.learning_rate,
-            weight_decay=config.weight_decay,
-            adam_beta1=config.adam_beta1,
-            adam_beta2=config.adam_beta2,
-            adam_epsilon=config.adam_epsilon,
-            max_grad_norm=config.max_grad_norm,
-            optim="adamw_torch",
-            lr_scheduler_type="linear",
-            seed=config.seed,
-            save_strategy="no",
-            logging_steps=max(1, config.steps // 10),
-            report_to="none",
-            dataloader_num_workers=0,
-            dataloader_pin_memory=False,
-            use_cpu=device == "cpu",
-            disable_tqdm=not progress,
-        )
-        trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback, *callbacks])
+        trainer = make_trainer(config, trainer_dir, [recorder, *callbacks], corpus=corpus, progress=progress)
         try:
             trainer.train()
         finally:
-            callback.close()
+            recorder.close()
     return summarize(out)
