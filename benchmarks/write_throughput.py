@@ -5,7 +5,7 @@ numbers that are compared run in the same invocation, interleaved and repeated;
 medians are quoted. Results go to a JSON file and a markdown table on stdout.
 
     python benchmarks/write_throughput.py                 # the full run (~25 min on 2 CPU cores)
-    python benchmarks/write_throughput.py --quick         # a smoke run, under a minute
+    python benchmarks/write_throughput.py --quick         # a smoke run in one process, under a minute
     python benchmarks/write_throughput.py --device cuda   # the same on an accelerator
 
 Sections:
@@ -232,11 +232,16 @@ CASES = {"synthetic": case_synthetic, "codec": case_codec, "training": case_trai
          "scaling": case_scaling}
 
 
+IN_PROCESS = False  # --quick runs every case in this process: no start-up cost, but no per-case RSS
+
+
 def run_child(kind: str, **arguments) -> dict:
     """Run one case in a fresh Python process; it prints its result as the last line of JSON."""
     with tempfile.TemporaryDirectory(prefix="zarrec-bench-") as scratch:
         if kind in ("synthetic", "training", "memory", "scaling"):
             arguments["out"] = os.path.join(scratch, "out")
+        if IN_PROCESS:
+            return CASES[kind](**arguments)
         command = [sys.executable, str(HERE), "--child", json.dumps({"kind": kind, **arguments})]
         env = {**os.environ, "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         result = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -249,21 +254,26 @@ def run_child(kind: str, **arguments) -> dict:
 
 
 def section_synthetic(plan: dict, device: str) -> list[dict]:
+    """Each (profile, codec, chunk_steps): zarrec and the bare codec, alternated, ``repeats`` times."""
     rows = []
     for profile, steps in plan["synthetic_steps"].items():
         for cname, clevel in plan["codecs"]:
-            runs = [run_child("synthetic", profile=profile, steps=steps, chunk_steps=plan["chunk_steps"],
-                              cname=cname, clevel=clevel, device=device) for _ in range(plan["repeats"])]
-            codec = run_child("codec", profile=profile, chunk_steps=plan["chunk_steps"], cname=cname, clevel=clevel,
-                              repeats=max(3, plan["repeats"]))
-            zarrec_rate = statistics.median(r["raw_mb_s"] for r in runs)
-            rows.append({
-                "profile": profile, "codec": f"blosc-{cname}-{clevel}+bitshuffle", "steps": steps,
-                "zarrec_mb_s": zarrec_rate, "codec_mb_s": codec["codec_mb_s"],
-                "fraction_of_codec": zarrec_rate / codec["codec_mb_s"],
-                "compression": runs[0]["compression"], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-            })
-            print(f"  synthetic {rows[-1]}", file=sys.stderr)
+            for chunk_steps in plan["chunk_steps"]:
+                zarrec_runs, codec_runs = [], []
+                for _ in range(plan["repeats"]):
+                    zarrec_runs.append(run_child("synthetic", profile=profile, steps=steps, chunk_steps=chunk_steps,
+                                                 cname=cname, clevel=clevel, device=device))
+                    codec_runs.append(run_child("codec", profile=profile, chunk_steps=chunk_steps, cname=cname,
+                                                clevel=clevel, repeats=3))
+                zarrec_rate = statistics.median(r["raw_mb_s"] for r in zarrec_runs)
+                codec_rate = statistics.median(r["codec_mb_s"] for r in codec_runs)
+                rows.append({
+                    "profile": profile, "codec": f"blosc-{cname}-{clevel}+bitshuffle", "chunk_steps": chunk_steps,
+                    "steps": steps, "zarrec_mb_s": zarrec_rate, "codec_mb_s": codec_rate,
+                    "fraction_of_codec": zarrec_rate / codec_rate, "compression": zarrec_runs[0]["compression"],
+                    "peak_rss_mb": max(r["peak_rss_mb"] for r in zarrec_runs),
+                })
+                print(f"  synthetic {rows[-1]}", file=sys.stderr)
     return rows
 
 
@@ -332,7 +342,8 @@ def report(results: dict) -> str:
     parts = [f"Device: {results['device']} · {results['machine']}"]
     if results.get("synthetic"):
         parts += ["\n### Synthetic write throughput\n", table(results["synthetic"], {
-            "profile": "profile", "codec": "codec", "steps": "steps", "zarrec_mb_s": "zarrec MB/s",
+            "profile": "profile", "codec": "codec", "chunk_steps": "steps per chunk", "steps": "steps",
+            "zarrec_mb_s": "zarrec MB/s",
             "codec_mb_s": "bare codec MB/s (1 thread)", "fraction_of_codec": "zarrec / codec",
             "compression": "raw / on disk", "peak_rss_mb": "peak RSS MB"})]
     if results.get("training"):
@@ -352,12 +363,12 @@ def report(results: dict) -> str:
 
 
 PLANS = {
-    "full": {"repeats": 3, "chunk_steps": 64, "codecs": [("zstd", 3), ("lz4", 5)],
-             "synthetic_steps": {"reference": 4096, "whole_model": 1024},
+    "full": {"repeats": 3, "chunk_steps": [64, 128, 256], "codecs": [("zstd", 3), ("zstd", 1), ("lz4", 5)],
+             "synthetic_steps": {"reference": 8192, "whole_model": 512},
              "training_steps": 200, "training_dtype": "float32",
              "memory_steps": [1000, 10000],
              "scaling": [(128, 64, 2048), (1024, 256, 256), (8192, 512, 32), (50257, 768, 4)]},
-    "quick": {"repeats": 1, "chunk_steps": 64, "codecs": [("zstd", 3)],
+    "quick": {"repeats": 1, "chunk_steps": [64], "codecs": [("zstd", 3)],
               "synthetic_steps": {"reference": 256, "whole_model": 64},
               "training_steps": 12, "training_dtype": "float32",
               "memory_steps": [100, 400],
@@ -379,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         request = json.loads(args.child)
         print(json.dumps(CASES[request.pop("kind")](**request)))
         return 0
+    global IN_PROCESS
+    IN_PROCESS = args.quick
     plan = dict(PLANS["quick" if args.quick else "full"])
     if args.training_dtype:
         plan["training_dtype"] = args.training_dtype

@@ -21,7 +21,8 @@ def test_chunks_are_written_in_order_and_released(tmp_path):
     released = []
     for start in (0, 2, 4):
         steps = np.arange(start, start + 2)
-        writer.submit(Chunk(steps, {"x": steps.astype(np.float32)}, release=lambda s=start: released.append(s)))
+        values = {"x": steps.astype(np.float32)}
+        writer.submit(Chunk(steps, lambda v=values: v, release=lambda s=start: released.append(s)))
     writer.wait()
     assert released == [0, 2, 4] and store.rows == 6
     writer.close()
@@ -37,8 +38,8 @@ def test_after_a_failure_chunks_are_released_but_not_written(tmp_path):
     def fail():
         raise OSError("device went away")
 
-    writer.submit(Chunk(np.array([0]), {"x": np.zeros(1, np.float32)}, wait_until_ready=fail, release=lambda: released.append(0)))
-    writer.submit(Chunk(np.array([1]), {"x": np.zeros(1, np.float32)}, release=lambda: released.append(1)))
+    writer.submit(Chunk(np.array([0]), fail, release=lambda: released.append(0)))
+    writer.submit(Chunk(np.array([1]), lambda: {"x": np.zeros(1, np.float32)}, release=lambda: released.append(1)))
     writer.close()
     assert isinstance(writer.error, OSError)
     assert released == [0, 1] and store.rows == 0

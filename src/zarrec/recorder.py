@@ -23,24 +23,38 @@ from zarrec.store import RunStore, StoreLike
 from zarrec.writer import Chunk, ChunkWriter
 
 Value = torch.Tensor | np.ndarray | float | int
+_MISSING = float("nan")  # what a step that does not pass a variable records for it
 
 
 class _Staging:
-    """Host memory for one chunk: ``chunk_steps`` rows of every variable, NaN where unrecorded."""
+    """Host memory for one chunk: ``chunk_steps`` rows of every variable, in its source dtype.
 
-    def __init__(self, chunk_steps: int, shapes: Mapping[str, tuple[int, ...]], pinned: bool) -> None:
+    The training thread only copies (a bf16 tensor into bf16 memory); the conversion to
+    float32 happens once per chunk, in the writer thread. Every row of every variable is
+    written by :meth:`Recorder.record` (NaN for a variable a step does not pass), so a
+    recycled buffer needs no clearing.
+    """
+
+    def __init__(self, chunk_steps: int, layout: Mapping[str, tuple[tuple[int, ...], torch.dtype]], pinned: bool) -> None:
         self.steps = np.full(chunk_steps, -1, dtype=np.int64)
         self.tensors = {
-            name: torch.empty((chunk_steps, *shape), dtype=torch.float32, pin_memory=pinned)
-            for name, shape in shapes.items()
+            name: torch.empty((chunk_steps, *shape), dtype=dtype, pin_memory=pinned)
+            for name, (shape, dtype) in layout.items()
         }
         self.rows = 0
-        self.reset()
 
-    def reset(self) -> None:
-        self.rows = 0
-        for tensor in self.tensors.values():
-            tensor.fill_(float("nan"))
+    def as_float32(self, rows: int) -> dict[str, np.ndarray]:
+        """The first ``rows`` rows of every variable as float32 numpy arrays (exact for bf16/fp16)."""
+        return {name: tensor[:rows].float().numpy() for name, tensor in self.tensors.items()}
+
+
+def _staging_dtype(value: Value) -> torch.dtype:
+    """A floating tensor keeps its dtype while staged; anything else is staged as float32."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.dtype
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        return torch.from_numpy(value[:0]).dtype
+    return torch.float32
 
 
 def _dtype_name(value: Value) -> str:
@@ -137,8 +151,9 @@ class Recorder:
             self._check(step, name, value)
         staging = self._current or self._take_free_buffer()
         row = staging.rows
-        for name, value in values.items():
-            self._copy_into(staging.tensors[name][row], value)
+        with torch.no_grad():
+            for name, target in staging.tensors.items():
+                self._copy_into(target[row], values.get(name, _MISSING))
         staging.steps[row] = step
         staging.rows = row + 1
         self._last_step = step
@@ -181,8 +196,8 @@ class Recorder:
             dims = self._dims.get(name) or contract.dims_of(name, len(shape))
             if len(dims) != len(shape):
                 raise RecordError(f"{name} has shape {shape} but dims {dims}; give one dim name per axis")
-            layout[name] = (shape, dims, _dtype_name(value))
-        for name, (shape, dims, source_dtype) in layout.items():
+            layout[name] = (shape, dims, _dtype_name(value), _staging_dtype(value))
+        for name, (shape, dims, source_dtype, _) in layout.items():
             attrs = {contract.SOURCE_DTYPE_ATTR: source_dtype}
             if name in contract.DESCRIPTIONS:
                 attrs["description"] = contract.DESCRIPTIONS[name]
@@ -190,8 +205,9 @@ class Recorder:
             self._shapes[name] = shape
         self._store.link_coordinates(list(self._shapes))
         self._uses_cuda = any(isinstance(v, torch.Tensor) and v.is_cuda for v in values.values())
+        staged = {name: (shape, dtype) for name, (shape, _, _, dtype) in layout.items()}
         for _ in range(self._buffer_count):
-            self._free.put(_Staging(self.chunk_steps, self._shapes, pinned=self._uses_cuda))
+            self._free.put(_Staging(self.chunk_steps, staged, pinned=self._uses_cuda))
         self._writer = ChunkWriter(self._store)
 
     def _check(self, step: int, name: str, value: Value) -> None:
@@ -205,7 +221,7 @@ class Recorder:
     @staticmethod
     def _copy_into(target: torch.Tensor, value: Value) -> None:
         if isinstance(value, torch.Tensor):
-            target.copy_(value.detach(), non_blocking=value.is_cuda)
+            target.copy_(value, non_blocking=value.is_cuda)
         elif isinstance(value, np.ndarray):
             target.copy_(torch.from_numpy(value))
         else:
@@ -221,16 +237,16 @@ class Recorder:
         assert staging is not None and self._writer is not None
         rows = staging.rows
         wait = _cuda_wait() if self._uses_cuda else (lambda: None)
-        chunk = Chunk(
-            steps=staging.steps[:rows].copy(),
-            values={name: tensor[:rows].numpy() for name, tensor in staging.tensors.items()},
-            wait_until_ready=wait,
-            release=lambda: self._release(staging),
-        )
+
+        def values() -> dict[str, np.ndarray]:  # runs in the writer thread
+            wait()
+            return staging.as_float32(rows)
+
+        chunk = Chunk(steps=staging.steps[:rows].copy(), values=values, release=lambda: self._release(staging))
         self._writer.submit(chunk)
 
     def _release(self, staging: _Staging) -> None:
-        staging.reset()
+        staging.rows = 0
         self._free.put(staging)
 
     def _raise_if_failed(self) -> None:

@@ -76,6 +76,7 @@ class RunStore:
         self.group = group
         self.name = name
         self.rows = 0
+        self._dim_sizes: dict[str, int] = {}
         self._appender: _Appender | None = None  # opened on the first append, in the writer thread
 
     @classmethod
@@ -110,6 +111,11 @@ class RunStore:
     def write_coordinate(self, name: str, dim: str, values: np.ndarray, description: str = "") -> None:
         """Write a static coordinate along one non-step dimension (e.g. ``live`` along ``token``)."""
         values = np.asarray(values)
+        if self._dim_sizes.get(dim, len(values)) != len(values):
+            raise ConfigError(
+                f"coordinate {name} has {len(values)} entries along {dim!r}, but {dim!r} already has {self._dim_sizes[dim]}"
+            )
+        self._dim_sizes[dim] = len(values)
         if values.dtype.kind in "OU":
             array = self.group.create_array(name, shape=values.shape, dtype=str, dimension_names=(dim,))
             array[:] = values.astype(object)
@@ -130,15 +136,15 @@ class RunStore:
         """Create an empty float32 array ``(step, *dims)`` chunked by ``chunk_steps`` along step."""
         if name in self.group:
             raise ConfigError(f"{self.name} already has an array named {name!r}; choose another variable name")
-        sizes = self.dim_sizes()
         for dim, size in zip(dims, item_shape):
-            if sizes.get(dim, size) != size:
+            if self._dim_sizes.get(dim, size) != size:
                 raise ConfigError(
-                    f"{name} has {size} entries along {dim!r}, but {dim!r} already has {sizes[dim]}; "
+                    f"{name} has {size} entries along {dim!r}, but {dim!r} already has {self._dim_sizes[dim]}; "
                     f"give {name} its own dims (Recorder(dims={{{name!r}: (...)}}))"
                 )
-            if dim not in self.group:
+            if dim in contract.INDEXED_DIMS and dim not in self.group:
                 self.write_coordinate(dim, dim, np.arange(size, dtype="int64"), contract.DESCRIPTIONS.get(dim, ""))
+            self._dim_sizes[dim] = size
         self.group.create_array(
             name,
             shape=(0, *item_shape),
@@ -152,12 +158,7 @@ class RunStore:
 
     def dim_sizes(self) -> dict[str, int]:
         """Size of every named dimension in the store so far (``step`` excluded)."""
-        return {
-            dim: size
-            for _, array in self.group.arrays()
-            for dim, size in zip(array.metadata.dimension_names or (), array.shape)
-            if dim != contract.STEP
-        }
+        return dict(self._dim_sizes)
 
     def link_coordinates(self, variables: list[str]) -> None:
         """Name each variable's non-index coordinates in its ``coordinates`` attribute (xarray reads it)."""

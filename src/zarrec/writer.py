@@ -22,11 +22,14 @@ from zarrec.store import RunStore
 
 @dataclass
 class Chunk:
-    """Rows ready to be written: ``values[name][i]`` belongs to step ``steps[i]``."""
+    """Rows to write: ``values()[name][i]`` belongs to step ``steps[i]``.
+
+    ``values`` is called in the writer thread, so the producer can leave work to it
+    (waiting for an accelerator's copies, converting to float32).
+    """
 
     steps: np.ndarray
-    values: dict[str, np.ndarray]
-    wait_until_ready: Callable[[], None] = lambda: None  # e.g. synchronise an accelerator copy
+    values: Callable[[], dict[str, np.ndarray]]
     release: Callable[[], None] = lambda: None  # hands the staging memory back to the producer
 
 
@@ -58,8 +61,7 @@ class ChunkWriter:
         while (chunk := self._queue.get()) is not None:
             try:
                 if self.error is None:
-                    chunk.wait_until_ready()
-                    self.store.append(chunk.steps, chunk.values)
+                    self.store.append(chunk.steps, chunk.values())
             except BaseException as exc:  # kept for the producer thread, which raises it
                 self.error = exc
             finally:
