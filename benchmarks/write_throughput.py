@@ -166,6 +166,7 @@ def case_training(variant: str, steps: int, dtype: str, device: str, out: str) -
         "zarrec": lambda: ZarrecCallback(out),
     }[variant]()
     timer = StepTimer()
+    in_step, at_end = time_events(recorder) if recorder else ([0.0], [0.0])
     config = TrainConfig(steps=steps, dtype=dtype, device=device)
     with tempfile.TemporaryDirectory() as trainer_dir:
         trainer = make_trainer(config, trainer_dir, [timer] + ([recorder] if recorder else []), progress=False)
@@ -174,7 +175,26 @@ def case_training(variant: str, steps: int, dtype: str, device: str, out: str) -
         total = time.perf_counter() - start
     warm = timer.times[5:] if len(timer.times) > 10 else timer.times
     return {"median_step_ms": 1000 * statistics.median(warm), "total_s": total, "peak_rss_mb": peak_rss_mb(),
-            "bytes_on_disk": directory_bytes(out)}
+            "bytes_on_disk": directory_bytes(out), "recording_ms_per_step": 1000 * in_step[0] / steps,
+            "recording_at_end_s": at_end[0]}
+
+
+def time_events(callback) -> tuple[list[float], list[float]]:
+    """Accumulate the time the training thread spends in a callback's handlers: per step, and at the end."""
+    in_step, at_end = [0.0], [0.0]
+    for event in ("on_step_begin", "on_pre_optimizer_step", "on_optimizer_step", "on_step_end", "on_train_end"):
+        handler = getattr(callback, event)
+        total = at_end if event == "on_train_end" else in_step
+
+        def timed(*args, _handler=handler, _total=total, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _handler(*args, **kwargs)
+            finally:
+                _total[0] += time.perf_counter() - start
+
+        setattr(callback, event, timed)
+    return in_step, at_end
 
 
 def case_memory(recorder: str, steps: int, out: str) -> dict:
@@ -296,7 +316,10 @@ def section_training(plan: dict, device: str) -> list[dict]:
         step = statistics.median(r["median_step_ms"] for r in results[variant])
         total = statistics.median(r["total_s"] for r in results[variant])
         rss = statistics.median(r["peak_rss_mb"] for r in results[variant])
+        in_thread = statistics.median(r["recording_ms_per_step"] for r in results[variant])
         rows.append({"variant": variant, "median_step_ms": step, "step_overhead": step / base_step - 1,
+                     "recording_ms_per_step": in_thread, "recording_share": in_thread / base_step,
+                     "recording_at_end_s": statistics.median(r["recording_at_end_s"] for r in results[variant]),
                      "total_s": total, "total_overhead": total / base_total - 1, "peak_rss_mb": rss,
                      "rss_over_none_mb": rss - base_rss,
                      "bytes_on_disk": statistics.median(r["bytes_on_disk"] for r in results[variant])})
@@ -348,8 +371,9 @@ def report(results: dict) -> str:
             "compression": "raw / on disk", "peak_rss_mb": "peak RSS MB"})]
     if results.get("training"):
         parts += ["\n### Training overhead\n", table(results["training"], {
-            "variant": "recording", "median_step_ms": "median step ms", "step_overhead": "step overhead",
-            "total_overhead": "wall-clock overhead", "peak_rss_mb": "peak RSS MB",
+            "variant": "recording", "median_step_ms": "median step ms", "step_overhead": "step time vs none",
+            "recording_ms_per_step": "ms/step in recorder", "recording_share": "recorder / step (none)",
+            "recording_at_end_s": "s at train end", "total_overhead": "wall clock vs none", "peak_rss_mb": "peak RSS MB",
             "rss_over_none_mb": "RSS over none, MB", "bytes_on_disk": "bytes on disk"})]
     if results.get("memory"):
         columns = {"recorder": "recorder"}
@@ -365,7 +389,7 @@ def report(results: dict) -> str:
 PLANS = {
     "full": {"repeats": 3, "chunk_steps": [64, 128, 256], "codecs": [("zstd", 3), ("zstd", 1), ("lz4", 5)],
              "synthetic_steps": {"reference": 8192, "whole_model": 512},
-             "training_steps": 200, "training_dtype": "float32",
+             "training_steps": 60, "training_dtype": "bfloat16",
              "memory_steps": [1000, 10000],
              "scaling": [(128, 64, 2048), (1024, 256, 256), (8192, 512, 32), (50257, 768, 4)]},
     "quick": {"repeats": 1, "chunk_steps": [64], "codecs": [("zstd", 3)],
