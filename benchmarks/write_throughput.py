@@ -278,7 +278,7 @@ def section_synthetic(plan: dict, device: str) -> list[dict]:
     rows = []
     for profile, steps in plan["synthetic_steps"].items():
         for cname, clevel in plan["codecs"]:
-            for chunk_steps in plan["chunk_steps"]:
+            for chunk_steps in plan["chunk_steps"][profile]:
                 zarrec_runs, codec_runs = [], []
                 for _ in range(plan["repeats"]):
                     zarrec_runs.append(run_child("synthetic", profile=profile, steps=steps, chunk_steps=chunk_steps,
@@ -387,12 +387,13 @@ def report(results: dict) -> str:
 
 
 PLANS = {
-    "full": {"repeats": 3, "chunk_steps": [64, 128, 256], "codecs": [("zstd", 3), ("zstd", 1), ("lz4", 5)],
+    "full": {"repeats": 3, "chunk_steps": {"reference": [64, 128, 256], "whole_model": [128]},
+             "codecs": [("zstd", 3), ("lz4", 5)],
              "synthetic_steps": {"reference": 8192, "whole_model": 512},
              "training_steps": 60, "training_dtype": "bfloat16",
              "memory_steps": [1000, 10000],
              "scaling": [(128, 64, 2048), (1024, 256, 256), (8192, 512, 32), (50257, 768, 4)]},
-    "quick": {"repeats": 1, "chunk_steps": [64], "codecs": [("zstd", 3)],
+    "quick": {"repeats": 1, "chunk_steps": {"reference": [64], "whole_model": [64]}, "codecs": [("zstd", 3)],
               "synthetic_steps": {"reference": 256, "whole_model": 64},
               "training_steps": 12, "training_dtype": "float32",
               "memory_steps": [100, 400],
