@@ -75,7 +75,6 @@ class RunStore:
     def __init__(self, group: zarr.Group, name: str) -> None:
         self.group = group
         self.name = name
-        self.rows = 0
         self._dim_sizes: dict[str, int] = {}
         self._appender: _Appender | None = None  # opened on the first append, in the writer thread
 
@@ -92,11 +91,17 @@ class RunStore:
         store.create_step_coordinate(chunk_steps)
         return store
 
+    @property
+    def rows(self) -> int:
+        """Rows committed so far."""
+        return self._appender.rows if self._appender is not None else 0
+
     def update_attrs(self, attrs: Mapping[str, Any]) -> None:
         """Add run attributes (hyperparameters, versions) to the group."""
         self.group.attrs.update(dict(attrs))
 
     def create_step_coordinate(self, chunk_steps: int) -> None:
+        """The ``step`` index coordinate, empty: rows are appended with the data."""
         self.group.create_array(
             contract.STEP,
             shape=(0,),
@@ -179,7 +184,6 @@ class RunStore:
         if self._appender is None:
             self._appender = sync(_Appender.open(self.group))
         sync(self._appender.append(steps, values))
-        self.rows = self._appender.rows
 
     def finish(self) -> None:
         """Shrink every array's own metadata to the committed rows (a clean close)."""
