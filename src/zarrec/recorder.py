@@ -86,6 +86,11 @@ class Recorder:
         buffers: staging chunks in host memory (one filling, the rest being written).
         overwrite: replace an existing store at ``out``.
 
+    Memory is bounded: ``buffers × chunk_steps`` steps in their source dtype (pinned on
+    CUDA), however long the run; when every buffer is still being written, :meth:`record`
+    waits for one (back-pressure). A crash loses at most the steps not yet written: up to
+    ``buffers × chunk_steps`` (see :meth:`flush`).
+
     Use it as a context manager, or call :meth:`close` to write the last partial chunk.
     """
 
