@@ -77,7 +77,7 @@ class Recorder:
 
     Args:
         out: path, fsspec URL or Zarr store to create.
-        chunk_steps: steps per chunk along ``step``; also how many steps a crash can lose.
+        chunk_steps: steps per chunk along ``step``.
         dims: non-step dimension names per variable; defaults come from
             :data:`zarrec.contract.VARIABLE_DIMS`, else ``<name>_dim<i>``.
         coords: static coordinates, ``{name: (dim, values)}``, e.g. ``{"live": ("token", mask)}``.
