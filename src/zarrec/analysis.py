@@ -229,8 +229,8 @@ def logit_stats(ds: xr.Dataset) -> xr.Dataset:
     z = ds[contract.LOGITS]
     token = contract.TOKEN
     shifted = z - z.max(token, skipna=False)
-    p = np.exp(shifted) / np.exp(shifted).sum(token, skipna=False)
     log_p = shifted - np.log(np.exp(shifted).sum(token, skipna=False))
+    p = np.exp(log_p)
     entropy = -(p * log_p).sum(token, skipna=False)
     entropy.attrs["max_entropy"] = float(np.log(z.sizes[token]))
     stats = {

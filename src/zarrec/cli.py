@@ -79,9 +79,9 @@ def _plot(args: argparse.Namespace) -> None:
     import xarray as xr
 
     from zarrec.plots import save_all
-    from zarrec.summary import summarize
+    from zarrec.summary import open_run
 
-    summarize(args.store)  # a clear error for a path that is not a zarrec store
+    open_run(args.store)  # a clear error for a path that is not a zarrec store
     written, skipped = save_all(xr.open_zarr(args.store), args.out, progress=not args.quiet)
     for path in written:
         print(path)

@@ -1,9 +1,9 @@
 """Creating a zarrec store and appending whole step-chunks to it.
 
 The store is a Zarr v3 group laid out as :mod:`zarrec.contract` describes. Each
-append writes the data arrays first, then the ``step`` coordinate, then the
-consolidated metadata: a reader that opens the store through its consolidated
-metadata (as ``xr.open_zarr`` does) sees only steps whose data is complete.
+append writes the chunks of every array (data and ``step``), then the consolidated
+metadata: a reader that opens the store through its consolidated metadata (as
+``xr.open_zarr`` does) sees only steps whose data is complete.
 """
 
 from __future__ import annotations

@@ -127,14 +127,20 @@ def _finite(values: np.ndarray) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def summarize(out: StoreLike) -> StoreSummary:
-    """Summarise a store from its metadata and its small arrays."""
+def open_run(out: StoreLike) -> zarr.Group:
+    """Open a zarrec store read-only, or raise a :class:`ConfigError` saying why it is not one."""
     try:
         group = zarr.open_group(out, mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as exc:
         raise ConfigError(f"{describe(out)} is not a Zarr store; pass the path of a store written by zarrec") from exc
     if contract.STEP not in group:
         raise ConfigError(f"{describe(out)} has no {contract.STEP!r} array; it was not written by zarrec")
+    return group
+
+
+def summarize(out: StoreLike) -> StoreSummary:
+    """Summarise a store from its metadata and its small arrays."""
+    group = open_run(out)
     steps = group[contract.STEP][:]
     arrays = dict(group.arrays())
     stored = {name: array.nbytes_stored() for name, array in arrays.items()}
