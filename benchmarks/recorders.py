@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from zarrec import contract
 
 NAMES = ("embeddings", "grads", "momentum", "variance", "logits", "loss")
+NAIVE_CHUNK_STEPS = 128  # each append re-writes the growing chunk; bigger chunks make it slower still
 
 
 class _Capture(TrainerCallback):
@@ -71,6 +72,6 @@ class NaiveAppend(_Capture):
         for name, row in rows.items():
             if name not in self.arrays:
                 self.arrays[name] = self.group.create_array(
-                    name, shape=(0, *np.shape(row)), chunks=(contract.DEFAULT_CHUNK_STEPS, *np.shape(row)),
+                    name, shape=(0, *np.shape(row)), chunks=(NAIVE_CHUNK_STEPS, *np.shape(row)),
                     dtype="float32", compressors=contract.default_compressor())
             self.arrays[name].append(np.asarray(row)[None])

@@ -42,6 +42,32 @@ def test_values_round_trip_bitwise(tmp_path, dtype):
     assert ds.embeddings.encoding["preferred_chunks"]["step"] == 4
 
 
+def test_every_bfloat16_bit_pattern_is_stored_as_its_float32(tmp_path):
+    every_bf16 = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    with Recorder(tmp_path / "r.zarr") as recorder:
+        recorder.record(0, x=every_bf16)
+    stored = zarr.open_group(tmp_path / "r.zarr", mode="r")["x"][0]
+    np.testing.assert_array_equal(stored.view(np.int32), every_bf16.float().numpy().view(np.int32))
+
+
+@pytest.mark.parametrize(
+    ("shapes", "dtype", "expected"),
+    [
+        ({"embeddings": (128, 64), "logits": (128,), "loss": ()}, torch.bfloat16, 256),  # the reference run
+        ({"loss": ()}, torch.float32, 512),  # capped: a crash loses at most this many steps
+        ({"w": (1024, 1024), "v": (1024, 1024)}, torch.float32, 2),  # 8 MB chunks of each
+        ({"w": (4096, 4096)}, torch.float32, 1),  # larger than a chunk: one step per chunk
+        ({f"p{i}": (256, 256) for i in range(64)}, torch.bfloat16, 8),  # capped by staging memory
+    ],
+)
+def test_chunk_steps_default_to_about_8_mb_per_chunk(tmp_path, shapes, dtype, expected):
+    with Recorder(tmp_path / "r.zarr") as recorder:
+        recorder.record(0, **{name: torch.zeros(shape, dtype=dtype) for name, shape in shapes.items()})
+    assert recorder.chunk_steps == expected
+    group = zarr.open_group(tmp_path / "r.zarr", mode="r")
+    assert {group[name].chunks[0] for name in [*shapes, "step"]} == {expected}
+
+
 def test_nan_and_inf_are_recorded_as_they_are(tmp_path):
     special = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-45])
     with Recorder(tmp_path / "r.zarr", chunk_steps=2) as recorder:

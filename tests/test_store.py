@@ -40,7 +40,7 @@ def test_empty_directory_is_accepted(tmp_path):
 
 def test_consolidated_metadata_is_the_commit(tmp_path):
     """Arrays reserve rows ahead; readers of consolidated metadata see exactly the committed rows."""
-    store = RunStore.create(tmp_path / "run.zarr", chunk_steps=4)
+    store = RunStore.create(tmp_path / "run.zarr")
     store.create_variable("x", (2,), ("dim",), 4, {}, contract.default_compressor())
     store.link_coordinates(["x"])
     store.append(np.array([0, 1, 2]), {"x": np.ones((3, 2), np.float32)})

@@ -10,7 +10,7 @@ from zarrec.writer import Chunk, ChunkWriter
 
 
 def make_store(path) -> RunStore:
-    store = RunStore.create(path, chunk_steps=2)
+    store = RunStore.create(path)
     store.create_variable("x", (), (), 2, {}, contract.default_compressor())
     return store
 

@@ -57,7 +57,7 @@ class ZarrecCallback(TrainerCallback):
     Args:
         out: path, fsspec URL or Zarr store to create.
         every: record steps divisible by ``every`` (and step 0).
-        chunk_steps: recorded steps per Zarr chunk.
+        chunk_steps: recorded steps per Zarr chunk; by default about 8 MB per chunk (see :class:`Recorder`).
         token_coords: coordinates along ``token`` as ``{name: ("token", values)}``,
             e.g. :meth:`zarrec.corpus.Corpus.token_coords`.
         attrs: extra run attributes (e.g. how the data and the model were made).
@@ -69,7 +69,7 @@ class ZarrecCallback(TrainerCallback):
         out: StoreLike,
         *,
         every: int = 1,
-        chunk_steps: int = contract.DEFAULT_CHUNK_STEPS,
+        chunk_steps: int | None = None,
         token_coords: Mapping[str, tuple[str, Any]] | None = None,
         attrs: Mapping[str, Any] | None = None,
         overwrite: bool = False,

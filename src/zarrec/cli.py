@@ -11,7 +11,6 @@ import json
 import sys
 from collections.abc import Sequence
 
-from zarrec import contract
 from zarrec.errors import ZarrecError
 
 
@@ -31,8 +30,8 @@ def _train_parser(subparsers) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default=defaults.dtype, help="training dtype (default %(default)s)")
     parser.add_argument("--init", choices=INITS, default=defaults.init, help="embedding initialisation (default %(default)s)")
     parser.add_argument("--every", type=int, default=defaults.every, help="record every N-th step (default %(default)s)")
-    parser.add_argument("--chunk-steps", type=int, default=contract.DEFAULT_CHUNK_STEPS,
-                        help="recorded steps per Zarr chunk (default %(default)s)")
+    parser.add_argument("--chunk-steps", type=int,
+                        help="recorded steps per Zarr chunk (default: about 8 MB per chunk, 256 for the reference run)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default %(default)s")
     parser.add_argument("--gradient-accumulation", type=int, default=defaults.gradient_accumulation,
                         help="default %(default)s")

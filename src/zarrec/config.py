@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zarrec import contract
 from zarrec.errors import ConfigError
 
 DTYPES = ("bfloat16", "float32")
@@ -40,7 +39,7 @@ class TrainConfig:
     device: str = "auto"
     corpus: str | None = None
     every: int = 1
-    chunk_steps: int = contract.DEFAULT_CHUNK_STEPS
+    chunk_steps: int | None = None  # None: chosen by the Recorder from the recorded shapes
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first setting that cannot work."""
@@ -53,7 +52,7 @@ class TrainConfig:
         positive = ("vocab_size", "n_embd", "n_layer", "n_head", "context", "batch_size", "gradient_accumulation",
                     "steps", "every", "chunk_steps")
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")

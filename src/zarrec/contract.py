@@ -80,9 +80,22 @@ STORED_DTYPE = "float32"
 FORMAT_ATTR = "zarrec_format"
 FORMAT_VERSION = 1
 
-# 128 steps per chunk: measured fastest per byte among 64/128/256 short of 256's larger loss
-# on a crash and larger staging memory (benchmarks/README.md).
-DEFAULT_CHUNK_STEPS = 128
+# Steps per chunk, chosen from the first recorded step unless given. zarr-python's cost per
+# chunk write is mostly fixed, so bigger chunks write faster, up to about 8 MB
+# (benchmarks/README.md); the caps keep a staging buffer's memory and the steps a crash
+# can lose small.
+TARGET_CHUNK_BYTES = 8 * 2**20
+STAGING_BUFFER_BYTES = 64 * 2**20
+MAX_CHUNK_STEPS = 512
+
+
+def auto_chunk_steps(largest_row_bytes: int, staged_row_bytes: int) -> int:
+    """Steps per chunk for rows of these sizes: the largest power of two that keeps a chunk of
+    the largest variable within ``TARGET_CHUNK_BYTES``, one staging buffer (a row of every
+    variable, in its source dtype) within ``STAGING_BUFFER_BYTES``, and at most
+    ``MAX_CHUNK_STEPS``; at least 1."""
+    fit = min(TARGET_CHUNK_BYTES // max(largest_row_bytes, 1), STAGING_BUFFER_BYTES // max(staged_row_bytes, 1))
+    return 1 << (max(1, min(fit, MAX_CHUNK_STEPS)).bit_length() - 1)
 
 
 def default_compressor() -> BloscCodec:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import warnings
 from collections.abc import Mapping
@@ -19,6 +20,8 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr import AsyncArray
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.common import ZARR_JSON
 from zarr.core.group import ConsolidatedMetadata
 from zarr.core.sync import sync
 from zarr.errors import ContainsArrayError, ContainsGroupError
@@ -79,7 +82,7 @@ class RunStore:
         self._appender: _Appender | None = None  # opened on the first append, in the writer thread
 
     @classmethod
-    def create(cls, out: StoreLike, *, chunk_steps: int = contract.DEFAULT_CHUNK_STEPS, overwrite: bool = False) -> RunStore:
+    def create(cls, out: StoreLike, *, overwrite: bool = False) -> RunStore:
         """Create an empty store at ``out`` (a path, an fsspec URL or a zarr Store); see :func:`ensure_new`."""
         ensure_new(out, overwrite=overwrite)
         try:
@@ -87,9 +90,7 @@ class RunStore:
         except (ContainsGroupError, ContainsArrayError, FileExistsError) as exc:
             raise StoreExistsError(_exists_message(describe(out))) from exc
         group.attrs[contract.FORMAT_ATTR] = contract.FORMAT_VERSION
-        store = cls(group, describe(out))
-        store.create_step_coordinate(chunk_steps)
-        return store
+        return cls(group, describe(out))
 
     @property
     def rows(self) -> int:
@@ -100,7 +101,7 @@ class RunStore:
         """Add run attributes (hyperparameters, versions) to the group."""
         self.group.attrs.update(dict(attrs))
 
-    def create_step_coordinate(self, chunk_steps: int) -> None:
+    def _create_step_coordinate(self, chunk_steps: int) -> None:
         """The ``step`` index coordinate, empty: rows are appended with the data."""
         self.group.create_array(
             contract.STEP,
@@ -138,7 +139,12 @@ class RunStore:
         attrs: Mapping[str, Any],
         compressor: Any,
     ) -> None:
-        """Create an empty float32 array ``(step, *dims)`` chunked by ``chunk_steps`` along step."""
+        """Create an empty float32 array ``(step, *dims)`` chunked by ``chunk_steps`` along step.
+
+        The first variable also creates the ``step`` coordinate, chunked the same way.
+        """
+        if contract.STEP not in self.group:
+            self._create_step_coordinate(chunk_steps)
         if name in self.group:
             raise ConfigError(f"{self.name} already has an array named {name!r}; choose another variable name")
         for dim, size in zip(dims, item_shape):
@@ -207,6 +213,14 @@ class _Appender:
         self.growing = [name for name, array in arrays.items() if (array.metadata.dimension_names or ("",))[0] == contract.STEP]
         self.rows = arrays[contract.STEP].shape[0]
         self.capacity = self.rows
+        # The root document with every array's metadata consolidated (what zarr.consolidate_metadata
+        # writes), serialised by zarr once; a commit only changes the growing arrays' step length.
+        consolidated = ConsolidatedMetadata(metadata={name: array.metadata for name, array in arrays.items()})
+        self.document = dataclasses.replace(root.metadata, consolidated_metadata=consolidated).to_dict()
+        members = self.document["consolidated_metadata"]["metadata"]
+        for name in self.growing:
+            members[name]["shape"] = list(members[name]["shape"])
+        self.committed_shapes = [members[name]["shape"] for name in self.growing]
 
     @classmethod
     async def open(cls, group: zarr.Group) -> _Appender:
@@ -229,13 +243,9 @@ class _Appender:
         self.capacity = rows
 
     async def _commit(self, rows: int) -> None:
-        """Write the consolidated metadata with ``rows`` rows: what zarr.consolidate_metadata writes,
-        built from the metadata in memory instead of re-read from the store."""
-        members = {
-            name: array.metadata.update_shape((rows, *array.shape[1:])) if name in self.growing else array.metadata
-            for name, array in self.arrays.items()
-        }
-        metadata = dataclasses.replace(self.root.metadata, consolidated_metadata=ConsolidatedMetadata(metadata=members))
-        self.root = dataclasses.replace(self.root, metadata=metadata)
-        await self.root._save_metadata()
+        """Write the root document with ``rows`` committed rows in every growing array."""
+        for shape in self.committed_shapes:
+            shape[0] = rows
+        text = json.dumps(self.document, indent=zarr.config.get("json_indent"), allow_nan=True)
+        await (self.root.store_path / ZARR_JSON).set(default_buffer_prototype().buffer.from_bytes(text.encode()))
         self.rows = rows
