@@ -18,6 +18,8 @@ along its other dimensions, and compressed with Blosc zstd + bit-shuffle.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from zarr.codecs import BloscCodec
 
 STEP = "step"
@@ -89,13 +91,15 @@ STAGING_BUFFER_BYTES = 64 * 2**20
 MAX_CHUNK_STEPS = 512
 
 
-def auto_chunk_steps(largest_row_bytes: int, staged_row_bytes: int) -> int:
-    """Steps per chunk for rows of these sizes: the largest power of two that keeps a chunk of
-    the largest variable within ``TARGET_CHUNK_BYTES``, one staging buffer (a row of every
-    variable, in its source dtype) within ``STAGING_BUFFER_BYTES``, and at most
-    ``MAX_CHUNK_STEPS``; at least 1."""
-    fit = min(TARGET_CHUNK_BYTES // max(largest_row_bytes, 1), STAGING_BUFFER_BYTES // max(staged_row_bytes, 1))
-    return 1 << (max(1, min(fit, MAX_CHUNK_STEPS)).bit_length() - 1)
+def auto_chunk_steps(sizes: Sequence[int], staged_itemsizes: Sequence[int]) -> int:
+    """Steps per chunk for variables of ``sizes`` elements a step, staged at ``staged_itemsizes``
+    bytes an element (their source dtype): the largest power of two that keeps a chunk of the
+    largest variable (as float32) within ``TARGET_CHUNK_BYTES``, one staging buffer (a step of
+    every variable) within ``STAGING_BUFFER_BYTES``, and at most ``MAX_CHUNK_STEPS``; at least 1."""
+    stored_row = 4 * max(sizes, default=1)
+    staged_row = sum(n * itemsize for n, itemsize in zip(sizes, staged_itemsizes))
+    fit = min(TARGET_CHUNK_BYTES // max(stored_row, 1), STAGING_BUFFER_BYTES // max(staged_row, 1), MAX_CHUNK_STEPS)
+    return 1 << (max(1, fit).bit_length() - 1)
 
 
 def default_compressor() -> BloscCodec:

@@ -218,9 +218,9 @@ class Recorder:
                 raise RecordError(f"{name} has shape {shape} but dims {dims}; give one dim name per axis")
             layout[name] = (shape, dims, _dtype_name(value), _staging_dtype(value))
         if self.chunk_steps is None:
-            sizes = [math.prod(shape) for shape, *_ in layout.values()]
-            staged_row_bytes = sum(n * dtype.itemsize for n, (*_, dtype) in zip(sizes, layout.values()))
-            self.chunk_steps = contract.auto_chunk_steps(4 * max(sizes), staged_row_bytes)  # stored as float32
+            self.chunk_steps = contract.auto_chunk_steps(
+                [math.prod(shape) for shape, *_ in layout.values()], [dtype.itemsize for *_, dtype in layout.values()]
+            )
         for name, (shape, dims, source_dtype, _) in layout.items():
             attrs = {contract.SOURCE_DTYPE_ATTR: source_dtype}
             if name in contract.DESCRIPTIONS:
