@@ -53,14 +53,14 @@ def test_every_bfloat16_bit_pattern_is_stored_as_its_float32(tmp_path):
 @pytest.mark.parametrize(
     ("shapes", "dtype", "expected"),
     [
-        ({"embeddings": (128, 64), "logits": (128,), "loss": ()}, torch.bfloat16, 256),  # the reference run
+        ({"embeddings": (128, 64), "logits": (128,), "loss": ()}, torch.bfloat16, 512),  # the reference run
         ({"loss": ()}, torch.float32, 512),  # capped: a crash loses at most this many steps
-        ({"w": (1024, 1024), "v": (1024, 1024)}, torch.float32, 2),  # 8 MB chunks of each
+        ({"w": (1024, 1024), "v": (1024, 1024)}, torch.float32, 4),  # 16 MB chunks of each
         ({"w": (4096, 4096)}, torch.float32, 1),  # larger than a chunk: one step per chunk
         ({f"p{i}": (256, 256) for i in range(64)}, torch.bfloat16, 8),  # capped by staging memory
     ],
 )
-def test_chunk_steps_default_to_about_8_mb_per_chunk(tmp_path, shapes, dtype, expected):
+def test_chunk_steps_default_to_about_16_mb_per_chunk(tmp_path, shapes, dtype, expected):
     with Recorder(tmp_path / "r.zarr") as recorder:
         recorder.record(0, **{name: torch.zeros(shape, dtype=dtype) for name, shape in shapes.items()})
     assert recorder.chunk_steps == expected

@@ -57,7 +57,7 @@ class ZarrecCallback(TrainerCallback):
     Args:
         out: path, fsspec URL or Zarr store to create.
         every: record steps divisible by ``every`` (and step 0).
-        chunk_steps: recorded steps per Zarr chunk; by default about 8 MB per chunk (see :class:`Recorder`).
+        chunk_steps: recorded steps per Zarr chunk; by default about 16 MB per chunk (see :class:`Recorder`).
         token_coords: coordinates along ``token`` as ``{name: ("token", values)}``,
             e.g. :meth:`zarrec.corpus.Corpus.token_coords`.
         attrs: extra run attributes (e.g. how the data and the model were made).

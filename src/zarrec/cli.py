@@ -31,7 +31,7 @@ def _train_parser(subparsers) -> None:
     parser.add_argument("--init", choices=INITS, default=defaults.init, help="embedding initialisation (default %(default)s)")
     parser.add_argument("--every", type=int, default=defaults.every, help="record every N-th step (default %(default)s)")
     parser.add_argument("--chunk-steps", type=int,
-                        help="recorded steps per Zarr chunk (default: about 8 MB per chunk, 256 for the reference run)")
+                        help="recorded steps per Zarr chunk (default: about 16 MB per chunk, 512 for the reference run)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default %(default)s")
     parser.add_argument("--gradient-accumulation", type=int, default=defaults.gradient_accumulation,
                         help="default %(default)s")

@@ -83,10 +83,10 @@ FORMAT_ATTR = "zarrec_format"
 FORMAT_VERSION = 1
 
 # Steps per chunk, chosen from the first recorded step unless given. zarr-python's cost per
-# chunk write is mostly fixed, so bigger chunks write faster, up to about 8 MB
+# chunk write is mostly fixed, so bigger chunks write faster, up to about 16 MB
 # (benchmarks/README.md); the caps keep a staging buffer's memory and the steps a crash
 # can lose small.
-TARGET_CHUNK_BYTES = 8 * 2**20
+TARGET_CHUNK_BYTES = 16 * 2**20
 STAGING_BUFFER_BYTES = 64 * 2**20
 MAX_CHUNK_STEPS = 512
 

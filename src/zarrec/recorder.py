@@ -94,7 +94,7 @@ class Recorder:
     Args:
         out: path, fsspec URL or Zarr store to create.
         chunk_steps: steps per chunk along ``step``; by default chosen from the first step
-            (:func:`zarrec.contract.auto_chunk_steps`: about 8 MB per chunk, at most 512 steps).
+            (:func:`zarrec.contract.auto_chunk_steps`: about 16 MB per chunk, at most 512 steps).
         dims: non-step dimension names per variable; defaults come from
             :data:`zarrec.contract.VARIABLE_DIMS`, else ``<name>_dim<i>``.
         coords: static coordinates, ``{name: (dim, values)}``, e.g. ``{"live": ("token", mask)}``.
@@ -170,7 +170,8 @@ class Recorder:
         if not self._shapes:
             self._start(values)
         for name, value in values.items():
-            self._check(step, name, value)
+            if getattr(value, "shape", ()) != self._shapes.get(name):  # torch.Size and numpy shapes are tuples
+                self._refuse(step, name, value)
         staging = self._current or self._take_free_buffer()
         row = staging.rows
         _copy_row(staging.row_views[row], [values.get(name, _MISSING) for name in self._shapes], self._uses_cuda)
@@ -234,13 +235,12 @@ class Recorder:
             self._free.put(_Staging(self.chunk_steps, staged, pinned=self._uses_cuda))
         self._writer = ChunkWriter(self._store)
 
-    def _check(self, step: int, name: str, value: Value) -> None:
+    def _refuse(self, step: int, name: str, value: Value) -> None:
         if name not in self._shapes:
             raise RecordError(f"{name!r} was not in the first record() call; this recording has {sorted(self._shapes)}")
-        if _shape_of(value) != self._shapes[name]:
-            raise RecordError(
-                f"{name} has shape {_shape_of(value)} at step {step}, expected {self._shapes[name]} as in the first step"
-            )
+        raise RecordError(
+            f"{name} has shape {_shape_of(value)} at step {step}, expected {self._shapes[name]} as in the first step"
+        )
 
     def _take_free_buffer(self) -> _Staging:
         self._current = self._free.get()  # blocks while every buffer is being written
