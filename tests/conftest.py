@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import TrainerCallback
+from zarr.storage import LocalStore, WrapperStore
 
 from zarrec.config import TrainConfig
 from zarrec.experiment import train
@@ -102,3 +104,22 @@ def synthetic_dataset(steps=(0, 1, 2, 3, 4, 5, 6), tokens: int = 6, dims: int = 
                 "count": ("token", live.astype(np.int64) * 10)},
         attrs={"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "weight_decay": 0.01},
     ).chunk({"step": 3})
+
+
+class FullDisk(WrapperStore):
+    """A real local store on a disk that fills up: every write after the first ``writes`` fails
+    with ENOSPC, as a full disk does (what was written stays written)."""
+
+    def __init__(self, path: Path, writes: int) -> None:
+        super().__init__(LocalStore(path))
+        self.path = path
+        self.writes_left = writes
+
+    def __repr__(self) -> str:
+        return f"FullDisk({self.path})"
+
+    async def set(self, key: str, value) -> None:
+        if self.writes_left <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device", key)
+        self.writes_left -= 1
+        await self._store.set(key, value)

@@ -34,7 +34,7 @@ def test_existing_out_is_refused_then_overwritten(tmp_path, small_corpus):
     refused = zarrec(*args)
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [
-        f"zarrec: error: {out} already exists; pass --overwrite (overwrite=True) to replace it, "
+        f"zarrec: error: {out} already exists; pass --resume to continue it, --overwrite (overwrite=True) to replace it, "
         "or choose another output path"
     ]
     np.testing.assert_array_equal(xr.open_zarr(out).embeddings.values, before)  # untouched

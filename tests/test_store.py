@@ -7,14 +7,17 @@ import pytest
 import xarray as xr
 import zarr
 
-from zarrec import ConfigError, StoreExistsError, contract
+from zarrec import ConfigError, StoreExistsError, StoreLockedError, contract
 from zarrec.store import RunStore, ensure_new
 
 
 def test_existing_store_is_refused_unless_overwrite(tmp_path):
-    RunStore.create(tmp_path / "run.zarr")
-    with pytest.raises(StoreExistsError, match="already exists; pass --overwrite"):
+    first = RunStore.create(tmp_path / "run.zarr")
+    with pytest.raises(StoreExistsError, match="already exists; pass --resume to continue it, --overwrite"):
         RunStore.create(tmp_path / "run.zarr")
+    with pytest.raises(StoreLockedError, match="is being written by process"):
+        RunStore.create(tmp_path / "run.zarr", overwrite=True)  # not while its writer has it open
+    first.release()
     RunStore.create(tmp_path / "run.zarr", overwrite=True)
 
 

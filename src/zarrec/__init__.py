@@ -5,7 +5,16 @@ Importing zarrec registers the ``ds.zarrec`` xarray accessor. ``Recorder`` (torc
 """
 
 from zarrec import accessor as _accessor  # noqa: F401  (registers ds.zarrec)
-from zarrec.errors import ConfigError, MissingDependencyError, RecordError, StoreExistsError, WriterError, ZarrecError
+from zarrec.errors import (
+    ConfigError,
+    MissingDependencyError,
+    RecordError,
+    StoreExistsError,
+    StoreLockedError,
+    WriterError,
+    ZarrecError,
+    ZarrecWarning,
+)
 
 __all__ = [
     "ConfigError",
@@ -13,9 +22,11 @@ __all__ = [
     "RecordError",
     "Recorder",
     "StoreExistsError",
+    "StoreLockedError",
     "WriterError",
     "ZarrecCallback",
     "ZarrecError",
+    "ZarrecWarning",
 ]
 
 

@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 from zarrec import contract
 from zarrec.errors import ConfigError
 from zarrec.recorder import Recorder
-from zarrec.store import StoreLike
+from zarrec.store import StoreLike, store_exists
 from zarrec.versions import library_versions
 
 
@@ -62,6 +62,11 @@ class ZarrecCallback(TrainerCallback):
             e.g. :meth:`zarrec.corpus.Corpus.token_coords`.
         attrs: extra run attributes (e.g. how the data and the model were made).
         overwrite: replace an existing store at ``out``.
+        resume: continue the store at ``out`` if it exists, as training resumes from a
+            checkpoint (``trainer.train(resume_from_checkpoint=...)``): steps recorded
+            after the checkpoint are dropped first. The run must be the recorded one
+            (hyperparameters, model, data); a difference is refused, naming it.
+        flush_every, on_error: as for :class:`~zarrec.Recorder`.
     """
 
     def __init__(
@@ -73,6 +78,9 @@ class ZarrecCallback(TrainerCallback):
         token_coords: Mapping[str, tuple[str, Any]] | None = None,
         attrs: Mapping[str, Any] | None = None,
         overwrite: bool = False,
+        resume: bool = False,
+        flush_every: int | None = None,
+        on_error: str = "raise",
     ) -> None:
         if every < 1:
             raise ConfigError(f"every must be a positive number of steps, got {every}")
@@ -82,6 +90,9 @@ class ZarrecCallback(TrainerCallback):
         self.token_coords = dict(token_coords or {})
         self.attrs = dict(attrs or {})
         self.overwrite = overwrite
+        self.resume = resume
+        self.flush_every = flush_every
+        self.on_error = on_error
         self.recorder: Recorder | None = None
         self._weight: torch.Tensor | None = None
         self._group: dict[str, Any] | None = None
@@ -105,9 +116,20 @@ class ZarrecCallback(TrainerCallback):
         self._records_moments = "betas" in self._group  # Adam-family: exp_avg and exp_avg_sq exist
         self._hook = model.register_forward_hook(self._capture_forward, with_kwargs=True)
         attrs = {**run_attributes(args, state, model, self._weight, self._group), **self.attrs}
+        resuming = self.resume and store_exists(self.out)
         self.recorder = Recorder(
-            self.out, chunk_steps=self.chunk_steps, coords=self.token_coords, attrs=attrs, overwrite=self.overwrite
+            self.out,
+            chunk_steps=self.chunk_steps,
+            coords=self.token_coords,
+            attrs=attrs,
+            overwrite=self.overwrite,
+            # From step 0, nothing is kept: step 0 is recorded again below.
+            resume_from=(state.global_step if state.global_step else -1) if resuming else None,
+            flush_every=self.flush_every,
+            on_error=self.on_error,
         )
+        if resuming and state.global_step:
+            self._refuse_a_gap(state.global_step)
         if state.global_step == 0:
             self._record_initial_state()
 
@@ -139,16 +161,28 @@ class ZarrecCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self.close()
 
-    def close(self) -> None:
-        """Write every recorded step and detach from the model (called at the end of training)."""
+    def close(self, reason: str | None = None) -> None:
+        """Write every recorded step and detach from the model (called at the end of training);
+        a ``reason`` marks the store interrupted (see :meth:`Recorder.close`)."""
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
         if self.recorder is not None:
-            self.recorder.close()
+            self.recorder.close(reason)
 
     def _records(self, step: int) -> bool:
         return step % self.every == 0
+
+    def _refuse_a_gap(self, resume_step: int) -> None:
+        """Refuse to resume after a checkpoint that is newer than the store's last commit."""
+        missing = first_unrecorded_step(self.recorder.committed_step, resume_step, self.every)
+        if missing is not None:
+            self.recorder.close("refused to resume: steps would be missing")
+            raise ConfigError(
+                f"{self.recorder.store_name} holds steps up to {self.recorder.committed_step}, but training resumes after "
+                f"step {resume_step}: step {missing} would never be recorded; resume from a checkpoint at or before "
+                f"step {self.recorder.committed_step}"
+            )
 
     def _capture_forward(self, module, args, kwargs, output) -> None:
         if not module.training or not torch.is_grad_enabled():
@@ -181,6 +215,13 @@ class ZarrecCallback(TrainerCallback):
 
     def _nan_logits(self) -> torch.Tensor:
         return torch.full(self._weight.shape[:1], float("nan"), device=self._weight.device)
+
+
+def first_unrecorded_step(committed: int | None, resume_step: int, every: int) -> int | None:
+    """The first step that ``every`` records after ``committed`` (the store's last step) and at
+    or before ``resume_step`` (where training resumes), or None: resuming there leaves no gap."""
+    following = 0 if committed is None else (committed // every + 1) * every
+    return following if following <= resume_step else None
 
 
 def run_attributes(args, state, model, weight: torch.Tensor, group: Mapping[str, Any]) -> dict[str, Any]:

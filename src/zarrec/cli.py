@@ -11,7 +11,9 @@ import json
 import sys
 from collections.abc import Sequence
 
-from zarrec.errors import ZarrecError
+from zarrec.errors import ConfigError, ZarrecError
+from zarrec.shutdown import received_signal as shutdown_signal
+from zarrec.shutdown import stop_reason
 
 
 def _train_parser(subparsers) -> None:
@@ -21,34 +23,52 @@ def _train_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train the reference byte-level GPT-2 and record every step",
-        description="Train the reference experiment (offline, on a built-in corpus by default) and record it.",
+        description="Train the reference experiment (offline, on a built-in corpus by default) and record it. "
+        "With --resume, options not given are those of the recorded run.",
     )
     parser.add_argument("--out", required=True, help="Zarr store to create (path or fsspec URL)")
-    parser.add_argument("--corpus", help="text file to train on (non-ASCII bytes dropped); default: Python's pydoc topics")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps (default %(default)s)")
-    parser.add_argument("--device", choices=DEVICES, default=defaults.device, help="default %(default)s")
-    parser.add_argument("--dtype", choices=DTYPES, default=defaults.dtype, help="training dtype (default %(default)s)")
-    parser.add_argument("--init", choices=INITS, default=defaults.init, help="embedding initialisation (default %(default)s)")
-    parser.add_argument("--every", type=int, default=defaults.every, help="record every N-th step (default %(default)s)")
-    parser.add_argument("--chunk-steps", type=int,
-                        help="recorded steps per Zarr chunk (default: about 16 MB per chunk, 512 for the reference run)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default %(default)s")
-    parser.add_argument("--gradient-accumulation", type=int, default=defaults.gradient_accumulation,
-                        help="default %(default)s")
-    parser.add_argument("--context", type=int, default=defaults.context, help="sequence length (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="default %(default)s")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+    # Run settings default to None so that --resume can tell the options given from the recorded ones.
+    run = parser.add_argument_group("the run (recorded in the store's 'config' attribute)")
+    run.add_argument("--corpus", help="text file to train on (non-ASCII bytes dropped); default: Python's pydoc topics")
+    run.add_argument("--steps", type=int, help=f"optimizer steps (default {defaults.steps})")
+    run.add_argument("--device", choices=DEVICES, help=f"default {defaults.device}")
+    run.add_argument("--dtype", choices=DTYPES, help=f"training dtype (default {defaults.dtype})")
+    run.add_argument("--init", choices=INITS, help=f"embedding initialisation (default {defaults.init})")
+    run.add_argument("--every", type=int, help=f"record every N-th step (default {defaults.every})")
+    run.add_argument("--chunk-steps", type=int,
+                     help="recorded steps per Zarr chunk (default: about 16 MB per chunk, 512 for the reference run)")
+    run.add_argument("--batch-size", type=int, help=f"default {defaults.batch_size}")
+    run.add_argument("--gradient-accumulation", type=int, help=f"default {defaults.gradient_accumulation}")
+    run.add_argument("--context", type=int, help=f"sequence length (default {defaults.context})")
+    run.add_argument("--seed", type=int, help=f"default {defaults.seed}")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing store at --out (and its checkpoints)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run in --out from its newest usable checkpoint")
+    parser.add_argument("--checkpoint-dir", help="where the Trainer saves checkpoints (default: <out>.checkpoints)")
+    parser.add_argument("--save-steps", type=int, default=500, help="steps between checkpoints (default %(default)s)")
+    parser.add_argument("--flush-every", type=int,
+                        help="also commit every N recorded steps (default: at each chunk); bounds what a kill -9 loses")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_train)
 
 
 def _train(args: argparse.Namespace) -> None:
     from zarrec.config import TrainConfig
-    from zarrec.experiment import train
+    from zarrec.experiment import default_checkpoint_dir, recorded_config, train
 
+    for option in ("save_steps", "flush_every"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the store and --overwrite replaces it; pass one of them")
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{name: value for name, value in vars(args).items() if name in fields})
-    summary = train(config, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    given = {name: value for name, value in vars(args).items() if name in fields and value is not None}
+    config = TrainConfig(**{**(recorded_config(args.out) if args.resume else {}), **given})
+    checkpoint_dir = args.checkpoint_dir or default_checkpoint_dir(args.out)
+    summary = train(
+        config, args.out, overwrite=args.overwrite, resume=args.resume, checkpoint_dir=checkpoint_dir,
+        save_steps=args.save_steps, flush_every=args.flush_every, progress=not args.quiet,
+    )
     print("\n".join(summary.lines()))
 
 
@@ -90,6 +110,7 @@ def _plot(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zarrec", description="Record every training step into Zarr; analyse with xarray.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     subparsers = parser.add_subparsers(title="commands", required=True)
     _train_parser(subparsers)
     _info_parser(subparsers)
@@ -102,8 +123,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.run(args)
     except ZarrecError as error:
+        if args.debug:
+            raise
         print(f"zarrec: error: {error}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, SystemExit) as stop:
+        if isinstance(stop, SystemExit) and not shutdown_signal():
+            raise  # an ordinary exit, not a signal
+        if args.debug:
+            raise
+        store = f"; what was recorded is in {args.out} (continue with --resume)" if args.run is _train else ""
+        print(f"zarrec: stopped: {stop_reason(stop)}{store}", file=sys.stderr)
+        return 130 if isinstance(stop, KeyboardInterrupt) else stop.code
     return 0
 
 

@@ -82,6 +82,22 @@ STORED_DTYPE = "float32"
 FORMAT_ATTR = "zarrec_format"
 FORMAT_VERSION = 1
 
+# Group attribute saying how the recording stands: {"state": ..., "reason": ..., "last_step": ...}.
+# "recording" in a store no writer has open means the writer was killed (steps up to
+# last_step of the last commit are complete; the step coordinate says which).
+STATUS_ATTR = "zarrec_status"
+RECORDING = "recording"
+COMPLETE = "complete"
+INTERRUPTED = "interrupted"  # stopped by a signal or an exception; every recorded step was written
+FAILED = "failed"  # the writer could not write; steps after the last commit are lost
+# Group attribute listing the steps a recording was resumed after (steps recorded after them were dropped).
+RESUMED_ATTR = "zarrec_resumed_after"
+# Attributes that may differ between a recording and its resumption.
+# (the machine may change: the device, library versions)
+RESUME_MAY_DIFFER = (
+    "versions", "model_config.transformers_version", "device", "config.device", STATUS_ATTR, RESUMED_ATTR
+)
+
 # Steps per chunk, chosen from the first recorded step unless given. zarr-python's cost per
 # chunk write is mostly fixed, so bigger chunks write faster, up to about 16 MB
 # (benchmarks/README.md); the caps keep a staging buffer's memory and the steps a crash

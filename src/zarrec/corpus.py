@@ -69,10 +69,24 @@ def load_corpus(path: str | os.PathLike | None = None, vocab_size: int = 128) ->
         raw = file.read_bytes()
         name = file.name
     tokens = np.frombuffer(raw, dtype=np.uint8)
+    _refuse_binary(tokens, name)
     tokens = tokens[tokens < vocab_size]
     if tokens.size == 0:
         raise ConfigError(f"corpus {name} has no bytes below {vocab_size} (it is empty or not ASCII text); pass a text file")
     return Corpus(name=name, tokens=tokens.copy())
+
+
+# Control bytes other than whitespace; text has (almost) none, binary files are full of them.
+_CONTROL = np.array([b < 32 and chr(b) not in "\t\n\r\f\v" or b == 127 for b in range(256)])
+_MAX_CONTROL_SHARE = 0.01
+
+
+def _refuse_binary(data: np.ndarray, name: str) -> None:
+    share = _CONTROL[data].mean() if data.size else 0.0
+    if share > _MAX_CONTROL_SHARE:
+        raise ConfigError(
+            f"corpus {name} looks binary ({share:.0%} of its bytes are control characters); pass a text file"
+        )
 
 
 class ByteDataset(Dataset):

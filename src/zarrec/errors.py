@@ -28,3 +28,11 @@ class WriterError(ZarrecError, RuntimeError):
 
 class MissingDependencyError(ZarrecError, ImportError):
     """An optional dependency (such as matplotlib) is needed for what was asked."""
+
+
+class StoreLockedError(ZarrecError, RuntimeError):
+    """Another writer has the store open; two writers would corrupt it."""
+
+
+class ZarrecWarning(UserWarning):
+    """Something went wrong that zarrec works around, such as recording stopped by on_error="warn"."""

@@ -9,25 +9,34 @@ every step through :class:`zarrec.ZarrecCallback`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
+import re
+import shutil
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from zarrec.callback import ZarrecCallback
+from zarrec import contract, shutdown
+from zarrec.callback import ZarrecCallback, first_unrecorded_step
 from zarrec.config import TrainConfig
 from zarrec.corpus import ByteDataset, Corpus, load_corpus
-from zarrec.errors import ConfigError
-from zarrec.store import StoreLike, ensure_new
-from zarrec.summary import StoreSummary, summarize
+from zarrec.errors import ConfigError, WriterError
+from zarrec.store import StoreLike, describe, ensure_new, local_directory, store_exists
+from zarrec.summary import StoreSummary, open_run, summarize
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+# Three, not one: a kill -9 can lose up to two chunks of recorded steps, and resuming needs a
+# checkpoint at or before the store's last committed step.
+CHECKPOINTS_KEPT = 3
 
 
 def resolve_device(name: str) -> str:
@@ -104,10 +113,12 @@ def make_trainer(
     *,
     corpus: Corpus | None = None,
     progress: bool = True,
+    save_steps: int | None = None,
 ):
     """A Hugging Face Trainer for the reference experiment (no recording unless a callback records).
 
-    ``output_dir`` receives nothing but what the Trainer insists on writing (checkpoints are off).
+    With ``save_steps``, ``output_dir`` receives a checkpoint every ``save_steps`` steps (the
+    newest three are kept); without, nothing but what the Trainer insists on writing.
     """
     from transformers import Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
@@ -131,7 +142,9 @@ def make_trainer(
         optim="adamw_torch",
         lr_scheduler_type="linear",
         seed=config.seed,
-        save_strategy="no",
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        save_total_limit=CHECKPOINTS_KEPT,
         logging_steps=max(1, config.steps // 10),
         report_to="none",
         dataloader_num_workers=0,
@@ -143,20 +156,92 @@ def make_trainer(
     return Trainer(model=build_model(config), args=args, train_dataset=dataset, callbacks=list(callbacks))
 
 
+def default_checkpoint_dir(out: StoreLike) -> Path | None:
+    """``<out>.checkpoints`` beside a local store; None for a URL or a Store object."""
+    path = local_directory(out)
+    return path.with_name(path.name + ".checkpoints") if path is not None else None
+
+
+def checkpoint_steps(checkpoint_dir: str | os.PathLike) -> list[int]:
+    """The steps of the Trainer checkpoints (``checkpoint-<step>``) in a directory, ascending."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    directory = Path(checkpoint_dir)
+    names = (entry.name for entry in directory.iterdir()) if directory.is_dir() else ()
+    return sorted(int(m[1]) for name in names if (m := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", name)))
+
+
+def recorded_config(out: StoreLike) -> dict:
+    """The :class:`TrainConfig` settings a recording was made with (its ``config`` attribute)."""
+    if not store_exists(out):
+        raise ConfigError(f"there is no recording to resume at {describe(out)}; drop --resume to start one")
+    recorded = open_run(out).attrs.get("config")
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"{describe(out)} was not recorded by zarrec train (it has no 'config' attribute); it cannot be resumed")
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    return {name: value for name, value in recorded.items() if name in fields}
+
+
+def checkpoint_to_resume(out: StoreLike, checkpoint_dir: str | os.PathLike, every: int) -> str:
+    """The newest checkpoint from which training can resume without leaving a gap in the store."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not store_exists(out):
+        raise ConfigError(f"there is no recording to resume at {describe(out)}; drop --resume to start one")
+    steps = open_run(out)[contract.STEP][:]
+    committed = int(steps[-1]) if steps.size else None
+    usable = [step for step in checkpoint_steps(checkpoint_dir) if first_unrecorded_step(committed, step, every) is None]
+    if not usable:
+        raise ConfigError(
+            f"{describe(out)} holds steps up to {committed}, and {checkpoint_dir} has no checkpoint at or before it "
+            f"(checkpoints: {checkpoint_steps(checkpoint_dir) or 'none'}); the run cannot continue where its record "
+            "ends: start it again with --overwrite"
+        )
+    return str(Path(checkpoint_dir) / f"{PREFIX_CHECKPOINT_DIR}-{max(usable)}")
+
+
+def _start_checkpoints(checkpoint_dir: Path, overwrite: bool) -> None:
+    """A new run's checkpoint directory holds no checkpoint of an earlier run."""
+    earlier = checkpoint_steps(checkpoint_dir)
+    if earlier and not overwrite:
+        raise ConfigError(
+            f"{checkpoint_dir} holds checkpoints of an earlier run (steps {earlier}); pass --resume to continue "
+            "that run, --overwrite to replace it, or another --checkpoint-dir"
+        )
+    for step in earlier:
+        shutil.rmtree(checkpoint_dir / f"checkpoint-{step}")
+
+
 def train(
     config: TrainConfig,
     out: StoreLike,
     *,
     overwrite: bool = False,
+    resume: bool = False,
+    checkpoint_dir: str | os.PathLike | None = None,
+    save_steps: int | None = None,
+    flush_every: int | None = None,
     progress: bool = True,
     callbacks: Sequence[TrainerCallback] = (),
 ) -> StoreSummary:
     """Train the reference model, recording every ``config.every``-th step into ``out``.
 
-    ``callbacks`` run after the recorder's, on the same events.
+    With ``checkpoint_dir`` and ``save_steps``, the Trainer saves a checkpoint every
+    ``save_steps`` steps; ``resume`` continues an interrupted run from the newest
+    checkpoint at or before the store's last step (steps recorded after it are dropped).
+    If training stops early (an exception, SIGINT, SIGTERM), every recorded step is
+    written and the store is marked interrupted. ``callbacks`` run after the recorder's.
     """
     config.validate()
-    ensure_new(out, overwrite=overwrite)
+    checkpoint = None
+    if resume:
+        if checkpoint_dir is None:
+            raise ConfigError("resuming needs the run's checkpoints: pass --checkpoint-dir (checkpoint_dir)")
+        checkpoint = checkpoint_to_resume(out, checkpoint_dir, config.every)
+    else:
+        ensure_new(out, overwrite=overwrite)
+        if checkpoint_dir is not None:
+            _start_checkpoints(Path(checkpoint_dir), overwrite)
     corpus = load_corpus(config.corpus, config.vocab_size)
     recorder = ZarrecCallback(
         out,
@@ -165,11 +250,19 @@ def train(
         token_coords=corpus.token_coords(config.vocab_size),
         attrs=experiment_attributes(config, corpus, resolve_device(config.device)),
         overwrite=overwrite,
+        resume=resume,
+        flush_every=flush_every,
     )
-    with tempfile.TemporaryDirectory(prefix="zarrec-trainer-") as trainer_dir:
-        trainer = make_trainer(config, trainer_dir, [recorder, *callbacks], corpus=corpus, progress=progress)
+    with tempfile.TemporaryDirectory(prefix="zarrec-trainer-") as scratch:
+        trainer = make_trainer(
+            config, str(checkpoint_dir or scratch), [recorder, *callbacks], corpus=corpus, progress=progress,
+            save_steps=save_steps if checkpoint_dir is not None else None,
+        )
         try:
-            trainer.train()
-        finally:
-            recorder.close()
+            trainer.train(resume_from_checkpoint=checkpoint)
+        except BaseException as exc:
+            with contextlib.suppress(WriterError):  # the exception in flight says more
+                recorder.close(reason=shutdown.stop_reason(exc))
+            raise
+        recorder.close()
     return summarize(out)

@@ -10,17 +10,20 @@ free buffer, and waits only if all ``buffers`` are still being written
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import queue
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-from zarrec import contract
-from zarrec.errors import RecordError, WriterError
-from zarrec.store import RunStore, StoreLike
+from zarrec import contract, shutdown
+from zarrec.errors import ConfigError, RecordError, WriterError, ZarrecWarning
+from zarrec.store import RunStore, StoreLike, describe
 from zarrec.writer import Chunk, ChunkWriter
 
 Value = torch.Tensor | np.ndarray | float | int
@@ -46,22 +49,37 @@ class _Staging:
         self.row_views = [[tensor[row] for tensor in self.tensors.values()] for row in range(chunk_steps)]
         self.rows = 0
 
-    def as_float32(self, rows: int) -> dict[str, np.ndarray]:
-        """The first ``rows`` rows of every variable as float32 numpy arrays (exact for bf16/fp16)."""
-        return {name: _to_float32(tensor[:rows]) for name, tensor in self.tensors.items()}
+    def as_float32(self, rows: int, converted: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The first ``rows`` rows of every variable as float32 numpy arrays, exactly: float32
+        staging as it is (a view), anything else converted into ``converted[name]``, a buffer
+        reused chunk after chunk (a fresh 16 MB array per chunk and variable costs more in page
+        faults than the conversion itself)."""
+        values = {}
+        for name, tensor in self.tensors.items():
+            if tensor.dtype == torch.float32:
+                values[name] = tensor[:rows].numpy()
+            else:
+                if name not in converted:
+                    converted[name] = np.empty(tensor.shape, np.float32)
+                values[name] = _to_float32(tensor[:rows], converted[name][:rows])
+        return values
 
 
-def _to_float32(tensor: torch.Tensor) -> np.ndarray:
-    """Exact float32 copy in numpy, on this thread only.
+def _to_float32(tensor: torch.Tensor, out: np.ndarray) -> np.ndarray:
+    """Convert to float32 into ``out``, exactly for bf16 and fp16.
 
-    torch would split the conversion over its intra-op threads, whose spin-waiting takes
-    a core from the codec and the training loop. A bfloat16 is the upper half of the
-    float32 with the same value, so its bits shifted left by 16 are that float32.
+    In numpy, on this thread only: torch would split the conversion over its intra-op
+    threads, whose spin-waiting takes a core from the codec and the training loop. A
+    bfloat16 is the upper half of the float32 with the same value, so its bits shifted left
+    by 16 are that float32.
     """
     if tensor.dtype == torch.bfloat16:
-        bits = tensor.view(torch.int16).numpy().astype(np.int32) << 16
-        return bits.view(np.float32)
-    return tensor.numpy().astype(np.float32)
+        bits = out.view(np.int32)
+        np.copyto(bits, tensor.view(torch.int16).numpy(), casting="unsafe")  # sign-extended, then shifted out
+        np.left_shift(bits, 16, out=bits)
+    else:
+        np.copyto(out, tensor.numpy(), casting="unsafe")
+    return out
 
 
 def _staging_dtype(value: Value) -> torch.dtype:
@@ -84,7 +102,7 @@ def _shape_of(value: Value) -> tuple[int, ...]:
 
 
 class Recorder:
-    """Streams named tensors, one row per training step, into a new Zarr v3 store.
+    """Streams named tensors, one row per training step, into a Zarr v3 store.
 
     The first :meth:`record` call fixes the variables and their shapes; later calls
     may pass any subset of them (the rest are stored as NaN for that step). Values
@@ -92,7 +110,7 @@ class Recorder:
     with ``xr.open_zarr(out)``.
 
     Args:
-        out: path, fsspec URL or Zarr store to create.
+        out: path, fsspec URL or Zarr store to create (or, with ``resume_from``, to continue).
         chunk_steps: steps per chunk along ``step``; by default chosen from the first step
             (:func:`zarrec.contract.auto_chunk_steps`: about 16 MB per chunk, at most 512 steps).
         dims: non-step dimension names per variable; defaults come from
@@ -102,11 +120,25 @@ class Recorder:
         compressor: a Zarr v3 bytes-to-bytes codec; default Blosc zstd-3 + bit-shuffle.
         buffers: staging chunks in host memory (one filling, the rest being written).
         overwrite: replace an existing store at ``out``.
+        resume_from: continue the existing store at ``out`` after this step (a checkpoint's
+            step): steps recorded after it are dropped first. Its ``attrs``, ``coords`` and
+            variables must equal the store's; a difference is refused, naming it.
+        flush_every: also commit after this many recorded steps, bounding what a crash can
+            lose below a chunk (partial chunks are re-written when the rest arrives).
+        on_error: ``"raise"``: a failed write raises :class:`~zarrec.errors.WriterError` in
+            :meth:`record`; ``"warn"``: it warns once, recording stops, training goes on.
 
     Memory is bounded: ``buffers × chunk_steps`` steps in their source dtype (pinned on
     CUDA), however long the run; when every buffer is still being written, :meth:`record`
-    waits for one (back-pressure). A crash loses at most the steps not yet written: up to
-    ``buffers × chunk_steps`` (see :meth:`flush`).
+    waits for one (back-pressure).
+
+    What survives a crash: every committed chunk. ``kill -9`` loses the steps not yet
+    committed: the chunk being filled and any chunk still queued for the writer (in
+    steady state less than two chunks; ``flush_every`` bounds it further). On SIGTERM,
+    SIGINT (``KeyboardInterrupt``), an exception through the ``with`` block, or an
+    interpreter exit without :meth:`close`, every staged step is written and the store's
+    ``zarrec_status`` attribute says why and where the recording stopped. One writer at a
+    time: a local store is locked while open.
 
     Use it as a context manager, or call :meth:`close` to write the last partial chunk.
     """
@@ -122,26 +154,53 @@ class Recorder:
         compressor: Any = None,
         buffers: int = 3,
         overwrite: bool = False,
+        resume_from: int | None = None,
+        flush_every: int | None = None,
+        on_error: str = "raise",
     ) -> None:
-        if chunk_steps is not None and chunk_steps < 1:
-            raise RecordError(f"chunk_steps must be at least 1, got {chunk_steps}")
+        for name, value in (("chunk_steps", chunk_steps), ("flush_every", flush_every)):
+            if value is not None and value < 1:
+                raise RecordError(f"{name} must be at least 1, got {value}")
         if buffers < 2:
             raise RecordError(f"buffers must be at least 2 (one filling, one writing), got {buffers}")
+        if on_error not in ("raise", "warn"):
+            raise RecordError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
+        if overwrite and resume_from is not None:
+            raise RecordError("overwrite and resume_from exclude each other: replace the store or continue it")
         self.chunk_steps = chunk_steps
         self._dims = dict(dims or {})
         self._compressor = compressor or contract.default_compressor()
         self._buffer_count = buffers
-        self._store = RunStore.create(out, overwrite=overwrite)
-        self._store.update_attrs(attrs or {})
-        for name, (dim, values) in (coords or {}).items():
-            self._store.write_coordinate(name, dim, np.asarray(values), contract.TOKEN_COORD_DESCRIPTIONS.get(name, ""))
+        self._flush_every = flush_every
+        self._on_error = on_error
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._free: queue.Queue[_Staging] = queue.Queue()
         self._current: _Staging | None = None
         self._writer: ChunkWriter | None = None
         self._uses_cuda = False
         self._last_step: int | None = None
+        self._handed_rows = 0  # rows given to the writer so far (committed ones included)
+        self._converted: dict[str, np.ndarray] = {}  # float32 conversions, used by the writer thread only
+        self._unflushed = 0
+        self._stopped = False  # on_error="warn" after a failure
         self._closed = False
+        with _writing(describe(out)):
+            if resume_from is None:
+                self._store = RunStore.create(out, attrs=attrs, overwrite=overwrite)
+            else:
+                self._store = RunStore.reopen(out)
+        try:
+            with _writing(self.store_name):
+                if resume_from is None:
+                    for name, (dim, values) in (coords or {}).items():
+                        description = contract.TOKEN_COORD_DESCRIPTIONS.get(name, "")
+                        self._store.write_coordinate(name, dim, np.asarray(values), description)
+                else:
+                    self._continue(resume_from, attrs or {}, coords or {})
+        except BaseException:
+            self._store.release()
+            raise
+        shutdown.register(self)
 
     @property
     def store_name(self) -> str:
@@ -149,16 +208,23 @@ class Recorder:
 
     @property
     def last_step(self) -> int | None:
-        """The last step passed to :meth:`record`, or None."""
+        """The last step passed to :meth:`record` (after resuming: the step resumed from), or None."""
         return self._last_step
+
+    @property
+    def committed_step(self) -> int | None:
+        """The last step committed to the store (readable there), or None."""
+        return self._store.last_step
 
     def record(self, step: int, **values: Value) -> None:
         """Stage the values of one step; cheap, never writes on the calling thread.
 
-        Raises :class:`~zarrec.errors.WriterError` if the background writer has failed,
+        Raises :class:`~zarrec.errors.WriterError` if the background writer has failed
+        (with ``on_error="warn"``: warns once, then ignores every later step),
         :class:`~zarrec.errors.RecordError` for a step or value that does not fit.
         """
-        self._raise_if_failed()
+        if self._writer_failed() or self._stopped:
+            return
         if self._closed:
             raise RecordError(f"the recorder for {self.store_name} is closed; create a new Recorder to record more")
         if not values:
@@ -167,48 +233,90 @@ class Recorder:
             raise RecordError(
                 f"step {step} is not after the last recorded step {self._last_step}; steps must increase"
             )
-        if not self._shapes:
-            self._start(values)
+        if self._writer is None:
+            with _writing(self.store_name):
+                self._start(values)
         for name, value in values.items():
             if getattr(value, "shape", ()) != self._shapes.get(name):  # torch.Size and numpy shapes are tuples
                 self._refuse(step, name, value)
         staging = self._current or self._take_free_buffer()
+        if staging is None:
+            return  # the writer failed while we waited (on_error="warn")
         row = staging.rows
         _copy_row(staging.row_views[row], [values.get(name, _MISSING) for name in self._shapes], self._uses_cuda)
         staging.steps[row] = step
         staging.rows = row + 1
         self._last_step = step
-        if staging.rows == self.chunk_steps:
+        self._unflushed += 1
+        # Chunks end on chunk boundaries of the store, also after a flush or a resume.
+        if (self._handed_rows + staging.rows) % self.chunk_steps == 0 or self._unflushed == self._flush_every:
             self._submit()
 
     def flush(self, wait: bool = False) -> None:
-        """Hand the partial chunk to the writer now; with ``wait``, return once it is on disk."""
-        self._raise_if_failed()
+        """Hand the partial chunk to the writer now; with ``wait``, return once it is committed."""
+        if self._writer_failed():
+            return
         if self._current is not None and self._current.rows:
             self._submit()
         if wait and self._writer is not None:
             self._writer.wait()
-            self._raise_if_failed()
+            self._writer_failed()
 
-    def close(self) -> None:
-        """Write every staged step, stop the writer, and raise any writer error."""
+    def close(self, reason: str | None = None) -> None:
+        """Write every staged step, stop the writer, and mark the store: complete, or
+        interrupted with ``reason``; raise any writer error (with ``on_error="raise"``)."""
         if self._closed:
             return
         self._closed = True
-        if self._writer is not None:
-            if self._current is not None and self._current.rows:
-                self._submit()
-            self._writer.close()
-        self._raise_if_failed()
+        shutdown.unregister(self)
+        try:
+            if self._writer is not None:
+                if self._current is not None and self._current.rows and self._writer.error is None:
+                    self._submit()
+                self._writer.close()
+        finally:
+            self._finish_store(reason)
+        if self._on_error == "raise":
+            self._writer_failed()
 
     def __enter__(self) -> Recorder:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close(reason=shutdown.stop_reason(exc))
+        except WriterError:
+            pass  # the exception in flight is the one to see; the store's status names the writer's
+
+    def _continue(self, resume_from: int, attrs: Mapping[str, Any], coords: Mapping[str, tuple[str, Any]]) -> None:
+        """Check that the run being resumed is the one recorded, and pick up its layout."""
+        differences = _attribute_differences(self._store.attrs, attrs)
+        stored = self._store.group
+        for name, (_, values) in coords.items():
+            if name not in stored or not np.array_equal(stored[name][:], np.asarray(values)):
+                differences.append(f"coordinate {name}")
+        if differences:
+            raise ConfigError(
+                f"{self.store_name} was recorded with a different configuration; it differs in "
+                f"{'; '.join(differences)}; resume with the recorded configuration or record into a new store"
+            )
+        variables = self._store.variables()
+        self._shapes = {name: array.shape[1:] for name, array in variables.items()}
+        steps = stored[contract.STEP]
+        chunk_steps = steps.chunks[0]
+        if self.chunk_steps not in (None, chunk_steps):
+            raise ConfigError(f"{self.store_name} has {chunk_steps} steps per chunk, not {self.chunk_steps}; omit chunk_steps")
+        self.chunk_steps = chunk_steps
+        self._store.drop_after(resume_from)
+        self._handed_rows = self._store.rows
+        self._last_step = resume_from
 
     def _start(self, values: Mapping[str, Value]) -> None:
-        """Create one array per variable from the first step's values, and the writer."""
+        """From the first step's values: create one array per variable (or check them against
+        the store being resumed), the staging buffers and the writer."""
         layout = {}
         for name, value in values.items():  # validate everything before creating anything
             if not isinstance(value, (torch.Tensor, np.ndarray, float, int)):
@@ -218,6 +326,17 @@ class Recorder:
             if len(dims) != len(shape):
                 raise RecordError(f"{name} has shape {shape} but dims {dims}; give one dim name per axis")
             layout[name] = (shape, dims, _dtype_name(value), _staging_dtype(value))
+        if self._shapes:
+            self._check_resumed(layout)
+        else:
+            self._create_variables(layout)
+        self._uses_cuda = any(isinstance(v, torch.Tensor) and v.is_cuda for v in values.values())
+        staged = {name: (self._shapes[name], layout[name][3] if name in layout else torch.float32) for name in self._shapes}
+        for _ in range(self._buffer_count):
+            self._free.put(_Staging(self.chunk_steps, staged, pinned=self._uses_cuda))
+        self._writer = ChunkWriter(self._store)
+
+    def _create_variables(self, layout: Mapping[str, tuple]) -> None:
         if self.chunk_steps is None:
             self.chunk_steps = contract.auto_chunk_steps(
                 [math.prod(shape) for shape, *_ in layout.values()], [dtype.itemsize for *_, dtype in layout.values()]
@@ -229,11 +348,18 @@ class Recorder:
             self._store.create_variable(name, shape, dims, self.chunk_steps, attrs, self._compressor)
             self._shapes[name] = shape
         self._store.link_coordinates(list(self._shapes))
-        self._uses_cuda = any(isinstance(v, torch.Tensor) and v.is_cuda for v in values.values())
-        staged = {name: (shape, dtype) for name, (shape, _, _, dtype) in layout.items()}
-        for _ in range(self._buffer_count):
-            self._free.put(_Staging(self.chunk_steps, staged, pinned=self._uses_cuda))
-        self._writer = ChunkWriter(self._store)
+
+    def _check_resumed(self, layout: Mapping[str, tuple]) -> None:
+        variables = self._store.variables()
+        for name, (shape, _, source_dtype, _) in layout.items():
+            if name not in variables:
+                raise ConfigError(f"{name} is not in {self.store_name} being resumed; it records {sorted(variables)}")
+            recorded = variables[name].attrs.get(contract.SOURCE_DTYPE_ATTR)
+            if shape != self._shapes[name] or source_dtype != recorded:
+                raise ConfigError(
+                    f"{name} is {source_dtype} {shape} but {self.store_name} recorded it as {recorded} "
+                    f"{self._shapes[name]}; resume with the recorded model and dtype"
+                )
 
     def _refuse(self, step: int, name: str, value: Value) -> None:
         if name not in self._shapes:
@@ -242,20 +368,23 @@ class Recorder:
             f"{name} has shape {_shape_of(value)} at step {step}, expected {self._shapes[name]} as in the first step"
         )
 
-    def _take_free_buffer(self) -> _Staging:
+    def _take_free_buffer(self) -> _Staging | None:
         self._current = self._free.get()  # blocks while every buffer is being written
-        self._raise_if_failed()
+        if self._writer_failed():
+            self._current = None
         return self._current
 
     def _submit(self) -> None:
         staging, self._current = self._current, None
         assert staging is not None and self._writer is not None
         rows = staging.rows
+        self._handed_rows += rows
+        self._unflushed = 0
         wait = _cuda_wait() if self._uses_cuda else (lambda: None)
 
         def values() -> dict[str, np.ndarray]:  # runs in the writer thread
             wait()
-            return staging.as_float32(rows)
+            return staging.as_float32(rows, self._converted)
 
         chunk = Chunk(steps=staging.steps[:rows].copy(), values=values, release=lambda: self._release(staging))
         self._writer.submit(chunk)
@@ -264,13 +393,67 @@ class Recorder:
         staging.rows = 0
         self._free.put(staging)
 
-    def _raise_if_failed(self) -> None:
-        if self._writer is not None and self._writer.error is not None:
-            cause = self._writer.error
-            raise WriterError(
-                f"writing to {self.store_name} failed ({type(cause).__name__}: {cause}); "
-                f"steps up to the last complete chunk are in the store; fix the cause and record again"
-            ) from cause
+    def _finish_store(self, reason: str | None) -> None:
+        error = self._writer.error if self._writer is not None else None
+        if error is not None:
+            state, why = contract.FAILED, f"writing failed: {type(error).__name__}: {error}"
+        elif reason is not None:
+            state, why = contract.INTERRUPTED, reason
+        else:
+            state, why = contract.COMPLETE, "closed normally"
+        try:
+            self._store.finish(state, why)
+        except Exception as exc:
+            if error is None:
+                raise self._writer_error(exc) from exc
+
+    def _writer_failed(self) -> bool:
+        """Whether the writer has failed: raises its error (on_error="raise"), or warns once and stops recording."""
+        if self._writer is None or self._writer.error is None:
+            return False
+        failure = self._writer_error(self._writer.error)
+        if self._on_error == "raise":
+            raise failure from self._writer.error
+        if not self._stopped:
+            self._stopped = True
+            warnings.warn(f"{failure}; recording has stopped, training goes on", ZarrecWarning, stacklevel=3)
+        return True
+
+    def _writer_error(self, cause: BaseException) -> WriterError:
+        last = self._store.last_step
+        kept = f"steps up to {last} are in the store" if last is not None else "no step was committed"
+        return WriterError(f"writing to {self.store_name} failed ({type(cause).__name__}: {cause}); {kept}; fix the cause and resume")
+
+
+@contextlib.contextmanager
+def _writing(store_name: str) -> Iterator[None]:
+    """An I/O error while creating or opening the store is a :class:`WriterError` naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise WriterError(f"could not write to {store_name} ({type(exc).__name__}: {exc})") from exc
+
+
+def _flatten(attrs: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in attrs.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _attribute_differences(stored: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
+    """``"key: recorded X, now Y"`` for each attribute given that differs from the store's (as JSON)."""
+    recorded = _flatten(stored)
+    now = _flatten(json.loads(json.dumps(dict(given), default=str)))
+    ignored = contract.RESUME_MAY_DIFFER
+    return [
+        f"{key}: recorded {recorded.get(key)!r}, now {value!r}"
+        for key, value in now.items()
+        if recorded.get(key) != value and not any(key == i or key.startswith(f"{i}.") for i in ignored)
+    ]
 
 
 @torch.no_grad()

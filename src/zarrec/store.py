@@ -9,11 +9,13 @@ metadata: a reader that opens the store through its consolidated metadata (as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from zarr.errors import ContainsArrayError, ContainsGroupError
 
 from zarrec import contract
 from zarrec.errors import ConfigError, StoreExistsError
+from zarrec.lock import StoreLock
 
 StoreLike = str | os.PathLike | zarr.abc.store.Store
 
@@ -43,23 +46,44 @@ def describe(out: StoreLike) -> str:
     return os.fspath(out) if isinstance(out, (str, os.PathLike)) else repr(out)
 
 
-def _consolidate(group: zarr.Group) -> None:
-    # zarr-python warns that consolidated metadata is not (yet) in the v3 spec; we
-    # write it anyway because xarray reads it, and readers without it still work
-    # from the per-array metadata.
+@contextlib.contextmanager
+def _quiet_zarr() -> Iterator[None]:
+    """Silence zarr's user warnings where we know better: consolidated metadata is not (yet)
+    in the v3 spec, but xarray reads it (readers without it use the per-array metadata);
+    and the lock file is not a Zarr node, which zarr says when it lists the group."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
-        zarr.consolidate_metadata(group.store, path=group.path)
+        yield
 
 
 def _exists_message(name: str) -> str:
-    return f"{name} already exists; pass --overwrite (overwrite=True) to replace it, or choose another output path"
+    return (
+        f"{name} already exists; pass --resume to continue it, --overwrite (overwrite=True) to replace it, "
+        "or choose another output path"
+    )
+
+
+def local_directory(out: StoreLike) -> Path | None:
+    """The directory of a store on the local file system, or None (an fsspec URL, a Store object)."""
+    if isinstance(out, (str, os.PathLike)) and "://" not in os.fspath(out):
+        return Path(out)
+    return None
+
+
+def store_exists(out: StoreLike) -> bool:
+    """Whether ``out`` holds a Zarr group (a recording to resume)."""
+    if (path := local_directory(out)) is not None:
+        return (path / "zarr.json").is_file()
+    try:
+        zarr.open_group(out, mode="r")
+    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+        return False
+    return True
 
 
 def ensure_new(out: StoreLike, *, overwrite: bool = False) -> None:
     """Refuse a local ``out`` that is a file, a non-empty non-Zarr directory, or a store unless ``overwrite``."""
-    if isinstance(out, (str, os.PathLike)) and "://" not in os.fspath(out):
-        path = Path(out)
+    if (path := local_directory(out)) is not None:
         if path.exists() and not path.is_dir():
             raise ConfigError(f"{describe(out)} exists and is not a directory; choose another output path")
         if path.is_dir() and any(path.iterdir()):
@@ -72,34 +96,109 @@ def ensure_new(out: StoreLike, *, overwrite: bool = False) -> None:
                 raise StoreExistsError(_exists_message(describe(out)))
 
 
-class RunStore:
-    """A zarrec store open for writing: static coordinates, attributes and step-chunked variables."""
+def _status(state: str, reason: str, last_step: int | None) -> dict[str, Any]:
+    return {"state": state, "reason": reason, "last_step": last_step, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
-    def __init__(self, group: zarr.Group, name: str) -> None:
+
+class RunStore:
+    """A zarrec store open for writing: static coordinates, attributes and step-chunked variables.
+
+    It holds the store's lock (local stores) from :meth:`create` or :meth:`reopen` until
+    :meth:`finish`.
+    """
+
+    def __init__(self, group: zarr.Group, name: str, lock: StoreLock | None) -> None:
         self.group = group
         self.name = name
+        self._lock = lock
         self._dim_sizes: dict[str, int] = {}
-        self._appender: _Appender | None = None  # opened on the first append, in the writer thread
+        self._appender: _Appender | None = None  # opened on the first append or status, by one thread at a time
+        self.last_step: int | None = None  # the last committed step
+        self.steps = np.empty(0, dtype=np.int64)  # the committed steps when reopened
 
     @classmethod
-    def create(cls, out: StoreLike, *, overwrite: bool = False) -> RunStore:
-        """Create an empty store at ``out`` (a path, an fsspec URL or a zarr Store); see :func:`ensure_new`."""
+    def create(cls, out: StoreLike, *, attrs: Mapping[str, Any] | None = None, overwrite: bool = False) -> RunStore:
+        """Create an empty store at ``out`` (a path, an fsspec URL or a zarr Store) with run
+        attributes (hyperparameters, versions); see :func:`ensure_new`.
+
+        Its metadata is consolidated from the start, so that readers never fall back to the
+        arrays' own metadata (which reserve rows ahead).
+        """
         ensure_new(out, overwrite=overwrite)
+        directory = local_directory(out)
+        if overwrite and directory is not None and directory.is_dir():
+            StoreLock.acquire(directory, describe(out)).release()  # refuse to replace a store being written
         try:
             group = zarr.open_group(out, mode="w" if overwrite else "w-", zarr_format=3)
         except (ContainsGroupError, ContainsArrayError, FileExistsError) as exc:
             raise StoreExistsError(_exists_message(describe(out))) from exc
-        group.attrs[contract.FORMAT_ATTR] = contract.FORMAT_VERSION
-        return cls(group, describe(out))
+        lock = StoreLock.acquire(directory, describe(out)) if directory is not None else None
+        group.attrs.update({
+            **(attrs or {}),
+            contract.FORMAT_ATTR: contract.FORMAT_VERSION,
+            contract.STATUS_ATTR: _status(contract.RECORDING, "the recording has started", None),
+        })
+        with _quiet_zarr():  # (``group`` stays unconsolidated: it looks members up in the store)
+            zarr.consolidate_metadata(group.store, path=group.path)
+        return cls(group, describe(out), lock)
+
+    @classmethod
+    def reopen(cls, out: StoreLike) -> RunStore:
+        """Open an existing zarrec store to continue it (see :meth:`drop_after`)."""
+        name = describe(out)
+        directory = local_directory(out)
+        if directory is not None and not (directory / "zarr.json").is_file():
+            raise ConfigError(f"there is no store to resume at {name}; drop --resume (resume) to start a new recording")
+        lock = StoreLock.acquire(directory, name) if directory is not None else None
+        try:
+            group = zarr.open_group(out, mode="r+", zarr_format=3)
+            if contract.FORMAT_ATTR not in group.attrs or contract.STEP not in group:
+                raise ConfigError(f"{name} is not a zarrec recording with recorded steps; it cannot be resumed")
+            store = cls(group, name, lock)
+            store._dim_sizes = {
+                dim: size
+                for _, array in group.arrays()
+                for dim, size in zip(array.metadata.dimension_names or (), array.shape)
+                if dim != contract.STEP
+            }
+            store.steps = group[contract.STEP][:]  # the committed steps, through the consolidated metadata
+            store.last_step = int(store.steps[-1]) if store.steps.size else None
+            store._appender = sync(_Appender.open(group, rows=store.steps.size))
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return store
+
+    def drop_after(self, step: int) -> None:
+        """Drop the committed steps after ``step`` (a reopened store), committing at once: the
+        store never shows two histories for one step, even if the resumed run dies at once."""
+        kept = int(np.searchsorted(self.steps, step, side="right"))
+        self.last_step = int(self.steps[kept - 1]) if kept else None
+        appender = self._open_appender()
+        appender.rows = kept
+        resumed = [*appender.document["attributes"].get(contract.RESUMED_ATTR, []), int(step)]
+        self.set_status(contract.RECORDING, f"resumed after step {step}", self.last_step, {contract.RESUMED_ATTR: resumed})
+
+    def variables(self) -> dict[str, zarr.Array]:
+        """The step-dimensioned data arrays (``step`` itself excluded), by name."""
+        return {
+            name: array
+            for name, array in self.group.arrays()
+            if name != contract.STEP and (array.metadata.dimension_names or ("",))[0] == contract.STEP
+        }
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The group's attributes as last written by this store."""
+        if self._appender is not None:
+            return dict(self._appender.document["attributes"])
+        return dict(self.group.attrs)
 
     @property
     def rows(self) -> int:
         """Rows committed so far."""
         return self._appender.rows if self._appender is not None else 0
-
-    def update_attrs(self, attrs: Mapping[str, Any]) -> None:
-        """Add run attributes (hyperparameters, versions) to the group."""
-        self.group.attrs.update(dict(attrs))
 
     def _create_step_coordinate(self, chunk_steps: int) -> None:
         """The ``step`` index coordinate, empty: rows are appended with the data."""
@@ -174,27 +273,49 @@ class RunStore:
     def link_coordinates(self, variables: list[str]) -> None:
         """Name each variable's non-index coordinates in its ``coordinates`` attribute (xarray reads it)."""
         coords_by_dim: dict[str, list[str]] = {}
-        for name, array in self.group.arrays():
-            (dim, *rest) = array.metadata.dimension_names or ("",)
-            if not rest and name != dim and dim != contract.STEP and name not in variables:
-                coords_by_dim.setdefault(dim, []).append(name)
-        for variable in variables:
-            array = self.group[variable]
-            names = [c for dim in array.metadata.dimension_names for c in coords_by_dim.get(dim, [])]
-            if names:
-                array.attrs["coordinates"] = " ".join(sorted(names))
-        _consolidate(self.group)
+        with _quiet_zarr():
+            for name, array in self.group.arrays():
+                (dim, *rest) = array.metadata.dimension_names or ("",)
+                if not rest and name != dim and dim != contract.STEP and name not in variables:
+                    coords_by_dim.setdefault(dim, []).append(name)
+            for variable in variables:
+                array = self.group[variable]
+                names = [c for dim in array.metadata.dimension_names for c in coords_by_dim.get(dim, [])]
+                if names:
+                    array.attrs["coordinates"] = " ".join(sorted(names))
+            zarr.consolidate_metadata(self.group.store, path=self.group.path)
 
     def append(self, steps: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
         """Append rows to every step-dimensioned array, then commit them (see :class:`_Appender`)."""
-        if self._appender is None:
-            self._appender = sync(_Appender.open(self.group))
-        sync(self._appender.append(steps, values))
+        sync(self._open_appender().append(steps, values))
+        self.last_step = int(steps[-1])
 
-    def finish(self) -> None:
-        """Shrink every array's own metadata to the committed rows (a clean close)."""
-        if self._appender is not None:
-            sync(self._appender.finish())
+    def set_status(self, state: str, reason: str, last_step: int | None, extra: Mapping[str, Any] | None = None) -> None:
+        """Record how the recording stands (:data:`zarrec.contract.STATUS_ATTR`), with the committed rows."""
+        appender = self._open_appender()
+        appender.document["attributes"].update({contract.STATUS_ATTR: _status(state, reason, last_step), **(extra or {})})
+        sync(appender.commit(appender.rows))
+
+    def finish(self, state: str = contract.COMPLETE, reason: str = "closed normally") -> None:
+        """Write the final status, shrink the arrays' own metadata to the committed rows, release the lock."""
+        try:
+            self.set_status(state, reason, self.last_step)
+            sync(self._open_appender().finish())
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def release(self) -> None:
+        """Release the lock without writing anything (the store could not be used)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _open_appender(self) -> _Appender:
+        if self._appender is None:
+            self._appender = sync(_Appender.open(self.group, rows=0))
+        return self._appender
 
 
 class _Appender:
@@ -207,12 +328,12 @@ class _Appender:
     clean :meth:`finish` the arrays' own metadata agree with it.
     """
 
-    def __init__(self, root: zarr.AsyncGroup, arrays: dict[str, AsyncArray]) -> None:
+    def __init__(self, root: zarr.AsyncGroup, arrays: dict[str, AsyncArray], rows: int) -> None:
         self.root = root
         self.arrays = arrays
         self.growing = [name for name, array in arrays.items() if (array.metadata.dimension_names or ("",))[0] == contract.STEP]
-        self.rows = arrays[contract.STEP].shape[0]
-        self.capacity = self.rows
+        self.rows = rows
+        self.capacity = min((arrays[name].shape[0] for name in self.growing), default=0)
         # The root document with every array's metadata consolidated (what zarr.consolidate_metadata
         # writes), serialised by zarr once; a commit only changes the growing arrays' step length.
         consolidated = ConsolidatedMetadata(metadata={name: array.metadata for name, array in arrays.items()})
@@ -223,17 +344,24 @@ class _Appender:
         self.committed_shapes = [members[name]["shape"] for name in self.growing]
 
     @classmethod
-    async def open(cls, group: zarr.Group) -> _Appender:
-        root = await zarr.api.asynchronous.open_group(store=group.store, path=group.path, mode="r+", use_consolidated=False)
-        return cls(root, {name: array.with_config(WRITE_EVERY_CHUNK) async for name, array in root.arrays()})
+    async def open(cls, group: zarr.Group, rows: int) -> _Appender:
+        """Open from the arrays' own metadata, with ``rows`` rows committed."""
+        with _quiet_zarr():
+            root = await zarr.api.asynchronous.open_group(store=group.store, path=group.path, mode="r+", use_consolidated=False)
+            arrays = {name: array.with_config(WRITE_EVERY_CHUNK) async for name, array in root.arrays()}
+        return cls(root, arrays, rows)
 
     async def append(self, steps: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
+        if not await (self.root.store_path / ZARR_JSON).exists():
+            # A local store recreates missing directories on write: without this check, a store
+            # deleted while recording would silently become chunks without metadata.
+            raise FileNotFoundError("its zarr.json is gone: the store was deleted or moved while recording")
         start, stop = self.rows, self.rows + len(steps)
         if stop > self.capacity:
             await self._reserve(max(stop, 2 * self.capacity))
         blocks = {**values, contract.STEP: steps}
         await asyncio.gather(*(self.arrays[name].setitem(slice(start, stop), block) for name, block in blocks.items()))
-        await self._commit(stop)
+        await self.commit(stop)
 
     async def finish(self) -> None:
         await self._reserve(self.rows)
@@ -242,7 +370,7 @@ class _Appender:
         await asyncio.gather(*(self.arrays[n].resize((rows, *self.arrays[n].shape[1:])) for n in self.growing))
         self.capacity = rows
 
-    async def _commit(self, rows: int) -> None:
+    async def commit(self, rows: int) -> None:
         """Write the root document with ``rows`` committed rows in every growing array."""
         for shape in self.committed_shapes:
             shape[0] = rows

@@ -53,7 +53,7 @@ class ChunkWriter:
         self._queue.join()
 
     def close(self) -> None:
-        """Write everything queued, finish the store, then stop the thread."""
+        """Write everything queued, then stop the thread."""
         self._queue.put(None)
         self._thread.join()
 
@@ -67,8 +67,3 @@ class ChunkWriter:
             finally:
                 chunk.release()
                 self._queue.task_done()
-        try:
-            if self.error is None:
-                self.store.finish()
-        except BaseException as exc:
-            self.error = exc
