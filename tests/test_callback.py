@@ -11,7 +11,9 @@ import torch
 import xarray as xr
 
 from conftest import record_run
-from zarrec import contract
+from zarrec import ConfigError, Recorder, ZarrecCallback, contract
+from zarrec.callback import first_unrecorded_step
+from zarrec.experiment import make_trainer, train
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +161,6 @@ def _trainer(tmp_path, config, callback, **arguments):
 
 
 def test_plain_trainer_with_sgd_records_without_adam_moments(tmp_path, tiny_config):
-    from zarrec import ZarrecCallback
 
     _trainer(tmp_path, tiny_config, ZarrecCallback(tmp_path / "sgd.zarr"), optim="sgd").train()
     ds = xr.open_zarr(tmp_path / "sgd.zarr")
@@ -171,9 +172,27 @@ def test_plain_trainer_with_sgd_records_without_adam_moments(tmp_path, tiny_conf
 
 
 def test_a_frozen_embedding_is_a_clear_error(tmp_path, tiny_config):
-    from zarrec import ConfigError, ZarrecCallback
 
     trainer = _trainer(tmp_path, tiny_config, ZarrecCallback(tmp_path / "frozen.zarr"))
     trainer.model.get_input_embeddings().weight.requires_grad_(False)
     with pytest.raises(ConfigError, match="not trained by the optimizer"):
         trainer.train()
+
+
+def test_resuming_after_a_checkpoint_newer_than_the_store_is_refused(tmp_path, tiny_config):
+    """Steps between the store's last commit and the checkpoint would be missing for ever."""
+    out, checkpoints = tmp_path / "run.zarr", tmp_path / "checkpoints"
+    config = dataclasses.replace(tiny_config, steps=12)
+    train(config, out, checkpoint_dir=checkpoints, save_steps=10, progress=False)
+    with Recorder(out, resume_from=7):  # as if the steps after 7 had been lost in a crash
+        pass
+    trainer = make_trainer(config, str(checkpoints), [ZarrecCallback(out, resume=True)], progress=False)
+    with pytest.raises(ConfigError, match="holds steps up to 7, but training resumes after step 10: step 8 would never"):
+        trainer.train(resume_from_checkpoint=str(checkpoints / "checkpoint-10"))
+    assert xr.open_zarr(out).step.values.tolist() == list(range(8))
+
+
+@pytest.mark.parametrize(("committed", "resume", "every", "missing"),
+                         [(7, 7, 1, None), (7, 10, 1, 8), (8, 10, 4, None), (8, 12, 4, 12), (None, 3, 1, 0)])
+def test_first_unrecorded_step(committed, resume, every, missing):
+    assert first_unrecorded_step(committed, resume, every) == missing

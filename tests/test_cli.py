@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
+import pytest
 import xarray as xr
 
 TINY = ["--steps", "3", "--context", "16", "--batch-size", "2", "--dtype", "float32", "--device", "cpu", "--quiet"]
@@ -58,8 +62,6 @@ def test_bad_numbers_are_one_line_errors(tmp_path):
 
 
 def test_info_reports_and_speaks_json(float32_run):
-    import json
-
     text = zarrec("info", str(float32_run.path))
     assert text.returncode == 0, text.stderr
     assert "steps      31 recorded, 0..30" in text.stdout and "learning_rate" in text.stdout
@@ -84,3 +86,121 @@ def test_info_and_plot_of_a_missing_store_are_one_line_errors(tmp_path):
         assert result.stderr.strip().splitlines() == [
             f"zarrec: error: {tmp_path / 'nope.zarr'} is not a Zarr store; pass the path of a store written by zarrec"
         ]
+
+
+def committed_steps(out) -> int:
+    """Steps committed to a store, read as a reader would (0 before its first commit)."""
+    document = out / "zarr.json"
+    try:
+        members = json.loads(document.read_text())["consolidated_metadata"]["metadata"]
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return 0
+    return members["step"]["shape"][0] if "step" in members else 0
+
+
+def start_training(out, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "zarrec.cli", "train", "--out", str(out), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_steps(out, process: subprocess.Popen, steps: int) -> None:
+    deadline = time.monotonic() + 240
+    while committed_steps(out) < steps:
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def assert_same_recording(run, reference, steps: int) -> None:
+    """The first ``steps`` steps of two stores are bitwise equal, variable by variable."""
+    for name in ("embeddings", "grads", "momentum", "variance", "logits", "loss", "lr"):
+        np.testing.assert_array_equal(run[name].values[:steps], reference[name].values[:steps], err_msg=name)
+
+
+def test_kill_9_leaves_a_consistent_prefix_and_resume_completes_the_run(tmp_path, small_corpus):
+    """A real SIGKILL mid-run: the store opens, holds a contiguous prefix bitwise equal to an
+    uninterrupted run, and --resume (from a Trainer checkpoint) completes it to that run exactly."""
+    run = ["--corpus", str(small_corpus), "--steps", "160", "--chunk-steps", "8", "--save-steps", "10", *TINY[2:]]
+    reference = tmp_path / "reference.zarr"
+    assert zarrec("train", "--out", str(reference), *run).returncode == 0
+    out = tmp_path / "run.zarr"
+    training = start_training(out, *run)
+    wait_for_steps(out, training, 60)
+    training.kill()  # SIGKILL: nothing runs, no flush, no status
+    training.wait()
+    killed = xr.open_zarr(out)
+    kept = killed.step.size
+    np.testing.assert_array_equal(killed.step, np.arange(kept))
+    assert_same_recording(killed, xr.open_zarr(reference), kept)
+    assert killed.attrs["zarrec_status"]["state"] == "recording"  # it never got to say otherwise
+
+    resumed = zarrec("train", "--out", str(out), "--resume", "--quiet")  # the recorded options
+    assert resumed.returncode == 0, resumed.stderr
+    ds, expected = xr.open_zarr(out), xr.open_zarr(reference)
+    np.testing.assert_array_equal(ds.step, np.arange(161))
+    assert_same_recording(ds, expected, 161)
+    (checkpoint,) = ds.attrs["zarrec_resumed_after"]
+    assert checkpoint % 10 == 0 and checkpoint <= kept - 1
+    assert ds.attrs["zarrec_status"]["state"] == "complete"
+
+
+@pytest.mark.parametrize(("send", "code", "reason"), [(signal.SIGINT, 130, "interrupted by SIGINT (Ctrl-C)"),
+                                                      (signal.SIGTERM, 143, "terminated by SIGTERM")])
+def test_a_signal_flushes_every_step_and_says_so_in_one_line(tmp_path, small_corpus, send, code, reason):
+    out = tmp_path / "run.zarr"
+    training = start_training(out, "--corpus", str(small_corpus), "--steps", "100000", "--chunk-steps", "8", *TINY[2:])
+    wait_for_steps(out, training, 20)
+    training.send_signal(send)
+    _, stderr = training.communicate(timeout=120)
+    assert training.returncode == code
+    assert stderr.strip().splitlines() == [
+        f"zarrec: stopped: {reason}; what was recorded is in {out} (continue with --resume)"
+    ]
+    ds = xr.open_zarr(out)
+    status = ds.attrs["zarrec_status"]
+    assert status["state"] == "interrupted" and status["reason"] == reason
+    np.testing.assert_array_equal(ds.step, np.arange(status["last_step"] + 1))  # the staged steps too
+    assert status["last_step"] >= 20
+
+
+def test_bad_input_is_one_line_naming_problem_and_fix(tmp_path, small_corpus):
+    (tmp_path / "binary.bin").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "short.txt").write_text("too short")
+    (tmp_path / "a-file").write_text("x")
+    corpus = ["--corpus", str(small_corpus)]
+    cases = {
+        "looks binary (11% of its bytes are control characters); pass a text file":
+            ["--corpus", str(tmp_path / "binary.bin")],
+        "corpus short.txt has 9 usable bytes, fewer than one window of 16; use a longer corpus or a shorter context":
+            ["--corpus", str(tmp_path / "short.txt")],
+        f"{tmp_path / 'a-file'} exists and is not a directory; choose another output path":
+            ["--out", str(tmp_path / "a-file"), *corpus],
+        "every must be at least 1, got 0": ["--every", "0", *corpus],
+        "chunk_steps must be at least 1, got -1": ["--chunk-steps", "-1", *corpus],
+        "--save-steps must be at least 1, got 0": ["--save-steps", "0", *corpus],
+        "--flush-every must be at least 1, got 0": ["--flush-every", "0", *corpus],
+        "device mps is not available on this machine; use --device auto or cpu": [*corpus, "--device", "mps"],
+        f"there is no recording to resume at {tmp_path / 'new.zarr'}; drop --resume to start one": ["--resume"],
+        "--resume continues the store and --overwrite replaces it; pass one of them": ["--resume", "--overwrite"],
+    }
+    for message, args in cases.items():
+        out = ["--out", str(tmp_path / "new.zarr")] if "--out" not in args else []
+        result = zarrec("train", *out, *TINY, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("zarrec: error: ") and lines[0].endswith(message), (args, lines)
+    assert not (tmp_path / "new.zarr").exists()
+    debug = zarrec("--debug", "train", "--out", str(tmp_path / "new.zarr"), "--every", "0", *TINY)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+
+
+def test_resume_refuses_a_different_configuration_naming_it(tmp_path, small_corpus):
+    out = tmp_path / "run.zarr"
+    assert zarrec("train", "--out", str(out), "--corpus", str(small_corpus), "--save-steps", "1", *TINY).returncode == 0
+    before = xr.open_zarr(out).embeddings.values
+    result = zarrec("train", "--out", str(out), "--resume", "--batch-size", "3", "--quiet")
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and "was recorded with a different configuration; it differs in " in result.stderr
+    assert "config.batch_size: recorded 2, now 3" in result.stderr
+    assert "per_device_train_batch_size: recorded 2, now 3" in result.stderr
+    np.testing.assert_array_equal(xr.open_zarr(out).embeddings.values, before)  # untouched

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+from transformers import TrainerCallback
 
 from zarrec import ConfigError
 from zarrec.config import TrainConfig
-from zarrec.experiment import initial_embeddings, resolve_device, train
+from zarrec.experiment import checkpoint_steps, initial_embeddings, resolve_device, train
 
 
 def test_f32_to_bf16_init_puts_every_token_within_one_bf16_step():
@@ -49,3 +52,44 @@ def test_step_one_logits_are_uniform_to_bf16_resolution(tmp_path, small_corpus):
     assert np.ptp(logits) <= one_bf16_step
     # embeddings were bf16 values: float32 storage is exact, low 16 bits are zero
     assert (ds.embeddings.values.view(np.uint32) & 0xFFFF == 0).all()
+
+
+class CrashAt(TrainerCallback):
+    """Raises in the middle of training, as a diverging run or a failing data loader would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise RuntimeError(f"crashed after step {self.step}")
+
+
+def test_a_crashed_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(tmp_path, tiny_config):
+    """An exception at step 13: every recorded step is kept and the store says why; resuming from
+    the step-10 checkpoint drops 11..13 and gives, bitwise, the store of a run never interrupted."""
+    config = dataclasses.replace(tiny_config, steps=20)
+    uninterrupted = tmp_path / "uninterrupted.zarr"
+    train(config, uninterrupted, progress=False)
+    out, checkpoints = tmp_path / "run.zarr", tmp_path / "checkpoints"
+    with pytest.raises(RuntimeError, match="crashed after step 13"):
+        train(config, out, checkpoint_dir=checkpoints, save_steps=5, progress=False, callbacks=[CrashAt(13)])
+    crashed = xr.open_zarr(out)
+    np.testing.assert_array_equal(crashed.step, np.arange(14))
+    assert crashed.attrs["zarrec_status"] == {**crashed.attrs["zarrec_status"], "state": "interrupted",
+                                              "reason": "RuntimeError: crashed after step 13", "last_step": 13}
+    assert checkpoint_steps(checkpoints) == [5, 10]
+
+    train(config, out, resume=True, checkpoint_dir=checkpoints, save_steps=5, progress=False)
+    ds, expected = xr.open_zarr(out), xr.open_zarr(uninterrupted)
+    assert ds.attrs["zarrec_resumed_after"] == [10]
+    np.testing.assert_array_equal(ds.step, expected.step)
+    for name in expected.data_vars:
+        np.testing.assert_array_equal(ds[name].values, expected[name].values, err_msg=name)
+
+
+def test_a_new_run_refuses_an_earlier_runs_checkpoints(tmp_path, tiny_config):
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "checkpoint-5").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"holds checkpoints of an earlier run \(steps \[5\]\); pass --resume"):
+        train(tiny_config, tmp_path / "run.zarr", checkpoint_dir=checkpoints, save_steps=5, progress=False)

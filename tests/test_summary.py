@@ -25,7 +25,8 @@ def test_summary_of_a_real_run(float32_run):
     assert summary.first_loss == pytest.approx(np.log(128), abs=1e-3) and summary.last_loss < summary.first_loss
     assert summary.attrs["learning_rate"] == 1e-3
     report = summary.report()
-    for text in ("steps      31 recorded, 0..30", "gaps       none", "embeddings  (step: 31, token: 128, dim: 16)"):
+    for text in ("status     complete", "steps      31 recorded, 0..30", "gaps       none",
+                 "embeddings  (step: 31, token: 128, dim: 16)"):
         assert text in report
     json.dumps(summary.to_dict())
 
@@ -43,3 +44,13 @@ def test_gaps_are_found_against_the_usual_stride(tmp_path):
 def test_a_path_that_is_not_a_store_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="is not a Zarr store"):
         summarize(tmp_path / "missing.zarr")
+
+
+def test_the_status_says_how_the_recording_stands(tmp_path):
+    recorder = Recorder(tmp_path / "r.zarr", chunk_steps=2)
+    for step in range(3):
+        recorder.record(step, x=torch.zeros(1))
+    recorder.flush(wait=True)
+    assert summarize(tmp_path / "r.zarr").status.startswith("recording: being written, or its writer was killed")
+    recorder.close("terminated by SIGTERM")
+    assert summarize(tmp_path / "r.zarr").status == "interrupted: terminated by SIGTERM (last step 2)"

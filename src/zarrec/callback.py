@@ -29,6 +29,11 @@ from zarrec.store import StoreLike, store_exists
 from zarrec.versions import library_versions
 
 
+# The loss of a step without one, in the dtype of a captured loss (detached, as float32), so
+# that the variable has one source dtype whichever step a recording (or its resumption) starts at.
+_NAN_LOSS = torch.tensor(float("nan"))
+
+
 class _StepCapture:
     """What the forward hook and ``on_pre_optimizer_step`` saw during one optimizer step."""
 
@@ -42,7 +47,7 @@ class _StepCapture:
     @property
     def loss(self) -> torch.Tensor | float:
         if self.loss_sum is None:
-            return float("nan")
+            return _NAN_LOSS
         return self.loss_sum if self.loss_is_token_share else self.loss_sum / self.micro_batches
 
 
@@ -202,7 +207,7 @@ class ZarrecCallback(TrainerCallback):
             contract.EMBEDDINGS: self._weight,
             contract.GRADS: self._nan_like_weight(),
             contract.LOGITS: self._nan_logits(),
-            contract.LOSS: float("nan"),
+            contract.LOSS: _NAN_LOSS,
             contract.LR: float("nan"),
         }
         if self._records_moments:

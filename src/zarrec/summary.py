@@ -54,8 +54,8 @@ class StoreSummary:
         return self.raw_bytes / self.stored_bytes if self.stored_bytes else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: every field, plus the compression ratio."""
-        return {**dataclasses.asdict(self), "compression_ratio": self.compression_ratio}
+        """JSON-ready: every field, plus the compression ratio and the status."""
+        return {**dataclasses.asdict(self), "compression_ratio": self.compression_ratio, "status": self.status}
 
     def lines(self) -> list[str]:
         """The short report printed after ``zarrec train``."""
@@ -67,9 +67,24 @@ class StoreSummary:
             f'open it with: xarray.open_zarr("{self.path}")',
         ]
 
+    @property
+    def status(self) -> str:
+        """How the recording stands, from its ``zarrec_status`` attribute."""
+        status = self.attrs.get(contract.STATUS_ATTR)
+        if not isinstance(status, dict):
+            return "unknown (written before zarrec recorded its status)"
+        if status.get("state") == contract.RECORDING:
+            return (
+                "recording: being written, or its writer was killed (the committed steps are complete; "
+                "continue with zarrec train --resume)"
+            )
+        if status.get("state") == contract.COMPLETE:
+            return contract.COMPLETE
+        return f"{status.get('state')}: {status.get('reason')} (last step {status.get('last_step')})"
+
     def report(self) -> str:
         """The full human-readable report of ``zarrec info``."""
-        out = [f"store      {self.path}"]
+        out = [f"store      {self.path}", f"status     {self.status}"]
         if self.steps:
             every = f", every {self.stride}" if self.stride and self.stride > 1 else ""
             out.append(f"steps      {self.steps} recorded, {self.first_step}..{self.last_step}{every}")
