@@ -65,10 +65,11 @@ class CrashAt(TrainerCallback):
             raise RuntimeError(f"crashed after step {self.step}")
 
 
-def test_a_crashed_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(tmp_path, tiny_config):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_crashed_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(tmp_path, tiny_config, dtype):
     """An exception at step 13: every recorded step is kept and the store says why; resuming from
     the step-10 checkpoint drops 11..13 and gives, bitwise, the store of a run never interrupted."""
-    config = dataclasses.replace(tiny_config, steps=20)
+    config = dataclasses.replace(tiny_config, steps=20, dtype=dtype)
     uninterrupted = tmp_path / "uninterrupted.zarr"
     train(config, uninterrupted, progress=False)
     out, checkpoints = tmp_path / "run.zarr", tmp_path / "checkpoints"

@@ -389,3 +389,12 @@ def test_any_mix_of_every_chunks_flushes_crashes_and_resumes_matches_an_in_ram_r
                 next_step = resume_from + 1
             else:
                 resume_from, next_step = None, 0  # nothing kept: start again
+
+
+def test_a_wider_dtype_than_the_first_steps_is_refused_not_rounded(tmp_path):
+    with Recorder(tmp_path / "r.zarr") as recorder:
+        recorder.record(0, x=torch.zeros(2, dtype=torch.bfloat16))
+        recorder.record(1, x=torch.ones(2, dtype=torch.bfloat16))
+        with pytest.raises(RecordError, match="x is float32 at step 2 but bfloat16 in the first step"):
+            recorder.record(2, x=torch.full((2,), 1.001))  # would be rounded to 1.0 in bf16
+    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "r.zarr").x.values, [[0, 0], [1, 1]])

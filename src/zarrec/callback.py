@@ -219,7 +219,8 @@ class ZarrecCallback(TrainerCallback):
         return torch.full_like(self._weight, float("nan"))
 
     def _nan_logits(self) -> torch.Tensor:
-        return torch.full(self._weight.shape[:1], float("nan"), device=self._weight.device)
+        # In the model's dtype, as its logits are: one source dtype from step 0 on.
+        return torch.full(self._weight.shape[:1], float("nan"), dtype=self._weight.dtype, device=self._weight.device)
 
 
 def first_unrecorded_step(committed: int | None, resume_step: int, every: int) -> int | None:

@@ -174,6 +174,7 @@ class Recorder:
         self._flush_every = flush_every
         self._on_error = on_error
         self._shapes: dict[str, tuple[int, ...]] = {}
+        self._staged_dtypes: dict[str, torch.dtype] = {}
         self._free: queue.Queue[_Staging] = queue.Queue()
         self._current: _Staging | None = None
         self._writer: ChunkWriter | None = None
@@ -239,6 +240,8 @@ class Recorder:
         for name, value in values.items():
             if getattr(value, "shape", ()) != self._shapes.get(name):  # torch.Size and numpy shapes are tuples
                 self._refuse(step, name, value)
+            if isinstance(value, torch.Tensor) and value.dtype is not self._staged_dtypes[name]:
+                self._refuse_narrowing(step, name, value.dtype)
         staging = self._current or self._take_free_buffer()
         if staging is None:
             return  # the writer failed while we waited (on_error="warn")
@@ -331,7 +334,8 @@ class Recorder:
         else:
             self._create_variables(layout)
         self._uses_cuda = any(isinstance(v, torch.Tensor) and v.is_cuda for v in values.values())
-        staged = {name: (self._shapes[name], layout[name][3] if name in layout else torch.float32) for name in self._shapes}
+        self._staged_dtypes = {name: layout[name][3] if name in layout else torch.float32 for name in self._shapes}
+        staged = {name: (self._shapes[name], self._staged_dtypes[name]) for name in self._shapes}
         for _ in range(self._buffer_count):
             self._free.put(_Staging(self.chunk_steps, staged, pinned=self._uses_cuda))
         self._writer = ChunkWriter(self._store)
@@ -367,6 +371,14 @@ class Recorder:
         raise RecordError(
             f"{name} has shape {_shape_of(value)} at step {step}, expected {self._shapes[name]} as in the first step"
         )
+
+    def _refuse_narrowing(self, step: int, name: str, dtype: torch.dtype) -> None:
+        staged = self._staged_dtypes[name]
+        if torch.promote_types(dtype, staged) is not staged:  # a wider dtype would be rounded when staged
+            raise RecordError(
+                f"{name} is {str(dtype).removeprefix('torch.')} at step {step} but "
+                f"{str(staged).removeprefix('torch.')} in the first step; record each variable in one dtype"
+            )
 
     def _take_free_buffer(self) -> _Staging | None:
         self._current = self._free.get()  # blocks while every buffer is being written
