@@ -110,10 +110,14 @@ class FullDisk(WrapperStore):
     """A real local store on a disk that fills up: every write after the first ``writes`` fails
     with ENOSPC, as a full disk does (what was written stays written)."""
 
-    def __init__(self, path: Path, writes: int) -> None:
-        super().__init__(LocalStore(path))
+    def __init__(self, path: Path, writes: int, store: LocalStore | None = None) -> None:
+        super().__init__(store or LocalStore(path))
         self.path = path
         self.writes_left = writes
+
+    def _with_store(self, store: LocalStore) -> FullDisk:
+        """The same disk through another view of the store (zarr opens read-only views)."""
+        return FullDisk(self.path, self.writes_left, store)
 
     def __repr__(self) -> str:
         return f"FullDisk({self.path})"

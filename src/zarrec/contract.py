@@ -123,6 +123,11 @@ def default_compressor() -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=4)
 
 
+def along_step(dimension_names: Sequence[str] | None) -> bool:
+    """Whether an array with these dimension names grows along ``step`` (data and ``step`` itself)."""
+    return bool(dimension_names) and dimension_names[0] == STEP
+
+
 def dims_of(name: str, ndim: int) -> tuple[str, ...]:
     """Non-step dimension names of a variable: the contract's, or ``<name>_dim<i>``."""
     if name in VARIABLE_DIMS and len(VARIABLE_DIMS[name]) == ndim:

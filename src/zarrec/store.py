@@ -81,6 +81,12 @@ def store_exists(out: StoreLike) -> bool:
     return True
 
 
+def ensure_exists(out: StoreLike) -> None:
+    """Refuse to resume a recording that is not there."""
+    if not store_exists(out):
+        raise ConfigError(f"there is no recording to resume at {describe(out)}; drop --resume to start one")
+
+
 def ensure_new(out: StoreLike, *, overwrite: bool = False) -> None:
     """Refuse a local ``out`` that is a file, a non-empty non-Zarr directory, or a store unless ``overwrite``."""
     if (path := local_directory(out)) is not None:
@@ -145,22 +151,15 @@ class RunStore:
     @classmethod
     def reopen(cls, out: StoreLike) -> RunStore:
         """Open an existing zarrec store to continue it (see :meth:`drop_after`)."""
+        ensure_exists(out)
         name = describe(out)
         directory = local_directory(out)
-        if directory is not None and not (directory / "zarr.json").is_file():
-            raise ConfigError(f"there is no store to resume at {name}; drop --resume (resume) to start a new recording")
         lock = StoreLock.acquire(directory, name) if directory is not None else None
         try:
             group = zarr.open_group(out, mode="r+", zarr_format=3)
             if contract.FORMAT_ATTR not in group.attrs or contract.STEP not in group:
                 raise ConfigError(f"{name} is not a zarrec recording with recorded steps; it cannot be resumed")
             store = cls(group, name, lock)
-            store._dim_sizes = {
-                dim: size
-                for _, array in group.arrays()
-                for dim, size in zip(array.metadata.dimension_names or (), array.shape)
-                if dim != contract.STEP
-            }
             store.steps = group[contract.STEP][:]  # the committed steps, through the consolidated metadata
             store.last_step = int(store.steps[-1]) if store.steps.size else None
             store._appender = sync(_Appender.open(group, rows=store.steps.size))
@@ -185,7 +184,7 @@ class RunStore:
         return {
             name: array
             for name, array in self.group.arrays()
-            if name != contract.STEP and (array.metadata.dimension_names or ("",))[0] == contract.STEP
+            if name != contract.STEP and contract.along_step(array.metadata.dimension_names)
         }
 
     @property
@@ -267,7 +266,7 @@ class RunStore:
         )
 
     def dim_sizes(self) -> dict[str, int]:
-        """Size of every named dimension in the store so far (``step`` excluded)."""
+        """Size of every named dimension this store has written so far (``step`` excluded)."""
         return dict(self._dim_sizes)
 
     def link_coordinates(self, variables: list[str]) -> None:
@@ -302,12 +301,10 @@ class RunStore:
             self.set_status(state, reason, self.last_step)
             sync(self._open_appender().finish())
         finally:
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
+            self.release()
 
     def release(self) -> None:
-        """Release the lock without writing anything (the store could not be used)."""
+        """Release the lock (once); :meth:`finish` does, after writing the final status."""
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -331,7 +328,7 @@ class _Appender:
     def __init__(self, root: zarr.AsyncGroup, arrays: dict[str, AsyncArray], rows: int) -> None:
         self.root = root
         self.arrays = arrays
-        self.growing = [name for name, array in arrays.items() if (array.metadata.dimension_names or ("",))[0] == contract.STEP]
+        self.growing = [name for name, array in arrays.items() if contract.along_step(array.metadata.dimension_names)]
         self.rows = rows
         self.capacity = min((arrays[name].shape[0] for name in self.growing), default=0)
         # The root document with every array's metadata consolidated (what zarr.consolidate_metadata

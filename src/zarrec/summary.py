@@ -170,7 +170,7 @@ def summarize(out: StoreLike) -> StoreSummary:
             stored_bytes=stored[name],
         )
         for name, array in sorted(arrays.items())
-        if (array.metadata.dimension_names or ("",))[0] == contract.STEP and name != contract.STEP
+        if contract.along_step(array.metadata.dimension_names) and name != contract.STEP
     ]
     stride, gaps = _gaps(steps)
     live = arrays[contract.LIVE][:] if contract.LIVE in arrays else None
