@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from transformers import TrainerCallback
 
 from conftest import record_run
 from zarrec import ConfigError, Recorder, ZarrecCallback, contract
@@ -171,12 +172,87 @@ def test_plain_trainer_with_sgd_records_without_adam_moments(tmp_path, tiny_conf
     np.testing.assert_allclose(W[1:], W[:-1] - lr[1:, None, None] * g[1:], atol=1e-7)
 
 
-def test_a_frozen_embedding_is_a_clear_error(tmp_path, tiny_config):
-
+def test_a_frozen_embedding_records_its_value_and_refuses_its_gradient(tmp_path, tiny_config):
     trainer = _trainer(tmp_path, tiny_config, ZarrecCallback(tmp_path / "frozen.zarr"))
     trainer.model.get_input_embeddings().weight.requires_grad_(False)
-    with pytest.raises(ConfigError, match="not trained by the optimizer"):
+    trainer.train()
+    ds = xr.open_zarr(tmp_path / "frozen.zarr")
+    assert set(ds.data_vars) == {"embeddings", "logits", "loss", "lr"}
+    assert (ds.embeddings == ds.embeddings[0]).all()
+
+    trainer = _trainer(tmp_path, tiny_config, ZarrecCallback(tmp_path / "grad.zarr", quantities=["grad"]))
+    trainer.model.get_input_embeddings().weight.requires_grad_(False)
+    with pytest.raises(ConfigError, match="transformer.wte.weight is not trained by the optimizer"):
         trainer.train()
+
+
+class LiveState(TrainerCallback):
+    """Clones, after every optimizer step, the parameters matching ``prefix`` and their optimizer state."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        values = {}
+        for name, p in model.named_parameters():
+            if name.startswith(self.prefix):
+                values[name] = p.detach().clone()
+                values.update({f"{name}.{key}": v.clone() for key, v in optimizer.optimizer.state[p].items()
+                               if isinstance(v, torch.Tensor) and v.ndim})
+        self.steps.append(values)
+
+
+def test_any_parameters_with_factored_optimizer_state(tmp_path, tiny_config):
+    """Adafactor keeps factored second moments: each is recorded with its own dims, bitwise."""
+    config = dataclasses.replace(tiny_config, steps=5, optimizer="adafactor", params=("*.attn.c_attn.*",))
+    live = LiveState("transformer.h.0.attn.c_attn.")
+    train(config, tmp_path / "run.zarr", progress=False, callbacks=[live])
+    ds = xr.open_zarr(tmp_path / "run.zarr")
+    weight = "transformer.h.0.attn.c_attn.weight"
+    assert set(ds.data_vars) == {
+        weight, f"{weight}.grad", f"{weight}.exp_avg_sq_row", f"{weight}.exp_avg_sq_col",
+        "transformer.h.0.attn.c_attn.bias", "transformer.h.0.attn.c_attn.bias.grad",
+        "transformer.h.0.attn.c_attn.bias.exp_avg_sq", "logits", "loss", "lr"}
+    assert ds[weight].dims == ("step", f"{weight}.row", f"{weight}.col") == ds[f"{weight}.grad"].dims
+    assert ds[f"{weight}.exp_avg_sq_row"].dims == ("step", f"{weight}.exp_avg_sq_row_dim0")
+    assert ds[f"{weight}.exp_avg_sq_col"].attrs["quantity"] == "exp_avg_sq_col"
+    assert ds[f"{weight}.exp_avg_sq_col"].attrs["param"] == weight
+    assert ds.attrs["recorded_params"] == [weight, "transformer.h.0.attn.c_attn.bias"]
+    for name in live.steps[0]:
+        np.testing.assert_array_equal(ds[name][1:].values, torch.stack([s[name] for s in live.steps]).numpy(), name)
+    assert (ds[f"{weight}.exp_avg_sq_row"][0] == 0).all() and ds[f"{weight}.grad"][0].isnull().all()
+
+
+def test_sgd_momentum_buffer_follows_its_recursion(tmp_path, tiny_config):
+    """buf[t] = μ·buf[t−1] + g[t] (buf[0] = 0), and W[t] = W[t−1] − lr[t]·buf[t]."""
+    config = dataclasses.replace(tiny_config, steps=6, optimizer="sgd", sgd_momentum=0.9, weight_decay=0.0)
+    train(config, tmp_path / "sgd.zarr", progress=False)
+    ds = xr.open_zarr(tmp_path / "sgd.zarr").load()
+    assert set(ds.data_vars) == {"embeddings", "grads", "embeddings.momentum_buffer", "logits", "loss", "lr"}
+    buf, g, W, lr = ds["embeddings.momentum_buffer"].values, ds.grads.values, ds.embeddings.values, ds.lr.values
+    np.testing.assert_allclose(buf[1:], 0.9 * buf[:-1] + g[1:], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(W[1:], W[:-1] - lr[1:, None, None] * buf[1:], rtol=1e-6, atol=1e-7)
+
+
+def test_a_step_schedule_keeps_exactly_its_steps(tmp_path, tiny_config):
+    run = record_run(tmp_path / "schedule.zarr", dataclasses.replace(tiny_config, steps=11, every="1:4,3"))
+    ds = xr.open_zarr(run.path)
+    np.testing.assert_array_equal(ds.step, [0, 1, 2, 3, 4, 6, 9])
+    assert ds.attrs["recorded_every"] == "1:4,3"
+    expected = torch.stack([run.live.embeddings[s - 1] for s in (1, 2, 3, 4, 6, 9)]).numpy()
+    np.testing.assert_array_equal(ds.embeddings[1:].values, expected)
+
+
+def test_state_the_optimizer_lacks_is_refused_before_anything_is_recorded(tmp_path, tiny_config):
+    callback = ZarrecCallback(tmp_path / "run.zarr", quantities=["param", "momentum_buffer"])
+    with pytest.raises(ConfigError, match="AdamW keeps no 'momentum_buffer' for transformer.wte.weight; its state "
+                                          "holds 'step', 'exp_avg', 'exp_avg_sq'"):
+        _trainer(tmp_path, tiny_config, callback).train()
+    ds = xr.open_zarr(tmp_path / "run.zarr")
+    assert ds.sizes.get("step", 0) == 0
+    assert ds.attrs["zarrec_status"]["state"] == "interrupted"  # closed, its lock released
+    assert "momentum_buffer" in ds.attrs["zarrec_status"]["reason"]
 
 
 def test_resuming_after_a_checkpoint_newer_than_the_store_is_refused(tmp_path, tiny_config):

@@ -175,13 +175,21 @@ def test_bad_input_is_one_line_naming_problem_and_fix(tmp_path, small_corpus):
             ["--corpus", str(tmp_path / "short.txt")],
         f"{tmp_path / 'a-file'} exists and is not a directory; choose another output path":
             ["--out", str(tmp_path / "a-file"), *corpus],
-        "every must be at least 1, got 0": ["--every", "0", *corpus],
         "chunk_steps must be at least 1, got -1": ["--chunk-steps", "-1", *corpus],
         "--save-steps must be at least 1, got 0": ["--save-steps", "0", *corpus],
         "--flush-every must be at least 1, got 0": ["--flush-every", "0", *corpus],
         "device mps is not available on this machine; use --device auto or cpu": [*corpus, "--device", "mps"],
         f"there is no recording to resume at {tmp_path / 'new.zarr'}; drop --resume to start one": ["--resume"],
         "--resume continues the store and --overwrite replaces it; pass one of them": ["--resume", "--overwrite"],
+        "(glob patterns, e.g. '*.attn.*')": ["--params", "*.attn.*", "*.mlp.c_fc*", "lm_head.*", *corpus],
+        "every must be a positive number of steps, got 0; write a number (every N-th step) or phases like '1:1000,10' "
+        "(every step up to 1000, then every 10th)": ["--every", "0", *corpus],
+        "cannot read the step schedule '1:10,x'; write a number (every N-th step) or phases like '1:1000,10' "
+        "(every step up to 1000, then every 10th)": ["--every", "1:10,x", *corpus],
+        # Optimizers create their state at the first step: this one is refused then (the store says so).
+        "AdamW keeps no 'momentum_buffer' for transformer.wte.weight; its state holds 'step', 'exp_avg', 'exp_avg_sq': "
+        "record quantities from 'param', 'grad' and those":
+            ["--quantities", "grad", "momentum_buffer", *corpus, "--out", str(tmp_path / "adamw.zarr")],
     }
     for message, args in cases.items():
         out = ["--out", str(tmp_path / "new.zarr")] if "--out" not in args else []
@@ -190,6 +198,9 @@ def test_bad_input_is_one_line_naming_problem_and_fix(tmp_path, small_corpus):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("zarrec: error: ") and lines[0].endswith(message), (args, lines)
     assert not (tmp_path / "new.zarr").exists()
+    params_error = zarrec("train", "--out", str(tmp_path / "new.zarr"), *TINY, "--params", "lm_head.*").stderr
+    assert "'lm_head.*' matches no parameter of the model; it has: transformer.wte.weight, transformer.wpe.weight, " \
+           "transformer.h.0.ln_1.weight" in params_error  # tied to the embedding, so not a parameter of its own
     debug = zarrec("--debug", "train", "--out", str(tmp_path / "new.zarr"), "--every", "0", *TINY)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
 

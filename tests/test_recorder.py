@@ -119,6 +119,17 @@ def test_custom_dims_and_coords(tmp_path):
     np.testing.assert_array_equal(ds.live.values, live)
 
 
+def test_label_names_dims_and_attributes_before_the_first_step(tmp_path):
+    with Recorder(tmp_path / "r.zarr") as recorder:
+        recorder.label("w", ("w.row", "w.col"), param="layer.weight", description="the weight")
+        recorder.record(0, w=torch.zeros(3, 2))
+        with pytest.raises(RecordError, match="label 'v' before the first record"):
+            recorder.label("v", ("x",))
+    w = xr.open_zarr(tmp_path / "r.zarr").w
+    assert w.dims == ("step", "w.row", "w.col")
+    assert w.attrs["param"] == "layer.weight" and w.attrs["description"] == "the weight"
+
+
 def test_store_is_readable_without_warnings_while_recording(tmp_path):
     recorder = Recorder(tmp_path / "r.zarr", chunk_steps=2)
     for t in range(5):

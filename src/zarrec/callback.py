@@ -5,9 +5,12 @@ Events, per optimizer step t (``state.global_step`` is t - 1 until the step ends
 - a forward hook on the model sums the micro-batch losses of step t and keeps the
   logits of its first batch at sequence 0, last position;
 - ``on_pre_optimizer_step`` (after accumulation and clipping) keeps a device copy
-  of the embedding gradient the optimizer is about to use;
-- ``on_optimizer_step`` (after the update) hands the matrix, that gradient, the
-  AdamW moments, the loss, the logits and the group's learning rate to the recorder.
+  of the selected gradients the optimizer is about to use;
+- ``on_optimizer_step`` (after the update) hands the selected parameters, those
+  gradients, the optimizer's state for them, the loss, the logits and the learning
+  rate to the recorder. After the first step, which also fixes the variables (the
+  optimizer's state exists from then on), it first records step 0 from a copy of the
+  parameters kept when training began.
 
 Nothing here calls ``.item()`` or copies to the host: the recorder's staging copy
 is the only transfer, and it is non-blocking on CUDA.
@@ -16,7 +19,7 @@ is the only transfer, and it is non-blocking on CUDA.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,6 +28,8 @@ from transformers import TrainerCallback
 from zarrec import contract
 from zarrec.errors import ConfigError
 from zarrec.recorder import Recorder
+from zarrec.schedule import StepSchedule
+from zarrec.selection import ParameterSelection
 from zarrec.store import StoreLike, store_exists
 from zarrec.versions import library_versions
 
@@ -42,7 +47,7 @@ class _StepCapture:
         self.micro_batches = 0
         self.loss_is_token_share = False  # each micro loss was already divided by the step's token count
         self.logits: torch.Tensor | None = None
-        self.grad: torch.Tensor | None = None
+        self.grads: Mapping[str, torch.Tensor | None] = {}
 
     @property
     def loss(self) -> torch.Tensor | float:
@@ -52,16 +57,23 @@ class _StepCapture:
 
 
 class ZarrecCallback(TrainerCallback):
-    """Record the input-embedding matrix and its training state at every step into a Zarr store.
+    """Record parameters and their training state at every step into a Zarr store.
 
     ``Trainer(..., callbacks=[ZarrecCallback("run.zarr")])`` writes the store contract
-    (:mod:`zarrec.contract`): ``embeddings``, ``grads``, ``momentum``, ``variance``
-    (AdamW-family optimizers), ``logits``, ``loss`` and ``lr``, labelled by the
-    Trainer's ``global_step``; step 0 is the initial state. Only the main process writes.
+    (:mod:`zarrec.contract`): by default the input embedding as ``embeddings``, ``grads``
+    and, with AdamW, ``momentum`` and ``variance``; then ``logits``, ``loss`` and ``lr``,
+    labelled by the Trainer's ``global_step``; step 0 is the initial state. Only the main
+    process writes.
 
     Args:
         out: path, fsspec URL or Zarr store to create.
-        every: record steps divisible by ``every`` (and step 0).
+        params: glob patterns over ``model.named_parameters()``, e.g. ``["*.attn.c_attn.*"]``;
+            default: the input embedding. Other parameters are stored as ``<name>``,
+            ``<name>.grad`` and ``<name>.<optimizer state key>`` (see :mod:`zarrec.selection`).
+        quantities: of each parameter, from ``"param"``, ``"grad"`` and the optimizer's state
+            keys (``"exp_avg"``, ``"momentum_buffer"``, ...); default: all of them.
+        every: which steps to record: every N-th, or a schedule such as ``"1:1000,10"``
+            (:class:`~zarrec.schedule.StepSchedule`); step 0 always.
         chunk_steps: recorded steps per Zarr chunk; by default about 16 MB per chunk (see :class:`Recorder`).
         token_coords: coordinates along ``token`` as ``{name: ("token", values)}``,
             e.g. :meth:`zarrec.corpus.Corpus.token_coords`.
@@ -70,7 +82,7 @@ class ZarrecCallback(TrainerCallback):
         resume: continue the store at ``out`` if it exists, as training resumes from a
             checkpoint (``trainer.train(resume_from_checkpoint=...)``): steps recorded
             after the checkpoint are dropped first. The run must be the recorded one
-            (hyperparameters, model, data); a difference is refused, naming it.
+            (hyperparameters, model, data, selection); a difference is refused, naming it.
         flush_every, on_error: as for :class:`~zarrec.Recorder`.
     """
 
@@ -78,7 +90,9 @@ class ZarrecCallback(TrainerCallback):
         self,
         out: StoreLike,
         *,
-        every: int = 1,
+        params: Sequence[str] | None = None,
+        quantities: Sequence[str] | None = None,
+        every: int | str | StepSchedule = 1,
         chunk_steps: int | None = None,
         token_coords: Mapping[str, tuple[str, Any]] | None = None,
         attrs: Mapping[str, Any] | None = None,
@@ -87,10 +101,10 @@ class ZarrecCallback(TrainerCallback):
         flush_every: int | None = None,
         on_error: str = "raise",
     ) -> None:
-        if every < 1:
-            raise ConfigError(f"every must be a positive number of steps, got {every}")
         self.out = out
-        self.every = every
+        self.params = None if params is None else list(params)
+        self.quantities = None if quantities is None else list(quantities)
+        self.schedule = StepSchedule.parse(every)
         self.chunk_steps = chunk_steps
         self.token_coords = dict(token_coords or {})
         self.attrs = dict(attrs or {})
@@ -99,28 +113,19 @@ class ZarrecCallback(TrainerCallback):
         self.flush_every = flush_every
         self.on_error = on_error
         self.recorder: Recorder | None = None
-        self._weight: torch.Tensor | None = None
-        self._group: dict[str, Any] | None = None
-        self._optimizer_state: Mapping[torch.Tensor, dict[str, torch.Tensor]] = {}
-        self._records_moments = False
+        self.selection: ParameterSelection | None = None
+        self._initial: dict[str, torch.Tensor] | None = None  # the parameters before step 1, for step 0
+        self._labelled = False
         self._hook: torch.utils.hooks.RemovableHandle | None = None
         self._step = _StepCapture()
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if not state.is_world_process_zero:
             return  # every other event returns at once while self.recorder is None
-        self._weight = model.get_input_embeddings().weight
-        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
-        self._group = next((g for g in inner.param_groups if any(p is self._weight for p in g["params"])), None)
-        if self._group is None:
-            raise ConfigError(
-                "the model's input-embedding matrix is not trained by the optimizer; "
-                "unfreeze it (requires_grad=True) or record with zarrec.Recorder directly"
-            )
-        self._optimizer_state = inner.state
-        self._records_moments = "betas" in self._group  # Adam-family: exp_avg and exp_avg_sq exist
+        self.selection = ParameterSelection(model, optimizer, self.params, self.quantities)
         self._hook = model.register_forward_hook(self._capture_forward, with_kwargs=True)
-        attrs = {**run_attributes(args, state, model, self._weight, self._group), **self.attrs}
+        attrs = {**run_attributes(args, state, model, self.selection), contract.SCHEDULE_ATTR: str(self.schedule),
+                 **self.attrs}
         resuming = self.resume and store_exists(self.out)
         self.recorder = Recorder(
             self.out,
@@ -128,7 +133,7 @@ class ZarrecCallback(TrainerCallback):
             coords=self.token_coords,
             attrs=attrs,
             overwrite=self.overwrite,
-            # From step 0, nothing is kept: step 0 is recorded again below.
+            # From step 0, nothing is kept: step 0 is recorded again.
             resume_from=(state.global_step if state.global_step else -1) if resuming else None,
             flush_every=self.flush_every,
             on_error=self.on_error,
@@ -136,31 +141,34 @@ class ZarrecCallback(TrainerCallback):
         if resuming and state.global_step:
             self._refuse_a_gap(state.global_step)
         if state.global_step == 0:
-            self._record_initial_state()
+            self._initial = self.selection.snapshot()
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.recorder is not None:
             self._step = _StepCapture()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if self.recorder is not None and self._records(state.global_step + 1) and self._weight.grad is not None:
-            self._step.grad = self._weight.grad.detach().clone()
+        step = state.global_step + 1
+        if self.recorder is not None and self.schedule.records(step) and self.selection.wants_grads():
+            self._step.grads = self.selection.grads()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
+        if self.recorder is None:
+            return
         step = state.global_step + 1
-        if self.recorder is None or not self._records(step):
+        if not self._labelled:
+            self._label_variables()
+        if self._initial is not None:
+            self._record_initial_state()
+        if not self.schedule.records(step):
             return
         values = {
-            contract.EMBEDDINGS: self._weight,
-            contract.GRADS: self._step.grad if self._step.grad is not None else self._nan_like_weight(),
-            contract.LOGITS: self._step.logits if self._step.logits is not None else self._nan_logits(),
+            **self.selection.values(self._step.grads),
             contract.LOSS: self._step.loss,
-            contract.LR: self._group["lr"],
+            contract.LR: self.selection.group["lr"],
         }
-        if self._records_moments:
-            moments = self._optimizer_state[self._weight]
-            values[contract.MOMENTUM] = moments["exp_avg"]
-            values[contract.VARIANCE] = moments["exp_avg_sq"]
+        if self._step.logits is not None:
+            values[contract.LOGITS] = self._step.logits
         self.recorder.record(step, **values)
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -175,12 +183,20 @@ class ZarrecCallback(TrainerCallback):
         if self.recorder is not None:
             self.recorder.close(reason)
 
-    def _records(self, step: int) -> bool:
-        return step % self.every == 0
+    def _label_variables(self) -> None:
+        """Fix the recorded variables (the optimizer's state exists now) and name their dims."""
+        try:
+            targets = self.selection.targets()
+        except ConfigError as error:
+            self.close(f"refused to record: {error}")  # the Trainer does not end its callbacks on an error
+            raise
+        for target in targets:
+            self.recorder.label(target.variable, target.dims, **target.attrs)
+        self._labelled = True
 
     def _refuse_a_gap(self, resume_step: int) -> None:
         """Refuse to resume after a checkpoint that is newer than the store's last commit."""
-        missing = first_unrecorded_step(self.recorder.committed_step, resume_step, self.every)
+        missing = first_unrecorded_step(self.recorder.committed_step, resume_step, self.schedule)
         if missing is not None:
             self.recorder.close("refused to resume: steps would be missing")
             raise ConfigError(
@@ -203,40 +219,31 @@ class ZarrecCallback(TrainerCallback):
             self._step.logits = logits.detach()[0, -1].clone()
 
     def _record_initial_state(self) -> None:
-        values = {
-            contract.EMBEDDINGS: self._weight,
-            contract.GRADS: self._nan_like_weight(),
-            contract.LOGITS: self._nan_logits(),
-            contract.LOSS: _NAN_LOSS,
-            contract.LR: float("nan"),
-        }
-        if self._records_moments:
-            values[contract.MOMENTUM] = torch.zeros_like(self._weight)
-            values[contract.VARIANCE] = torch.zeros_like(self._weight)
+        """Step 0, recorded with step 1's logits as the shape and dtype of its (NaN) logits."""
+        values = {**self.selection.initial_values(self._initial), contract.LOSS: _NAN_LOSS, contract.LR: float("nan")}
+        if self._step.logits is not None:
+            values[contract.LOGITS] = torch.full_like(self._step.logits, float("nan"))
+        self._initial = None
         self.recorder.record(0, **values)
 
-    def _nan_like_weight(self) -> torch.Tensor:
-        return torch.full_like(self._weight, float("nan"))
 
-    def _nan_logits(self) -> torch.Tensor:
-        # In the model's dtype, as its logits are: one source dtype from step 0 on.
-        return torch.full(self._weight.shape[:1], float("nan"), dtype=self._weight.dtype, device=self._weight.device)
-
-
-def first_unrecorded_step(committed: int | None, resume_step: int, every: int) -> int | None:
+def first_unrecorded_step(committed: int | None, resume_step: int, every: int | str | StepSchedule) -> int | None:
     """The first step that ``every`` records after ``committed`` (the store's last step) and at
     or before ``resume_step`` (where training resumes), or None: resuming there leaves no gap."""
-    following = 0 if committed is None else (committed // every + 1) * every
+    following = 0 if committed is None else StepSchedule.parse(every).next_after(committed)
     return following if following <= resume_step else None
 
 
-def run_attributes(args, state, model, weight: torch.Tensor, group: Mapping[str, Any]) -> dict[str, Any]:
+def run_attributes(args, state, model, selection: ParameterSelection) -> dict[str, Any]:
     """Every Trainer hyperparameter needed to re-derive the recorded run, as JSON-ready values."""
     config = getattr(model, "config", None)
+    first = next(iter(selection.parameters.values()))
     return {
+        contract.PARAMS_ATTR: selection.names,
+        contract.QUANTITIES_ATTR: None if selection.quantities is None else list(selection.quantities),
         "learning_rate": args.learning_rate,
-        # The decay actually applied to the embedding (Trainer exempts biases and norms).
-        "weight_decay": group.get("weight_decay", args.weight_decay),
+        # The decay actually applied to the (first) recorded parameter (Trainer exempts biases and norms).
+        "weight_decay": selection.group.get("weight_decay", args.weight_decay),
         "adam_beta1": args.adam_beta1,
         "adam_beta2": args.adam_beta2,
         "adam_epsilon": args.adam_epsilon,
@@ -249,8 +256,8 @@ def run_attributes(args, state, model, weight: torch.Tensor, group: Mapping[str,
         "world_size": args.world_size,
         "steps": state.max_steps,
         "seed": args.seed,
-        "dtype": str(weight.dtype).removeprefix("torch."),
-        "device": str(weight.device),
+        "dtype": str(first.dtype).removeprefix("torch."),
+        "device": str(first.device),
         "model_class": type(model).__name__,
         "model_config": json.loads(config.to_json_string()) if config is not None else {},
         "versions": library_versions(),

@@ -17,7 +17,7 @@ from zarrec.shutdown import stop_reason
 
 
 def _train_parser(subparsers) -> None:
-    from zarrec.config import DEVICES, DTYPES, INITS, TrainConfig
+    from zarrec.config import DEVICES, DTYPES, INITS, OPTIMIZERS, TrainConfig
 
     defaults = TrainConfig()
     parser = subparsers.add_parser(
@@ -34,7 +34,16 @@ def _train_parser(subparsers) -> None:
     run.add_argument("--device", choices=DEVICES, help=f"default {defaults.device}")
     run.add_argument("--dtype", choices=DTYPES, help=f"training dtype (default {defaults.dtype})")
     run.add_argument("--init", choices=INITS, help=f"embedding initialisation (default {defaults.init})")
-    run.add_argument("--every", type=int, help=f"record every N-th step (default {defaults.every})")
+    run.add_argument("--every", type=_schedule,
+                     help=f"record every N-th step, or phases such as 1:1000,10 (every step up to 1000, then every "
+                     f"10th) (default {defaults.every})")
+    run.add_argument("--params", nargs="+", metavar="PATTERN",
+                     help="parameters to record, glob patterns over their names, e.g. 'transformer.h.*.attn.*' "
+                     "(default: the input embedding)")
+    run.add_argument("--quantities", nargs="+", metavar="NAME",
+                     help="of each parameter: param, grad and optimizer state keys such as exp_avg, exp_avg_sq, "
+                     "momentum_buffer (default: all)")
+    run.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {defaults.optimizer}")
     run.add_argument("--chunk-steps", type=int,
                      help="recorded steps per Zarr chunk (default: about 16 MB per chunk, 512 for the reference run)")
     run.add_argument("--batch-size", type=int, help=f"default {defaults.batch_size}")
@@ -52,6 +61,11 @@ def _train_parser(subparsers) -> None:
     parser.set_defaults(run=_train)
 
 
+def _schedule(text: str) -> int | str:
+    """``--every``: a number stays a number (as recorded in the store's config), phases stay text."""
+    return int(text) if text.strip().isdigit() else text
+
+
 def _train(args: argparse.Namespace) -> None:
     from zarrec.config import TrainConfig
     from zarrec.experiment import default_checkpoint_dir, recorded_config, train
@@ -63,6 +77,7 @@ def _train(args: argparse.Namespace) -> None:
         raise ConfigError("--resume continues the store and --overwrite replaces it; pass one of them")
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
     given = {name: value for name, value in vars(args).items() if name in fields and value is not None}
+    given.update({name: tuple(given[name]) for name in ("params", "quantities") if name in given})
     config = TrainConfig(**{**(recorded_config(args.out) if args.resume else {}), **given})
     checkpoint_dir = args.checkpoint_dir or default_checkpoint_dir(args.out)
     summary = train(

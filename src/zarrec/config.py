@@ -8,10 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zarrec.errors import ConfigError
+from zarrec.schedule import StepSchedule
 
 DTYPES = ("bfloat16", "float32")
 INITS = ("f32_to_bf16", "pure_bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# Trainer optimizers (TrainingArguments.optim) whose state differs: AdamW's two moments, SGD's
+# momentum buffer, Adafactor's factored second moment.
+OPTIMIZERS = ("adamw_torch", "sgd", "adafactor")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
+    optimizer: str = "adamw_torch"
+    sgd_momentum: float = 0.9
     max_grad_norm: float = 1.0
     seed: int = 42
     dtype: str = "bfloat16"
@@ -38,8 +44,10 @@ class TrainConfig:
     init_sigma: float = 1e-5
     device: str = "auto"
     corpus: str | None = None
-    every: int = 1
+    every: int | str = 1  # every N-th step, or a schedule such as "1:1000,10" (zarrec.schedule)
     chunk_steps: int | None = None  # None: chosen by the Recorder from the recorded shapes
+    params: tuple[str, ...] | None = None  # glob patterns over parameter names; None: the input embedding
+    quantities: tuple[str, ...] | None = None  # param, grad, optimizer state keys; None: all
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first setting that cannot work."""
@@ -49,8 +57,11 @@ class TrainConfig:
             raise ConfigError(f"init {self.init!r} is not supported; use one of {list(INITS)}")
         if self.device not in DEVICES:
             raise ConfigError(f"device {self.device!r} is not supported; use one of {list(DEVICES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer {self.optimizer!r} is not supported; use one of {list(OPTIMIZERS)}")
+        StepSchedule.parse(self.every)
         positive = ("vocab_size", "n_embd", "n_layer", "n_head", "context", "batch_size", "gradient_accumulation",
-                    "steps", "every", "chunk_steps")
+                    "steps", "chunk_steps")
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -11,6 +11,7 @@ Layout of a store (Zarr v3 group)::
     embeddings, grads, momentum, variance  (step, token, dim)  float32
     logits      (step, token)        float32
     loss, lr    (step,)              float32
+    P, P.grad, P.<state key>  (step, P.row, P.col)  float32   any other parameter P chosen
 
 Every array is chunked along ``step`` in blocks of ``chunk_steps`` rows and whole
 along its other dimensions, and compressed with Blosc zstd + bit-shuffle.
@@ -61,6 +62,51 @@ DESCRIPTIONS: dict[str, str] = {
     TOKEN: "token id",
     DIM: "embedding dimension",
 }
+
+# What can be recorded of a parameter: the parameter itself, its gradient, or any tensor the
+# optimizer keeps for it (its state key, e.g. "exp_avg", "momentum_buffer", "exp_avg_sq_row").
+PARAM = "param"
+GRAD = "grad"
+# The input embedding's quantities have the contract's names; others are "<param>.<quantity>".
+EMBEDDING_VARIABLES = {PARAM: EMBEDDINGS, GRAD: GRADS, "exp_avg": MOMENTUM, "exp_avg_sq": VARIANCE}
+# Array attributes naming what a variable was recorded from.
+PARAM_ATTR = "param"
+QUANTITY_ATTR = "quantity"
+# Group attributes listing the recorded parameters and the quantities asked for (null: all).
+PARAMS_ATTR = "recorded_params"
+QUANTITIES_ATTR = "recorded_quantities"
+SCHEDULE_ATTR = "recorded_every"
+
+
+def variable_name(param: str, quantity: str, input_embedding: bool = False) -> str:
+    """The store variable of a parameter's quantity: ``embeddings``, ``grads``, ``momentum``,
+    ``variance`` for the input embedding; ``<param>``, ``<param>.grad``, ``<param>.<state key>``
+    for any other parameter (e.g. ``transformer.h.0.mlp.c_fc.weight.exp_avg``)."""
+    if input_embedding and quantity in EMBEDDING_VARIABLES:
+        return EMBEDDING_VARIABLES[quantity]
+    base = EMBEDDINGS if input_embedding else param
+    return base if quantity == PARAM else f"{base}.{quantity}"
+
+
+def parameter_dims(param: str, ndim: int, input_embedding: bool = False) -> tuple[str, ...]:
+    """Dimension names of a parameter (shared by its gradient and same-shaped optimizer state):
+    ``(token, dim)`` for the input embedding, ``(<param>.row, <param>.col)`` for another matrix,
+    ``<param>.dim<i>`` otherwise. Per parameter, as xarray gives each dimension one size."""
+    if input_embedding and ndim == 2:
+        return (TOKEN, DIM)
+    if ndim == 2:
+        return (f"{param}.row", f"{param}.col")
+    return tuple(f"{param}.dim{i}" for i in range(ndim))
+
+
+def describe_quantity(param: str, quantity: str) -> str:
+    """The description attribute of a recorded quantity of a parameter."""
+    if quantity == PARAM:
+        return f"{param} after optimizer step t (step 0: initial value)"
+    if quantity == GRAD:
+        return f"gradient of {param} used by optimizer step t, after accumulation and clipping"
+    return f"optimizer state {quantity!r} of {param} after step t (step 0: zeros)"
+
 
 # Coordinates along `token` describing the corpus.
 LIVE = "live"

@@ -139,7 +139,8 @@ def make_trainer(
         adam_beta2=config.adam_beta2,
         adam_epsilon=config.adam_epsilon,
         max_grad_norm=config.max_grad_norm,
-        optim="adamw_torch",
+        optim=config.optimizer,
+        optim_args=f"momentum={config.sgd_momentum}" if config.optimizer == "sgd" else None,
         lr_scheduler_type="linear",
         seed=config.seed,
         save_strategy="steps" if save_steps else "no",
@@ -181,7 +182,7 @@ def recorded_config(out: StoreLike) -> dict:
     return {name: value for name, value in recorded.items() if name in fields}
 
 
-def checkpoint_to_resume(out: StoreLike, checkpoint_dir: str | os.PathLike, every: int) -> str:
+def checkpoint_to_resume(out: StoreLike, checkpoint_dir: str | os.PathLike, every: int | str) -> str:
     """The newest checkpoint from which training can resume without leaving a gap in the store."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -222,7 +223,7 @@ def train(
     progress: bool = True,
     callbacks: Sequence[TrainerCallback] = (),
 ) -> StoreSummary:
-    """Train the reference model, recording every ``config.every``-th step into ``out``.
+    """Train the reference model, recording the steps ``config.every`` selects into ``out``.
 
     With ``checkpoint_dir`` and ``save_steps``, the Trainer saves a checkpoint every
     ``save_steps`` steps; ``resume`` continues an interrupted run from the newest
@@ -243,6 +244,8 @@ def train(
     corpus = load_corpus(config.corpus, config.vocab_size)
     recorder = ZarrecCallback(
         out,
+        params=config.params,
+        quantities=config.quantities,
         every=config.every,
         chunk_steps=config.chunk_steps,
         token_coords=corpus.token_coords(config.vocab_size),

@@ -169,6 +169,7 @@ class Recorder:
             raise RecordError("overwrite and resume_from exclude each other: replace the store or continue it")
         self.chunk_steps = chunk_steps
         self._dims = dict(dims or {})
+        self._variable_attrs: dict[str, dict[str, Any]] = {}
         self._compressor = compressor or contract.default_compressor()
         self._buffer_count = buffers
         self._flush_every = flush_every
@@ -216,6 +217,15 @@ class Recorder:
     def committed_step(self) -> int | None:
         """The last step committed to the store (readable there), or None."""
         return self._store.last_step
+
+    def label(self, name: str, dims: tuple[str, ...] | None = None, **attrs: Any) -> None:
+        """Name the dimensions of variable ``name`` and give it attributes, before the first
+        :meth:`record` creates it (a resumed store keeps the labels it was recorded with)."""
+        if self._writer is not None:
+            raise RecordError(f"label {name!r} before the first record() call; the variables of {self.store_name} exist")
+        if dims is not None:
+            self._dims[name] = tuple(dims)
+        self._variable_attrs.setdefault(name, {}).update(attrs)
 
     def record(self, step: int, **values: Value) -> None:
         """Stage the values of one step; cheap, never writes on the calling thread.
@@ -349,6 +359,7 @@ class Recorder:
             attrs = {contract.SOURCE_DTYPE_ATTR: source_dtype}
             if name in contract.DESCRIPTIONS:
                 attrs["description"] = contract.DESCRIPTIONS[name]
+            attrs.update(self._variable_attrs.get(name, {}))
             self._store.create_variable(name, shape, dims, self.chunk_steps, attrs, self._compressor)
             self._shapes[name] = shape
         self._store.link_coordinates(list(self._shapes))

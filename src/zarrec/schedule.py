@@ -1,0 +1,76 @@
+"""Which optimizer steps a recording keeps: ``every`` N-th step, or a schedule of phases.
+
+A schedule is written ``"1:1000,10:5000,100"``: every step up to step 1000, then every
+10th up to step 5000, then every 100th. A plain number ``"10"`` (or ``10``) is one phase.
+Step 0, the initial state, is always kept. A step is kept when it is divisible by the
+``every`` of the phase it falls in, so the kept steps are round numbers whatever phase
+boundaries are chosen, and the store's ``step`` coordinate lists exactly the kept steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from zarrec.errors import ConfigError
+
+_SYNTAX = "write a number (every N-th step) or phases like '1:1000,10' (every step up to 1000, then every 10th)"
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """Phases ``(every, until)``: in each, steps divisible by ``every`` are kept, up to and
+    including step ``until``; the last phase has ``until=None`` and runs to the end."""
+
+    phases: tuple[tuple[int, int | None], ...]
+
+    def __post_init__(self) -> None:
+        if not self.phases:
+            raise ConfigError(f"a step schedule needs at least one phase; {_SYNTAX}")
+        previous_until = 0
+        for index, (every, until) in enumerate(self.phases):
+            last = index == len(self.phases) - 1
+            if every < 1:
+                raise ConfigError(f"every must be a positive number of steps, got {every}; {_SYNTAX}")
+            if last != (until is None):
+                raise ConfigError(f"only the last phase of a step schedule runs to the end ({self}); {_SYNTAX}")
+            if until is not None:
+                if until <= previous_until:
+                    raise ConfigError(f"the phases of a step schedule must end at increasing steps ({self})")
+                previous_until = until
+
+    @classmethod
+    def parse(cls, spec: int | str | StepSchedule) -> StepSchedule:
+        """A schedule from ``10``, ``"10"`` or ``"1:1000,10"`` (see the module docstring)."""
+        if isinstance(spec, StepSchedule):
+            return spec
+        if isinstance(spec, int):
+            return cls(((spec, None),))
+        phases = []
+        try:
+            for part in str(spec).split(","):
+                every, _, until = part.strip().partition(":")
+                phases.append((int(every), int(until) if until else None))
+        except ValueError:
+            raise ConfigError(f"cannot read the step schedule {spec!r}; {_SYNTAX}") from None
+        return cls(tuple(phases))
+
+    def __str__(self) -> str:
+        return ",".join(f"{every}:{until}" if until is not None else str(every) for every, until in self.phases)
+
+    def _phase(self, step: int) -> tuple[int, int | None]:
+        return next(phase for phase in self.phases if phase[1] is None or step <= phase[1])
+
+    def records(self, step: int) -> bool:
+        """Whether ``step`` is kept."""
+        return step == 0 or step % self._phase(step)[0] == 0
+
+    def next_after(self, step: int) -> int:
+        """The first kept step after ``step``."""
+        candidate = step + 1
+        while True:
+            every, until = self._phase(candidate)
+            kept = math.ceil(candidate / every) * every
+            if until is None or kept <= until:
+                return kept
+            candidate = until + 1

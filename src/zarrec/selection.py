@@ -1,0 +1,194 @@
+"""What to record of a model: parameters chosen by glob patterns, and quantities of each.
+
+A quantity is the parameter itself (``"param"``), its gradient (``"grad"``), or any tensor
+the optimizer keeps per parameter, found by its state key: AdamW's ``exp_avg`` and
+``exp_avg_sq``, SGD's ``momentum_buffer``, Adafactor's factored ``exp_avg_sq_row`` and
+``exp_avg_sq_col``. Optimizers create their state lazily, so the state is looked up after
+the first optimizer step (:meth:`ParameterSelection.targets`). Framework-free: the HF
+callback and a plain PyTorch loop use it alike.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from zarrec import contract
+from zarrec.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Target:
+    """One recorded variable: a quantity of a parameter, with its store name and dims."""
+
+    variable: str
+    param: str
+    quantity: str
+    dims: tuple[str, ...]
+
+    @property
+    def attrs(self) -> dict[str, str]:
+        return {
+            contract.PARAM_ATTR: self.param,
+            contract.QUANTITY_ATTR: self.quantity,
+            "description": contract.DESCRIPTIONS.get(self.variable, contract.describe_quantity(self.param, self.quantity)),
+        }
+
+
+def select_parameters(named: Iterable[tuple[str, torch.nn.Parameter]], patterns: Sequence[str]) -> dict[str, torch.nn.Parameter]:
+    """The parameters whose names match any of the glob ``patterns`` (``fnmatch``), in model order;
+    a pattern that matches nothing is an error listing the names there are."""
+    named = dict(named)
+    selected = {name: p for name, p in named.items() if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)}
+    unmatched = [pattern for pattern in patterns if not any(fnmatch.fnmatchcase(name, pattern) for name in named)]
+    if unmatched:
+        raise ConfigError(
+            f"parameter selection {', '.join(map(repr, unmatched))} matches no parameter of the model; "
+            f"it has: {', '.join(named) or 'no parameters'} (glob patterns, e.g. '*.attn.*')"
+        )
+    return selected
+
+
+class ParameterSelection:
+    """The parameters and quantities to record of ``model`` trained by ``optimizer``.
+
+    Args:
+        model: the module being trained (its ``named_parameters()`` are selected from).
+        optimizer: its optimizer (an accelerate wrapper is unwrapped).
+        params: glob patterns over parameter names; default: the input embedding
+            (``model.get_input_embeddings()``), recorded under the contract's names.
+        quantities: ``"param"``, ``"grad"`` and optimizer-state keys; default: the parameter,
+            its gradient and every tensor the optimizer keeps for it (scalars such as Adam's
+            ``step`` counter only when asked for). A quantity the optimizer does not keep is
+            an error naming what it keeps.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        params: Sequence[str] | None = None,
+        quantities: Sequence[str] | None = None,
+    ) -> None:
+        self.optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
+        embedding = _input_embedding(model)
+        if params is None:
+            if embedding is None:
+                raise ConfigError(
+                    f"{type(model).__name__} has no input embedding (get_input_embeddings()) to record by default; "
+                    "choose parameters by name with params=[...] (--params)"
+                )
+            params = [name for name, p in model.named_parameters() if p is embedding]
+        self.parameters = select_parameters(model.named_parameters(), params)
+        self.quantities = None if quantities is None else tuple(dict.fromkeys(quantities))
+        self._embedding_name = next((name for name, p in self.parameters.items() if p is embedding), None)
+        groups = {id(p): group for group in self.optimizer.param_groups for p in group["params"]}
+        self._trained = {name: id(p) in groups for name, p in self.parameters.items()}
+        asked_to_train = [q for q in self.quantities or () if q != contract.PARAM]
+        untrained = [name for name, trained in self._trained.items() if not trained]
+        if asked_to_train and untrained:
+            raise ConfigError(
+                f"{', '.join(untrained)} {'is' if len(untrained) == 1 else 'are'} not trained by the optimizer, so "
+                f"{', '.join(asked_to_train)} cannot be recorded for it; unfreeze it or record quantities=['param']"
+            )
+        first_trained = next((p for p in self.parameters.values() if id(p) in groups), None)
+        self.group = groups[id(first_trained)] if first_trained is not None else self.optimizer.param_groups[0]
+        self._targets: list[Target] | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.parameters)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.parameters.values())).dtype
+
+    def wants_grads(self) -> bool:
+        return self.quantities is None or contract.GRAD in self.quantities
+
+    def grads(self) -> dict[str, torch.Tensor | None]:
+        """A device copy of each selected gradient (None where a parameter has none this step)."""
+        return {
+            name: p.grad.detach().clone() if p.grad is not None else None
+            for name, p in self.parameters.items()
+            if self._trained[name]
+        }
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """A device copy of each selected parameter (the initial state, kept for step 0)."""
+        return {name: p.detach().clone() for name, p in self.parameters.items()}
+
+    def targets(self) -> list[Target]:
+        """The recorded variables, fixed at the first call, which must come after the first
+        optimizer step: the optimizer's state says then what it keeps per parameter."""
+        if self._targets is None:
+            self._targets = [target for name in self.parameters for target in self._targets_of(name)]
+        return self._targets
+
+    def initial_values(self, snapshot: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Step 0: the parameters as they were before training, no gradient (NaN) and the
+        optimizer state as it starts (zeros)."""
+        values = {}
+        for target in self.targets():
+            parameter = snapshot[target.param]
+            if target.quantity == contract.PARAM:
+                values[target.variable] = parameter
+            elif target.quantity == contract.GRAD:
+                values[target.variable] = torch.full_like(parameter, float("nan"))
+            else:
+                values[target.variable] = torch.zeros_like(self._state(target.param)[target.quantity])
+        return values
+
+    def values(self, grads: Mapping[str, torch.Tensor | None]) -> dict[str, torch.Tensor]:
+        """The recorded quantities after an optimizer step (live tensors: the recorder copies them).
+        A missing gradient or state (a parameter the step did not update) is left out: NaN."""
+        values = {}
+        for target in self.targets():
+            if target.quantity == contract.PARAM:
+                value = self.parameters[target.param]
+            elif target.quantity == contract.GRAD:
+                value = grads.get(target.param)
+            else:
+                value = self._state(target.param).get(target.quantity)
+            if value is not None:
+                values[target.variable] = value
+        return values
+
+    def _state(self, name: str) -> Mapping[str, object]:
+        return self.optimizer.state.get(self.parameters[name], {})
+
+    def _targets_of(self, name: str) -> list[Target]:
+        parameter = self.parameters[name]
+        embedding = name == self._embedding_name
+        dims = contract.parameter_dims(name, parameter.ndim, embedding)
+        state = {key: value for key, value in self._state(name).items() if isinstance(value, torch.Tensor)}
+        if self.quantities is None:
+            kept = [key for key, value in state.items() if value.ndim > 0]
+            quantities = [contract.PARAM, *([contract.GRAD] if self._trained[name] else []), *kept]
+        else:
+            missing = [q for q in self.quantities if q not in (contract.PARAM, contract.GRAD) and q not in state]
+            if missing:
+                raise ConfigError(
+                    f"{type(self.optimizer).__name__} keeps no {', '.join(map(repr, missing))} for {name}; its state "
+                    f"holds {', '.join(map(repr, state)) or 'nothing'}: record quantities from 'param', 'grad' and those"
+                )
+            quantities = list(self.quantities)
+        targets = []
+        for quantity in quantities:
+            variable = contract.variable_name(name, quantity, embedding)
+            shape = state[quantity].shape if quantity in state else parameter.shape
+            same_shape = tuple(shape) == tuple(parameter.shape)
+            targets.append(Target(variable, name, quantity, dims if same_shape else contract.dims_of(variable, len(shape))))
+        return targets
+
+
+def _input_embedding(model: torch.nn.Module) -> torch.nn.Parameter | None:
+    get = getattr(model, "get_input_embeddings", None)
+    try:
+        module = get() if get is not None else None
+    except NotImplementedError:
+        return None
+    return getattr(module, "weight", None)
