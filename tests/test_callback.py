@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from conftest import record_run
 from transformers import TrainerCallback
 
-from conftest import record_run
 from zarrec import ConfigError, Recorder, ZarrecCallback, contract
 from zarrec.callback import first_unrecorded_step
 from zarrec.experiment import make_trainer, train

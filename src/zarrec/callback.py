@@ -33,7 +33,6 @@ from zarrec.selection import ParameterSelection
 from zarrec.store import StoreLike, store_exists
 from zarrec.versions import library_versions
 
-
 # The loss of a step without one, in the dtype of a captured loss (detached, as float32), so
 # that the variable has one source dtype whichever step a recording (or its resumption) starts at.
 _NAN_LOSS = torch.tensor(float("nan"))
