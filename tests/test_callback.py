@@ -244,6 +244,39 @@ def test_a_step_schedule_keeps_exactly_its_steps(tmp_path, tiny_config):
     np.testing.assert_array_equal(ds.embeddings[1:].values, expected)
 
 
+def test_probe_logits_are_the_current_weights_on_a_fixed_input(tmp_path, tiny_config):
+    """Evaluated at steps 0, 3, 6 with the weights of that step; the training logits are untouched."""
+    from zarrec.experiment import build_model
+    from zarrec.probe import Probe
+
+    config = dataclasses.replace(tiny_config, steps=6)
+    callback = ZarrecCallback(tmp_path / "probe.zarr", probe="lazy dog", probe_positions=[-1, 0], probe_every=3)
+    trainer = make_trainer(config, str(tmp_path / "trainer"), [callback], progress=False)
+    trainer.train()
+    ds = xr.open_zarr(tmp_path / "probe.zarr").load()
+    assert ds.probe_logits.dims == ("step", "probe_position", "token")
+    np.testing.assert_array_equal(ds.probe_position, [7, 0])
+    np.testing.assert_array_equal(ds.probe_input, [ord("g"), ord("l")])
+    evaluated = ds.probe_logits.notnull().all(["probe_position", "token"])
+    assert ds.step[evaluated].values.tolist() == [0, 3, 6] and ds.probe_logits[~evaluated].isnull().all()
+    probe = Probe("lazy dog", positions=[-1, 0])
+    np.testing.assert_array_equal(ds.probe_logits.sel(step=6), probe.logits(trainer.model).numpy())
+    np.testing.assert_array_equal(ds.probe_logits.sel(step=0), probe.logits(build_model(config)).numpy())
+    assert ds.attrs["probe_text"] == "lazy dog" and ds.attrs["probe_every"] == 3
+    without = record_run(tmp_path / "plain.zarr", config)
+    np.testing.assert_array_equal(ds.logits.values, xr.open_zarr(without.path).logits.values)
+    np.testing.assert_array_equal(ds.embeddings.values, xr.open_zarr(without.path).embeddings.values)
+
+
+def test_a_text_probe_for_a_model_that_is_not_byte_level_needs_a_tokenizer(tmp_path, tiny_config):
+    config = dataclasses.replace(tiny_config, vocab_size=256, steps=2)
+    trainer = make_trainer(config, str(tmp_path / "trainer"), [ZarrecCallback(tmp_path / "p.zarr", probe="x")],
+                           progress=False)
+    trainer.model.resize_token_embeddings(300)
+    with pytest.raises(ConfigError, match=r"the Trainer has no tokenizer and the model's vocabulary \(300\) is not bytes"):
+        trainer.train()
+
+
 def test_state_the_optimizer_lacks_is_refused_before_anything_is_recorded(tmp_path, tiny_config):
     callback = ZarrecCallback(tmp_path / "run.zarr", quantities=["param", "momentum_buffer"])
     with pytest.raises(ConfigError, match="AdamW keeps no 'momentum_buffer' for transformer.wte.weight; its state "

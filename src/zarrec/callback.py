@@ -27,6 +27,7 @@ from transformers import TrainerCallback
 
 from zarrec import contract
 from zarrec.errors import ConfigError
+from zarrec.probe import Probe
 from zarrec.recorder import Recorder
 from zarrec.schedule import StepSchedule
 from zarrec.selection import ParameterSelection
@@ -73,6 +74,11 @@ class ZarrecCallback(TrainerCallback):
             keys (``"exp_avg"``, ``"momentum_buffer"``, ...); default: all of them.
         every: which steps to record: every N-th, or a schedule such as ``"1:1000,10"``
             (:class:`~zarrec.schedule.StepSchedule`); step 0 always.
+        probe: a fixed input (text, or token ids) whose logits are evaluated with the current
+            weights (``torch.no_grad()``, evaluation mode) at recorded steps divisible by
+            ``probe_every``, at ``probe_positions`` (default: all), as ``probe_logits``
+            (:class:`~zarrec.probe.Probe`). A text is encoded by the Trainer's tokenizer
+            (``processing_class``), or as bytes for a byte-level model.
         chunk_steps: recorded steps per Zarr chunk; by default about 16 MB per chunk (see :class:`Recorder`).
         token_coords: coordinates along ``token`` as ``{name: ("token", values)}``,
             e.g. :meth:`zarrec.corpus.Corpus.token_coords`.
@@ -92,6 +98,9 @@ class ZarrecCallback(TrainerCallback):
         params: Sequence[str] | None = None,
         quantities: Sequence[str] | None = None,
         every: int | str | StepSchedule = 1,
+        probe: str | Sequence[int] | None = None,
+        probe_positions: Sequence[int] | None = None,
+        probe_every: int = 1,
         chunk_steps: int | None = None,
         token_coords: Mapping[str, tuple[str, Any]] | None = None,
         attrs: Mapping[str, Any] | None = None,
@@ -104,6 +113,8 @@ class ZarrecCallback(TrainerCallback):
         self.params = None if params is None else list(params)
         self.quantities = None if quantities is None else list(quantities)
         self.schedule = StepSchedule.parse(every)
+        self.probe_spec = (probe, probe_positions, probe_every) if probe is not None else None
+        self.probe: Probe | None = None
         self.chunk_steps = chunk_steps
         self.token_coords = dict(token_coords or {})
         self.attrs = dict(attrs or {})
@@ -114,6 +125,8 @@ class ZarrecCallback(TrainerCallback):
         self.recorder: Recorder | None = None
         self.selection: ParameterSelection | None = None
         self._initial: dict[str, torch.Tensor] | None = None  # the parameters before step 1, for step 0
+        self._initial_probe: torch.Tensor | None = None
+        self._model: torch.nn.Module | None = None
         self._labelled = False
         self._hook: torch.utils.hooks.RemovableHandle | None = None
         self._step = _StepCapture()
@@ -122,15 +135,20 @@ class ZarrecCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return  # every other event returns at once while self.recorder is None
         self.selection = ParameterSelection(model, optimizer, self.params, self.quantities)
+        self._model = model
+        attrs = {**run_attributes(args, state, model, self.selection), contract.SCHEDULE_ATTR: str(self.schedule)}
+        coords = dict(self.token_coords)
+        if self.probe_spec is not None:
+            self.probe = _make_probe(model, kwargs.get("processing_class"), *self.probe_spec)
+            attrs.update(self.probe.attrs())
+            coords.update(self.probe.coords())
         self._hook = model.register_forward_hook(self._capture_forward, with_kwargs=True)
-        attrs = {**run_attributes(args, state, model, self.selection), contract.SCHEDULE_ATTR: str(self.schedule),
-                 **self.attrs}
         resuming = self.resume and store_exists(self.out)
         self.recorder = Recorder(
             self.out,
             chunk_steps=self.chunk_steps,
-            coords=self.token_coords,
-            attrs=attrs,
+            coords=coords,
+            attrs={**attrs, **self.attrs},
             overwrite=self.overwrite,
             # From step 0, nothing is kept: step 0 is recorded again.
             resume_from=(state.global_step if state.global_step else -1) if resuming else None,
@@ -141,6 +159,8 @@ class ZarrecCallback(TrainerCallback):
             self._refuse_a_gap(state.global_step)
         if state.global_step == 0:
             self._initial = self.selection.snapshot()
+            if self.probe is not None:
+                self._initial_probe = self.probe.logits(model)
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.recorder is not None:
@@ -168,6 +188,8 @@ class ZarrecCallback(TrainerCallback):
         }
         if self._step.logits is not None:
             values[contract.LOGITS] = self._step.logits
+        if self.probe is not None and self.probe.evaluates(step):
+            values[contract.PROBE_LOGITS] = self.probe.logits(self._model)
         self.recorder.record(step, **values)
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -222,8 +244,23 @@ class ZarrecCallback(TrainerCallback):
         values = {**self.selection.initial_values(self._initial), contract.LOSS: _NAN_LOSS, contract.LR: float("nan")}
         if self._step.logits is not None:
             values[contract.LOGITS] = torch.full_like(self._step.logits, float("nan"))
-        self._initial = None
+        if self._initial_probe is not None:
+            values[contract.PROBE_LOGITS] = self._initial_probe
+        self._initial = self._initial_probe = None
         self.recorder.record(0, **values)
+
+
+def _make_probe(model, tokenizer, inputs, positions, every) -> Probe:
+    """The probe, its text encoded by the Trainer's tokenizer, or as bytes only for a byte-level model."""
+    vocab_size = model.get_input_embeddings().num_embeddings
+    if isinstance(inputs, str) and tokenizer is None and vocab_size > 256:
+        raise ConfigError(
+            f"the probe is text, but the Trainer has no tokenizer and the model's vocabulary ({vocab_size}) is not "
+            "bytes; pass Trainer(processing_class=tokenizer) or give the probe as token ids"
+        )
+    probe = Probe(inputs, positions, every, tokenizer)
+    probe.check_vocabulary(vocab_size)
+    return probe
 
 
 def first_unrecorded_step(committed: int | None, resume_step: int, every: int | str | StepSchedule) -> int | None:

@@ -44,6 +44,11 @@ def _train_parser(subparsers) -> None:
                      help="of each parameter: param, grad and optimizer state keys such as exp_avg, exp_avg_sq, "
                      "momentum_buffer (default: all)")
     run.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {defaults.optimizer}")
+    run.add_argument("--probe", metavar="TEXT",
+                     help="a fixed text whose logits are evaluated with the current weights at recorded steps")
+    run.add_argument("--probe-positions", nargs="+", type=int, metavar="I",
+                     help="positions of the probe to keep (negative: from the end; default: all)")
+    run.add_argument("--probe-every", type=int, help="evaluate the probe at recorded steps divisible by N (default 1)")
     run.add_argument("--chunk-steps", type=int,
                      help="recorded steps per Zarr chunk (default: about 16 MB per chunk, 512 for the reference run)")
     run.add_argument("--batch-size", type=int, help=f"default {defaults.batch_size}")
@@ -77,7 +82,7 @@ def _train(args: argparse.Namespace) -> None:
         raise ConfigError("--resume continues the store and --overwrite replaces it; pass one of them")
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
     given = {name: value for name, value in vars(args).items() if name in fields and value is not None}
-    given.update({name: tuple(given[name]) for name in ("params", "quantities") if name in given})
+    given.update({name: tuple(given[name]) for name in ("params", "quantities", "probe_positions") if name in given})
     config = TrainConfig(**{**(recorded_config(args.out) if args.resume else {}), **given})
     checkpoint_dir = args.checkpoint_dir or default_checkpoint_dir(args.out)
     summary = train(

@@ -48,6 +48,9 @@ class TrainConfig:
     chunk_steps: int | None = None  # None: chosen by the Recorder from the recorded shapes
     params: tuple[str, ...] | None = None  # glob patterns over parameter names; None: the input embedding
     quantities: tuple[str, ...] | None = None  # param, grad, optimizer state keys; None: all
+    probe: str | None = None  # a fixed text whose logits are evaluated every probe_every recorded steps
+    probe_positions: tuple[int, ...] | None = None  # None: every position of the probe
+    probe_every: int = 1
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first setting that cannot work."""
@@ -61,7 +64,7 @@ class TrainConfig:
             raise ConfigError(f"optimizer {self.optimizer!r} is not supported; use one of {list(OPTIMIZERS)}")
         StepSchedule.parse(self.every)
         positive = ("vocab_size", "n_embd", "n_layer", "n_head", "context", "batch_size", "gradient_accumulation",
-                    "steps", "chunk_steps")
+                    "steps", "chunk_steps", "probe_every")
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

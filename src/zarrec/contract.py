@@ -10,6 +10,7 @@ Layout of a store (Zarr v3 group)::
     live, char, count  (token,)               corpus statistics per token
     embeddings, grads, momentum, variance  (step, token, dim)  float32
     logits      (step, token)        float32
+    probe_logits  (step, probe_position, token)  float32   with a probe (zarrec.probe)
     loss, lr    (step,)              float32
     P, P.grad, P.<state key>  (step, P.row, P.col)  float32   any other parameter P chosen
 
@@ -35,6 +36,10 @@ VARIANCE = "variance"
 LOGITS = "logits"
 LOSS = "loss"
 LR = "lr"
+# A fixed probe's logits (zarrec.probe), at chosen positions of its input.
+PROBE_LOGITS = "probe_logits"
+PROBE_POSITION = "probe_position"
+PROBE_INPUT = "probe_input"
 
 # Dimensions that get an index coordinate (0..n-1) array; other dims (e.g. ``<name>_dim0``
 # of a variable outside the contract) stay unindexed, as xarray allows.
@@ -46,6 +51,7 @@ VARIABLE_DIMS: dict[str, tuple[str, ...]] = {
     MOMENTUM: (TOKEN, DIM),
     VARIANCE: (TOKEN, DIM),
     LOGITS: (TOKEN,),
+    PROBE_LOGITS: (PROBE_POSITION, TOKEN),
     LOSS: (),
     LR: (),
 }
@@ -58,6 +64,7 @@ DESCRIPTIONS: dict[str, str] = {
     LOGITS: "logits of step t's batch at sequence 0, last position",
     LOSS: "mean training loss of step t's batch",
     LR: "learning rate used by optimizer step t",
+    PROBE_LOGITS: "logits of the fixed probe input with the weights after step t (NaN: not evaluated at step t)",
     STEP: "optimizer step (the Trainer's global_step after the step)",
     TOKEN: "token id",
     DIM: "embedding dimension",
@@ -114,10 +121,12 @@ CHAR = "char"
 COUNT = "count"
 TOKEN_COORDS = (LIVE, CHAR, COUNT)
 
-TOKEN_COORD_DESCRIPTIONS: dict[str, str] = {
+COORD_DESCRIPTIONS: dict[str, str] = {
     LIVE: "the token occurs in the training corpus",
     CHAR: "printable label of the token's byte",
     COUNT: "occurrences of the token in the training corpus",
+    PROBE_POSITION: "position in the probe input",
+    PROBE_INPUT: "the probe's input token at this position",
 }
 
 # Array attributes.

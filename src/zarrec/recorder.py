@@ -195,7 +195,7 @@ class Recorder:
             with _writing(self.store_name):
                 if resume_from is None:
                     for name, (dim, values) in (coords or {}).items():
-                        description = contract.TOKEN_COORD_DESCRIPTIONS.get(name, "")
+                        description = contract.COORD_DESCRIPTIONS.get(name, "")
                         self._store.write_coordinate(name, dim, np.asarray(values), description)
                 else:
                     self._continue(resume_from, attrs or {}, coords or {})
