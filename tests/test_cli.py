@@ -215,3 +215,26 @@ def test_resume_refuses_a_different_configuration_naming_it(tmp_path, small_corp
     assert "config.batch_size: recorded 2, now 3" in result.stderr
     assert "per_device_train_batch_size: recorded 2, now 3" in result.stderr
     np.testing.assert_array_equal(xr.open_zarr(out).embeddings.values, before)  # untouched
+
+
+def test_two_ddp_processes_write_one_store_equal_to_one_process_with_their_batch(tmp_path, small_corpus):
+    """torchrun, 2 CPU processes, gloo: rank 0 writes; the store is the run of one process whose batch is
+    both ranks' batches (DDP averages their gradients), and complete."""
+    ddp, single = tmp_path / "ddp.zarr", tmp_path / "single.zarr"
+    args = ["--corpus", str(small_corpus), "--steps", "6", "--context", "16", "--dtype", "float32", "--device", "cpu",
+            "--quiet", "--save-steps", "3"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "zarrec.cli"]
+    result = subprocess.run([*launch, "train", "--out", str(ddp), "--batch-size", "2", *args],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("recorded 7 steps (steps 0..6)") == 1  # one summary: one writer
+    assert zarrec("train", "--out", str(single), "--batch-size", "4", *args).returncode == 0
+    two, one = xr.open_zarr(ddp).load(), xr.open_zarr(single).load()
+    assert two.attrs["world_size"] == 2 and two.attrs["per_device_train_batch_size"] == 2
+    assert two.attrs["zarrec_status"]["state"] == "complete"
+    np.testing.assert_array_equal(two.step, np.arange(7))
+    for name in ("embeddings", "grads", "momentum", "variance"):
+        assert two[name][1:].notnull().all(), name
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    np.testing.assert_array_equal(two.lr, one.lr)
+    assert sorted(p.name for p in (tmp_path / "ddp.zarr.checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]

@@ -89,7 +89,8 @@ def _train(args: argparse.Namespace) -> None:
         config, args.out, overwrite=args.overwrite, resume=args.resume, checkpoint_dir=checkpoint_dir,
         save_steps=args.save_steps, flush_every=args.flush_every, progress=not args.quiet,
     )
-    print("\n".join(summary.lines()))
+    if summary is not None:  # None in the processes of a multi-process launch that do not write
+        print("\n".join(summary.lines()))
 
 
 def _info_parser(subparsers) -> None:

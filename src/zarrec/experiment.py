@@ -49,6 +49,13 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def is_main_process() -> bool:
+    """Whether this process is the one that writes (rank 0 under torchrun/accelerate, or alone).
+
+    Read from the launcher's environment: the process group does not exist until the Trainer starts."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def build_model(config: TrainConfig):
     """A GPT-2 LM with tied embeddings and no dropout, in ``config.dtype``, embeddings initialised."""
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -127,6 +134,8 @@ def make_trainer(
     device = resolve_device(config.device)
     corpus = corpus or load_corpus(config.corpus, config.vocab_size)
     hf_logging.set_verbosity_error()
+    if not progress:
+        hf_logging.disable_progress_bar()  # e.g. "Writing model shards" when saving a checkpoint
     logging.getLogger("accelerate").setLevel(logging.ERROR)
     args = TrainingArguments(
         output_dir=output_dir,
@@ -152,6 +161,7 @@ def make_trainer(
         dataloader_pin_memory=False,
         use_cpu=device == "cpu",
         disable_tqdm=not progress,
+        ddp_find_unused_parameters=False,  # every parameter is used; the search would cost a graph traversal
     )
     dataset = ByteDataset(corpus, config.context)
     return Trainer(model=build_model(config), args=args, train_dataset=dataset, callbacks=list(callbacks))
@@ -222,7 +232,7 @@ def train(
     flush_every: int | None = None,
     progress: bool = True,
     callbacks: Sequence[TrainerCallback] = (),
-) -> StoreSummary:
+) -> StoreSummary | None:
     """Train the reference model, recording the steps ``config.every`` selects into ``out``.
 
     With ``checkpoint_dir`` and ``save_steps``, the Trainer saves a checkpoint every
@@ -230,6 +240,9 @@ def train(
     checkpoint at or before the store's last step (steps recorded after it are dropped).
     If training stops early (an exception, SIGINT, SIGTERM), every recorded step is
     written and the store is marked interrupted. ``callbacks`` run after the recorder's.
+
+    Under ``torchrun`` each process calls this; only the main one (rank 0) prepares and
+    writes the store and returns its summary, the others return None.
     """
     config.validate()
     checkpoint = None
@@ -237,7 +250,7 @@ def train(
         if checkpoint_dir is None:
             raise ConfigError("resuming needs the run's checkpoints: pass --checkpoint-dir (checkpoint_dir)")
         checkpoint = checkpoint_to_resume(out, checkpoint_dir, config.every)
-    else:
+    elif is_main_process():
         ensure_new(out, overwrite=overwrite)
         if checkpoint_dir is not None:
             _start_checkpoints(Path(checkpoint_dir), overwrite)
@@ -269,4 +282,4 @@ def train(
                 recorder.close(reason=shutdown.stop_reason(exc))
             raise
         recorder.close()
-    return summarize(out)
+    return summarize(out) if is_main_process() else None
