@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,38 @@ class FullDisk(WrapperStore):
             raise OSError(errno.ENOSPC, "No space left on device", key)
         self.writes_left -= 1
         await self._store.set(key, value)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto) on loopback, with credentials for it in the environment
+    (inherited by subprocesses), as a deployment with ``AWS_ENDPOINT_URL`` set would have."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    environment = {"AWS_ACCESS_KEY_ID": "zarrec", "AWS_SECRET_ACCESS_KEY": "zarrec", "AWS_DEFAULT_REGION": "us-east-1",
+                   "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {name: os.environ.get(name) for name in environment}
+    os.environ.update(environment)
+    yield environment["AWS_ENDPOINT_URL"]
+    server.stop()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+_buckets = itertools.count()
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A new, empty bucket on the loopback S3 server: its ``s3://`` URL."""
+    import s3fs
+
+    name = f"zarrec-{next(_buckets)}"
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
+    return f"s3://{name}"

@@ -238,3 +238,16 @@ def test_two_ddp_processes_write_one_store_equal_to_one_process_with_their_batch
         np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=1e-6, err_msg=name)
     np.testing.assert_array_equal(two.lr, one.lr)
     assert sorted(p.name for p in (tmp_path / "ddp.zarr.checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
+
+
+def test_train_info_and_plot_with_an_s3_store(tmp_path, small_corpus, s3_bucket):
+    url = f"{s3_bucket}/run.zarr"
+    result = zarrec("train", "--out", url, "--corpus", str(small_corpus), *TINY)
+    assert result.returncode == 0, result.stderr
+    assert f"recorded 4 steps (steps 0..3) in {url}" in result.stdout
+    info = zarrec("info", url, "--json")
+    assert info.returncode == 0 and json.loads(info.stdout)["steps"] == 4
+    assert zarrec("plot", url, "--out", str(tmp_path / "figures"), "--quiet").returncode == 0
+    assert any((tmp_path / "figures").glob("*.png"))
+    refused = zarrec("train", "--out", url, "--corpus", str(small_corpus), *TINY)
+    assert refused.returncode == 2 and f"{url} already exists" in refused.stderr

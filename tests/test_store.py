@@ -1,9 +1,14 @@
-"""RunStore: refusing to clobber, the commit order of an append, coordinates."""
+"""RunStore: refusing to clobber, the commit order of an append, coordinates; memory, Store objects and S3."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 import zarr
 
@@ -80,3 +85,75 @@ def test_a_dimension_keeps_one_size(tmp_path):
         store.create_variable("w", (3, 2), ("token", "dim"), 8, {}, contract.default_compressor())
     store.create_variable("w", (4, 2), ("token", "dim"), 8, {}, contract.default_compressor())
     assert store.dim_sizes() == {"token": 4, "dim": 2}
+
+
+WRITER = """
+import sys, torch
+from zarrec import Recorder
+recorder = Recorder(sys.argv[1], chunk_steps=2)
+for step in range(10_000):
+    recorder.record(step, w=torch.full((3, 2), float(step)))
+    if recorder.committed_step is not None:
+        print(recorder.committed_step, flush=True)
+"""
+
+
+def assert_consistent_prefix(url: str) -> np.ndarray:
+    """Steps 0..k, every row holding its step's values."""
+    ds = xr.open_zarr(url)
+    steps = ds.step.values
+    np.testing.assert_array_equal(steps, np.arange(steps.size))
+    np.testing.assert_array_equal(ds.w.values, np.broadcast_to(steps[:, None, None], (steps.size, 3, 2)))
+    return steps
+
+
+@pytest.mark.parametrize("url", ["memory://runs/run.zarr", "store object"])
+def test_memory_urls_and_store_objects_record_and_resume(url):
+    from zarrec import Recorder
+
+    out = zarr.storage.MemoryStore() if url == "store object" else url
+    with Recorder(out, chunk_steps=3) as recorder:
+        for step in range(8):
+            recorder.record(step, w=torch.full((3, 2), float(step)))
+    with Recorder(out, resume_from=4) as recorder:
+        recorder.record(5, w=torch.full((3, 2), 5.0))
+    assert assert_consistent_prefix(out).tolist() == list(range(6))
+    assert xr.open_zarr(out).attrs["zarrec_status"]["state"] == "complete"
+    with pytest.raises(StoreExistsError):
+        Recorder(out)
+
+
+def test_s3_records_reads_and_resumes(s3_bucket):
+    from zarrec import Recorder
+
+    url = f"{s3_bucket}/run.zarr"
+    with Recorder(url, chunk_steps=4, attrs={"lr": 1e-3}) as recorder:
+        for step in range(10):
+            recorder.record(step, w=torch.full((3, 2), float(step)))
+    assert assert_consistent_prefix(url).tolist() == list(range(10))
+    with Recorder(url, resume_from=6, attrs={"lr": 1e-3}) as recorder:
+        for step in range(7, 12):
+            recorder.record(step, w=torch.full((3, 2), float(step)))
+    assert assert_consistent_prefix(url).tolist() == list(range(12))
+    ds = xr.open_zarr(url)
+    assert ds.attrs["zarrec_status"]["state"] == "complete" and ds.attrs["zarrec_resumed_after"] == [6]
+
+
+def test_kill_9_on_s3_leaves_a_consistent_prefix_that_resumes(s3_bucket):
+    """A real writer process on the S3 server, killed with SIGKILL at whatever moment of its writing."""
+    from zarrec import Recorder
+
+    url = f"{s3_bucket}/run.zarr"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, url], stdout=subprocess.PIPE, text=True)
+    while int(writer.stdout.readline()) < 9:
+        pass
+    writer.send_signal(signal.SIGKILL)
+    assert writer.wait(timeout=60) == -signal.SIGKILL
+    steps = assert_consistent_prefix(url)
+    assert steps.size >= 10
+    assert xr.open_zarr(url).attrs["zarrec_status"]["state"] == "recording"  # nobody could say otherwise
+    last = int(steps[-1])
+    with Recorder(url, resume_from=last) as recorder:
+        for step in range(last + 1, last + 6):
+            recorder.record(step, w=torch.full((3, 2), float(step)))
+    assert assert_consistent_prefix(url).tolist() == list(range(last + 6))
