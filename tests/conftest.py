@@ -108,6 +108,17 @@ def synthetic_dataset(steps=(0, 1, 2, 3, 4, 5, 6), tokens: int = 6, dims: int = 
     ).chunk({"step": 3})
 
 
+@pytest.fixture(scope="session")
+def legacy_file(tmp_path_factory, tiny_config) -> Path:
+    """30 steps recorded by the reference notebook's own recorder, over an epoch boundary (22 steps an epoch)."""
+    from legacy_notebook import write_legacy_file
+
+    from zarrec.corpus import load_corpus
+
+    path = tmp_path_factory.mktemp("legacy") / "legacy.safetensors"
+    return write_legacy_file(path, tiny_config, load_corpus(tiny_config.corpus))
+
+
 class FullDisk(WrapperStore):
     """A real local store on a disk that fills up: every write after the first ``writes`` fails
     with ENOSPC, as a full disk does (what was written stays written)."""

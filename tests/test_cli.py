@@ -251,3 +251,26 @@ def test_train_info_and_plot_with_an_s3_store(tmp_path, small_corpus, s3_bucket)
     assert any((tmp_path / "figures").glob("*.png"))
     refused = zarrec("train", "--out", url, "--corpus", str(small_corpus), *TINY)
     assert refused.returncode == 2 and f"{url} already exists" in refused.stderr
+
+
+def test_import_and_export_round_trip_and_refuse_bad_files_in_one_line(tmp_path, legacy_file):
+    from safetensors.torch import load_file
+
+    out, back = tmp_path / "run.zarr", tmp_path / "back.safetensors"
+    imported = zarrec("import", str(legacy_file), str(out), "--quiet")
+    assert imported.returncode == 0, imported.stderr
+    assert "recorded 31 steps (steps 0..31)" in imported.stdout
+    exported = zarrec("export", str(out), str(back), "--quiet")
+    assert exported.returncode == 0 and exported.stdout.strip() == str(back)
+    assert load_file(back)["embeddings"].equal(load_file(legacy_file)["embeddings"])
+    (tmp_path / "notes.txt").write_text("not safetensors")
+    cases = {
+        ("import", str(tmp_path / "notes.txt"), str(tmp_path / "new.zarr")): "is not a safetensors file",
+        ("import", str(legacy_file), str(out)): f"{out} already exists; pass --overwrite to replace it",
+        ("export", str(out), str(back)): f"{back} already exists; pass --overwrite to replace it or choose another file",
+        ("export", str(tmp_path / "nothing.zarr"), str(tmp_path / "x.safetensors")): "nothing.zarr",
+    }
+    for args, message in cases.items():
+        result = zarrec(*args, "--quiet")
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and message in lines[0], (args, lines)

@@ -129,6 +129,42 @@ def _plot(args: argparse.Namespace) -> None:
         print(f"skipped {reason}")
 
 
+def _import_parser(subparsers) -> None:
+    parser = subparsers.add_parser("import", help="convert a reference-notebook .safetensors recording into a store")
+    parser.add_argument("source", help="the notebook's .safetensors file")
+    parser.add_argument("out", help="Zarr store to create (path or fsspec URL)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing store at OUT")
+    parser.add_argument("--renumber", action="store_true",
+                        help="label the rows 0, 1, 2, ... (right when the notebook recorded every step; its own "
+                        "labels run ahead after each epoch end)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_import)
+
+
+def _import(args: argparse.Namespace) -> None:
+    from zarrec.legacy import import_legacy
+    from zarrec.summary import summarize
+
+    import_legacy(args.source, args.out, overwrite=args.overwrite, renumber=args.renumber, progress=not args.quiet)
+    print("\n".join(summarize(args.out).lines()))
+
+
+def _export_parser(subparsers) -> None:
+    parser = subparsers.add_parser("export", help="write a store in the reference notebook's .safetensors layout")
+    parser.add_argument("store", help="path or URL of a zarrec store")
+    parser.add_argument("target", help="the .safetensors file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing TARGET")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_export)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from zarrec.legacy import export_legacy
+
+    export_legacy(args.store, args.target, overwrite=args.overwrite, progress=not args.quiet)
+    print(args.target)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zarrec", description="Record every training step into Zarr; analyse with xarray.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -136,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(subparsers)
     _info_parser(subparsers)
     _plot_parser(subparsers)
+    _import_parser(subparsers)
+    _export_parser(subparsers)
     return parser
 
 
