@@ -21,3 +21,13 @@ def test_quick_benchmark_runs_every_section(tmp_path):
     assert all(row["raw_mb_s"] > 0 for row in results["scaling"])
     for heading in ("Synthetic write throughput", "Training overhead", "Peak memory", "Scaling"):
         assert heading in result.stdout
+
+
+def test_quick_legacy_conversion_benchmark_runs(tmp_path):
+    script = SCRIPT.with_name("legacy_convert.py")
+    result = subprocess.run([sys.executable, str(script), "--quick", "--json", str(tmp_path / "r.json")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert set(results["median"]) == {"imports_only", "load_file", "load_and_save_file", "zarrec_import", "zarrec_export"}
+    assert all(value > 0 for value in results["ratios"].values())

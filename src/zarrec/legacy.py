@@ -117,7 +117,10 @@ def import_legacy(
             for name, description in DESCRIPTIONS.items():
                 recorder.label(name, description=description)
             for start, rows in _blocks(steps.size, progress, f"importing {path.name}"):
-                block = {name: legacy.get_slice(key)[start:start + rows] for key, name in VARIABLES.items()}
+                # Mapped afresh for each block: the pages read are unmapped after it, so the
+                # process never holds more of the file than one block.
+                with safe_open(path, framework="pt") as mapped:
+                    block = {name: mapped.get_slice(key)[start:start + rows] for key, name in VARIABLES.items()}
                 for row in range(rows):
                     step = int(steps[start + row])
                     values = {name: block[name][row] for name in block}
