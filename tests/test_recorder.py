@@ -324,7 +324,7 @@ def test_readme_training_loop_example_runs(tmp_path, monkeypatch):
     from pathlib import Path
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    example = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "Recorder(" in block)
+    example = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "from zarrec import Recorder" in block)
     monkeypatch.chdir(tmp_path)
     exec(compile(example, "README.md", "exec"), {})
     ds = xr.open_zarr(tmp_path / "run.zarr")
