@@ -6,11 +6,10 @@ Events, per optimizer step t (``state.global_step`` is t - 1 until the step ends
   logits of its first batch at sequence 0, last position;
 - ``on_pre_optimizer_step`` (after accumulation and clipping) keeps a device copy
   of the selected gradients the optimizer is about to use;
-- ``on_optimizer_step`` (after the update) hands the selected parameters, those
-  gradients, the optimizer's state for them, the loss, the logits and the learning
-  rate to the recorder. After the first step, which also fixes the variables (the
-  optimizer's state exists from then on), it first records step 0 from a copy of the
-  parameters kept when training began.
+- ``on_optimizer_step`` (after the update) hands those gradients, the loss, the logits
+  and the learning rate to the :class:`~zarrec.session.TrainingSession`, which records
+  them with the selected parameters and their optimizer state (and, at the first step,
+  step 0 from a copy of the parameters kept when training began).
 
 Nothing here calls ``.item()`` or copies to the host: the recorder's staging copy
 is the only transfer, and it is non-blocking on CUDA.
@@ -31,12 +30,15 @@ from zarrec.probe import Probe
 from zarrec.recorder import Recorder
 from zarrec.schedule import StepSchedule
 from zarrec.selection import ParameterSelection
+from zarrec.session import TrainingSession
 from zarrec.store import StoreLike, store_exists
 from zarrec.versions import library_versions
 
 # The loss of a step without one, in the dtype of a captured loss (detached, as float32), so
 # that the variable has one source dtype whichever step a recording (or its resumption) starts at.
 _NAN_LOSS = torch.tensor(float("nan"))
+# What a step whose values are not needed hands over.
+_NO_GRADS: Mapping[str, torch.Tensor | None] = {}
 
 
 class _StepCapture:
@@ -47,7 +49,7 @@ class _StepCapture:
         self.micro_batches = 0
         self.loss_is_token_share = False  # each micro loss was already divided by the step's token count
         self.logits: torch.Tensor | None = None
-        self.grads: Mapping[str, torch.Tensor | None] = {}
+        self.grads: Mapping[str, torch.Tensor | None] = _NO_GRADS
 
     @property
     def loss(self) -> torch.Tensor | float:
@@ -122,21 +124,17 @@ class ZarrecCallback(TrainerCallback):
         self.resume = resume
         self.flush_every = flush_every
         self.on_error = on_error
-        self.recorder: Recorder | None = None
-        self.selection: ParameterSelection | None = None
-        self._initial: dict[str, torch.Tensor] | None = None  # the parameters before step 1, for step 0
-        self._initial_probe: torch.Tensor | None = None
+        self.session: TrainingSession | None = None
         self._model: torch.nn.Module | None = None
-        self._labelled = False
         self._hook: torch.utils.hooks.RemovableHandle | None = None
         self._step = _StepCapture()
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if not state.is_world_process_zero:
-            return  # every other event returns at once while self.recorder is None
-        self.selection = ParameterSelection(model, optimizer, self.params, self.quantities)
+            return  # every other event returns at once while self.session is None
+        selection = ParameterSelection(model, optimizer, self.params, self.quantities)
         self._model = model
-        attrs = {**run_attributes(args, state, model, self.selection), contract.SCHEDULE_ATTR: str(self.schedule)}
+        attrs = {**run_attributes(args, state, model, selection), contract.SCHEDULE_ATTR: str(self.schedule)}
         coords = dict(self.token_coords)
         if self.probe_spec is not None:
             self.probe = _make_probe(model, kwargs.get("processing_class"), *self.probe_spec)
@@ -144,7 +142,7 @@ class ZarrecCallback(TrainerCallback):
             coords.update(self.probe.coords())
         self._hook = model.register_forward_hook(self._capture_forward, with_kwargs=True)
         resuming = self.resume and store_exists(self.out)
-        self.recorder = Recorder(
+        recorder = Recorder(
             self.out,
             chunk_steps=self.chunk_steps,
             coords=coords,
@@ -155,42 +153,39 @@ class ZarrecCallback(TrainerCallback):
             flush_every=self.flush_every,
             on_error=self.on_error,
         )
+        self.session = TrainingSession(recorder, selection, self.schedule)
         if resuming and state.global_step:
             self._refuse_a_gap(state.global_step)
         if state.global_step == 0:
-            self._initial = self.selection.snapshot()
-            if self.probe is not None:
-                self._initial_probe = self.probe.logits(model)
+            initial = {contract.PROBE_LOGITS: self.probe.logits(model)} if self.probe is not None else {}
+            self.session.keep_initial_state(**initial)
+
+    @property
+    def recorder(self) -> Recorder | None:
+        return self.session.recorder if self.session is not None else None
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if self.recorder is not None:
+        if self.session is not None:
             self._step = _StepCapture()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        step = state.global_step + 1
-        if self.recorder is not None and self.schedule.records(step) and self.selection.wants_grads():
-            self._step.grads = self.selection.grads()
+        if self.session is not None and self.session.wants(state.global_step + 1) and self.session.selection.wants_grads():
+            self._step.grads = self.session.selection.grads()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        if self.recorder is None:
-            return
         step = state.global_step + 1
-        if not self._labelled:
-            self._label_variables()
-        if self._initial is not None:
-            self._record_initial_state()
-        if not self.schedule.records(step):
+        if self.session is None or not self.session.wants(step):
             return
-        values = {
-            **self.selection.values(self._step.grads),
-            contract.LOSS: self._step.loss,
-            contract.LR: self.selection.group["lr"],
-        }
+        values = {contract.LOSS: self._step.loss, contract.LR: self.session.selection.group["lr"]}
         if self._step.logits is not None:
             values[contract.LOGITS] = self._step.logits
-        if self.probe is not None and self.probe.evaluates(step):
+        if self.probe is not None and self.probe.evaluates(step) and self.session.schedule.records(step):
             values[contract.PROBE_LOGITS] = self.probe.logits(self._model)
-        self.recorder.record(step, **values)
+        try:
+            self.session.after_step(step, self._step.grads, **values)
+        except ConfigError:
+            self.close()  # the Trainer does not end its callbacks on an error
+            raise
 
     def on_train_end(self, args, state, control, **kwargs):
         self.close()
@@ -201,19 +196,8 @@ class ZarrecCallback(TrainerCallback):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
-        if self.recorder is not None:
-            self.recorder.close(reason)
-
-    def _label_variables(self) -> None:
-        """Fix the recorded variables (the optimizer's state exists now) and name their dims."""
-        try:
-            targets = self.selection.targets()
-        except ConfigError as error:
-            self.close(f"refused to record: {error}")  # the Trainer does not end its callbacks on an error
-            raise
-        for target in targets:
-            self.recorder.label(target.variable, target.dims, **target.attrs)
-        self._labelled = True
+        if self.session is not None:
+            self.session.close(reason)
 
     def _refuse_a_gap(self, resume_step: int) -> None:
         """Refuse to resume after a checkpoint that is newer than the store's last commit."""
@@ -238,16 +222,6 @@ class ZarrecCallback(TrainerCallback):
         logits = getattr(output, "logits", None)
         if self._step.logits is None and logits is not None:
             self._step.logits = logits.detach()[0, -1].clone()
-
-    def _record_initial_state(self) -> None:
-        """Step 0, recorded with step 1's logits as the shape and dtype of its (NaN) logits."""
-        values = {**self.selection.initial_values(self._initial), contract.LOSS: _NAN_LOSS, contract.LR: float("nan")}
-        if self._step.logits is not None:
-            values[contract.LOGITS] = torch.full_like(self._step.logits, float("nan"))
-        if self._initial_probe is not None:
-            values[contract.PROBE_LOGITS] = self._initial_probe
-        self._initial = self._initial_probe = None
-        self.recorder.record(0, **values)
 
 
 def _make_probe(model, tokenizer, inputs, positions, every) -> Probe:
