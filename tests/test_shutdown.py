@@ -28,7 +28,8 @@ CHILD = textwrap.dedent(
         raise RuntimeError("boom")
     if sys.argv[2] == "exit":
         sys.exit(0)
-    time.sleep(60)
+    while True:  # like a training loop, back in Python often: a signal that lands on another thread
+        time.sleep(0.05)  # (torch starts one at import) is acted upon when the main thread next runs Python
     """
 )
 

@@ -186,7 +186,7 @@ class Recorder:
         self._unflushed = 0
         self._stopped = False  # on_error="warn" after a failure
         self._closed = False
-        with _writing(describe(out)):
+        with _writing(describe(out)), shutdown.signals_stay_with_the_main_thread():
             if resume_from is None:
                 self._store = RunStore.create(out, attrs=attrs, overwrite=overwrite)
             else:
@@ -348,7 +348,8 @@ class Recorder:
         staged = {name: (self._shapes[name], self._staged_dtypes[name]) for name in self._shapes}
         for _ in range(self._buffer_count):
             self._free.put(_Staging(self.chunk_steps, staged, pinned=self._uses_cuda))
-        self._writer = ChunkWriter(self._store)
+        with shutdown.signals_stay_with_the_main_thread():
+            self._writer = ChunkWriter(self._store)
 
     def _create_variables(self, layout: Mapping[str, tuple]) -> None:
         if self.chunk_steps is None:

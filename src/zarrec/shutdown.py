@@ -9,14 +9,22 @@ Every open :class:`~zarrec.Recorder` is registered here. While one is open:
   written and its store is marked interrupted, with the reason.
 
 ``kill -9`` runs nothing: the store keeps its last commit (README, "What survives a crash").
+
+The threads a recorder starts (its writer, and zarr's I/O threads when the recorder is the
+first to use zarr) block SIGINT and SIGTERM, so that the kernel delivers those to the main
+thread or to a thread started before (``import torch`` starts one). A signal that lands on
+another thread is acted upon when the main thread next runs Python code: at once in a
+training loop, only on return from a long wait in C (a ``time.sleep``, a device sync).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -71,6 +79,22 @@ def close_open_recorders() -> None:
 # Before the interpreter shuts down the thread pools that zarr writes through, which happens
 # ahead of ordinary atexit functions: threading's own exit hooks run first, latest first.
 getattr(threading, "_register_atexit", atexit.register)(close_open_recorders)
+
+
+_STOPPING_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def signals_stay_with_the_main_thread() -> Iterator[None]:
+    """Threads started inside block SIGINT and SIGTERM (they inherit this thread's mask)."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a signal that came meanwhile is delivered now
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
