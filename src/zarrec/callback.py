@@ -30,7 +30,7 @@ from zarrec.probe import Probe
 from zarrec.recorder import Recorder
 from zarrec.schedule import StepSchedule
 from zarrec.selection import ParameterSelection
-from zarrec.session import TrainingSession
+from zarrec.session import TrainingSession, selection_attributes
 from zarrec.store import StoreLike, store_exists
 from zarrec.versions import library_versions
 
@@ -134,7 +134,7 @@ class ZarrecCallback(TrainerCallback):
             return  # every other event returns at once while self.session is None
         selection = ParameterSelection(model, optimizer, self.params, self.quantities)
         self._model = model
-        attrs = {**run_attributes(args, state, model, selection), contract.SCHEDULE_ATTR: str(self.schedule)}
+        attrs = {**run_attributes(args, state, model, selection), **selection_attributes(selection, self.schedule)}
         coords = dict(self.token_coords)
         if self.probe_spec is not None:
             self.probe = _make_probe(model, kwargs.get("processing_class"), *self.probe_spec)
@@ -247,10 +247,7 @@ def first_unrecorded_step(committed: int | None, resume_step: int, every: int | 
 def run_attributes(args, state, model, selection: ParameterSelection) -> dict[str, Any]:
     """Every Trainer hyperparameter needed to re-derive the recorded run, as JSON-ready values."""
     config = getattr(model, "config", None)
-    first = next(iter(selection.parameters.values()))
     return {
-        contract.PARAMS_ATTR: selection.names,
-        contract.QUANTITIES_ATTR: None if selection.quantities is None else list(selection.quantities),
         "learning_rate": args.learning_rate,
         # The decay actually applied to the (first) recorded parameter (Trainer exempts biases and norms).
         "weight_decay": selection.group.get("weight_decay", args.weight_decay),
@@ -266,8 +263,7 @@ def run_attributes(args, state, model, selection: ParameterSelection) -> dict[st
         "world_size": args.world_size,
         "steps": state.max_steps,
         "seed": args.seed,
-        "dtype": str(first.dtype).removeprefix("torch."),
-        "device": str(first.device),
+        "device": str(next(iter(selection.parameters.values())).device),
         "model_class": type(model).__name__,
         "model_config": json.loads(config.to_json_string()) if config is not None else {},
         "versions": library_versions(),

@@ -41,9 +41,14 @@ class Corpus:
         counts = self.counts(vocab_size)
         return {
             contract.LIVE: (contract.TOKEN, counts > 0),
-            contract.CHAR: (contract.TOKEN, np.array([byte_label(i) for i in range(vocab_size)], dtype=object)),
+            contract.CHAR: (contract.TOKEN, byte_labels(vocab_size)),
             contract.COUNT: (contract.TOKEN, counts),
         }
+
+
+def byte_labels(vocab_size: int) -> np.ndarray:
+    """:func:`byte_label` of every token id ``0..vocab_size-1`` (the ``char`` coordinate)."""
+    return np.array([byte_label(i) for i in range(vocab_size)], dtype=object)
 
 
 def byte_label(byte: int) -> str:

@@ -64,7 +64,7 @@ def import_legacy(
     import torch
     from safetensors import SafetensorError, safe_open
 
-    from zarrec.corpus import byte_label
+    from zarrec.corpus import byte_labels
     from zarrec.recorder import Recorder
 
     path = Path(source)
@@ -111,7 +111,7 @@ def import_legacy(
                           "they are not imported", ZarrecWarning, stacklevel=2)
         coords = {
             contract.LIVE: (contract.TOKEN, live),
-            contract.CHAR: (contract.TOKEN, np.array([byte_label(t) for t in range(live.size)])),
+            contract.CHAR: (contract.TOKEN, byte_labels(live.size)),
         }
         with Recorder(out, coords=coords, attrs=attrs, overwrite=overwrite) as recorder:
             for name, description in DESCRIPTIONS.items():

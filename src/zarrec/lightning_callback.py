@@ -23,7 +23,7 @@ from zarrec.errors import ConfigError, MissingDependencyError
 from zarrec.recorder import Recorder
 from zarrec.schedule import StepSchedule
 from zarrec.selection import ParameterSelection
-from zarrec.session import TrainingSession
+from zarrec.session import TrainingSession, selection_attributes
 from zarrec.store import StoreLike
 from zarrec.versions import library_versions
 
@@ -77,9 +77,7 @@ class ZarrecLightningCallback(Callback):
             raise ConfigError(f"{type(self).__name__} records a module with one optimizer; this one has {len(trainer.optimizers)}")
         selection = ParameterSelection(pl_module, trainer.optimizers[0], self.params, self.quantities)
         attrs = {
-            contract.PARAMS_ATTR: selection.names,
-            contract.QUANTITIES_ATTR: None if selection.quantities is None else list(selection.quantities),
-            contract.SCHEDULE_ATTR: str(self.schedule),
+            **selection_attributes(selection, self.schedule),
             "framework": "lightning",
             "optimizer": type(selection.optimizer).__name__,
             "optimizer_defaults": json.loads(json.dumps(selection.optimizer.defaults, default=str)),
@@ -88,7 +86,6 @@ class ZarrecLightningCallback(Callback):
             "accumulate_grad_batches": trainer.accumulate_grad_batches,
             "gradient_clip_val": trainer.gradient_clip_val,
             "world_size": trainer.world_size,
-            "dtype": str(selection.dtype).removeprefix("torch."),
             "versions": library_versions(),
             **self.attrs,
         }

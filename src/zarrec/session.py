@@ -11,9 +11,11 @@ zeros for the optimizer's state.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
+from zarrec import contract
 from zarrec.errors import ConfigError
 from zarrec.recorder import Recorder, Value
 from zarrec.schedule import StepSchedule
@@ -65,6 +67,16 @@ class TrainingSession:
             not_yet = {name: _nan_like(value) for name, value in values.items()}
             self.recorder.record(0, **{**self.selection.initial_values(self._initial), **not_yet, **self._initial_values})
             self._initial = None
+
+
+def selection_attributes(selection: ParameterSelection, schedule: StepSchedule) -> dict[str, Any]:
+    """Group attributes saying what a recording selected (a resumed run must select the same)."""
+    return {
+        contract.PARAMS_ATTR: selection.names,
+        contract.QUANTITIES_ATTR: None if selection.quantities is None else list(selection.quantities),
+        contract.SCHEDULE_ATTR: str(schedule),
+        "dtype": str(selection.dtype).removeprefix("torch."),
+    }
 
 
 def _nan_like(value: Value) -> Value:
