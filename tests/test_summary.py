@@ -41,6 +41,17 @@ def test_gaps_are_found_against_the_usual_stride(tmp_path):
     assert summary.live_tokens is None and summary.first_loss is None
 
 
+def test_gaps_of_a_scheduled_recording_are_the_kept_steps_it_lacks(tmp_path):
+    """Every step to 4, then every 3rd: the change of stride is no gap, a missing kept step is."""
+    with Recorder(tmp_path / "r.zarr", chunk_steps=4, attrs={"recorded_every": "1:4,3"}) as recorder:
+        for step in (0, 1, 2, 3, 4, 6, 9, 18, 21):
+            recorder.record(step, x=torch.zeros(1))
+    summary = summarize(tmp_path / "r.zarr")
+    assert summary.gaps == [(12, 15)] and summary.schedule == "1:4,3"
+    assert "steps      9 recorded, 0..21, every 1:4,3" in summary.report()
+    assert "gaps       12..15" in summary.report()
+
+
 def test_a_path_that_is_not_a_store_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="is not a Zarr store"):
         summarize(tmp_path / "missing.zarr")

@@ -16,6 +16,7 @@ import zarr
 
 from zarrec import contract
 from zarrec.errors import ConfigError
+from zarrec.schedule import StepSchedule
 from zarrec.store import StoreLike, describe
 
 
@@ -39,7 +40,7 @@ class StoreSummary:
     first_step: int | None
     last_step: int | None
     stride: int | None  # the usual distance between recorded steps (``every``)
-    gaps: list[tuple[int, int]]  # ranges of steps missing from the usual stride, inclusive
+    gaps: list[tuple[int, int]]  # ranges of steps missing from the schedule (else the usual stride), inclusive
     variables: list[VariableSummary]
     raw_bytes: int
     stored_bytes: int
@@ -48,6 +49,7 @@ class StoreSummary:
     first_loss: float | None = None
     last_loss: float | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    schedule: str | None = None  # the recorded step schedule (``every``), if the store says
 
     @property
     def compression_ratio(self) -> float:
@@ -86,7 +88,8 @@ class StoreSummary:
         """The full human-readable report of ``zarrec info``."""
         out = [f"store      {self.path}", f"status     {self.status}"]
         if self.steps:
-            every = f", every {self.stride}" if self.stride and self.stride > 1 else ""
+            every = self.schedule if self.schedule is not None else self.stride
+            every = f", every {every}" if every not in (None, 1, "1") else ""
             out.append(f"steps      {self.steps} recorded, {self.first_step}..{self.last_step}{every}")
         else:
             out.append("steps      none recorded")
@@ -121,6 +124,24 @@ class StoreSummary:
 
 def _megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
+
+
+def _schedule_gaps(steps: np.ndarray, schedule: StepSchedule) -> list[tuple[int, int]]:
+    """The ranges of steps that ``schedule`` keeps between the first and the last recorded step
+    but the store lacks, each as (first missing, last missing)."""
+    recorded, last = set(steps.tolist()), int(steps[-1])
+    gaps: list[tuple[int, int]] = []
+    missing_run: tuple[int, int] | None = None
+    expected = schedule.next_after(int(steps[0]))
+    while expected <= last:
+        if expected in recorded:
+            if missing_run is not None:
+                gaps.append(missing_run)
+                missing_run = None
+        else:
+            missing_run = (missing_run[0], expected) if missing_run else (expected, expected)
+        expected = schedule.next_after(expected)
+    return gaps
 
 
 def _gaps(steps: np.ndarray) -> tuple[int | None, list[tuple[int, int]]]:
@@ -173,6 +194,9 @@ def summarize(out: StoreLike) -> StoreSummary:
         if contract.along_step(array.metadata.dimension_names) and name != contract.STEP
     ]
     stride, gaps = _gaps(steps)
+    schedule = group.attrs.get(contract.SCHEDULE_ATTR)
+    if schedule is not None and steps.size:
+        gaps = _schedule_gaps(steps, StepSchedule.parse(schedule))  # a schedule's changes of stride are no gaps
     live = arrays[contract.LIVE][:] if contract.LIVE in arrays else None
     losses = _finite(arrays[contract.LOSS][:]) if contract.LOSS in arrays else np.array([])
     return StoreSummary(
@@ -190,4 +214,5 @@ def summarize(out: StoreLike) -> StoreSummary:
         first_loss=float(losses[0]) if losses.size else None,
         last_loss=float(losses[-1]) if losses.size else None,
         attrs=dict(group.attrs),
+        schedule=schedule,
     )
