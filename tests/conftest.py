@@ -121,24 +121,35 @@ def legacy_file(tmp_path_factory, tiny_config) -> Path:
 
 class FullDisk(WrapperStore):
     """A real local store on a disk that fills up: every write after the first ``writes`` fails
-    with ENOSPC, as a full disk does (what was written stays written)."""
+    with ENOSPC, as a full disk does (what was written stays written). Views of the store that
+    zarr opens share the one disk."""
 
-    def __init__(self, path: Path, writes: int, store: LocalStore | None = None) -> None:
+    def __init__(self, path: Path, writes: int, store: LocalStore | None = None, disk: dict | None = None) -> None:
         super().__init__(store or LocalStore(path))
         self.path = path
-        self.writes_left = writes
+        self.disk = disk if disk is not None else {"writes": 0, "capacity": writes, "refused": None}
+
+    @property
+    def writes(self) -> int:
+        """Writes made so far."""
+        return self.disk["writes"]
+
+    @property
+    def refused(self) -> str | None:
+        """The first key the full disk refused."""
+        return self.disk["refused"]
 
     def _with_store(self, store: LocalStore) -> FullDisk:
-        """The same disk through another view of the store (zarr opens read-only views)."""
-        return FullDisk(self.path, self.writes_left, store)
+        return FullDisk(self.path, 0, store, self.disk)
 
     def __repr__(self) -> str:
         return f"FullDisk({self.path})"
 
     async def set(self, key: str, value) -> None:
-        if self.writes_left <= 0:
+        if self.disk["writes"] >= self.disk["capacity"]:
+            self.disk["refused"] = self.disk["refused"] or key
             raise OSError(errno.ENOSPC, "No space left on device", key)
-        self.writes_left -= 1
+        self.disk["writes"] += 1
         await self._store.set(key, value)
 
 

@@ -274,3 +274,29 @@ def test_import_and_export_round_trip_and_refuse_bad_files_in_one_line(tmp_path,
         result = zarrec(*args, "--quiet")
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], (args, lines)
+
+
+def test_a_format_1_store_opens_analyses_and_converts_but_is_not_resumed(tmp_path):
+    """A store written by the last format-1 zarrec (tests/data/README.md)."""
+    import shutil
+    from pathlib import Path
+
+    from zarrec import ConfigError, Recorder
+
+    store = tmp_path / "format1.zarr"
+    shutil.copytree(Path(__file__).parent / "data" / "format1_store", store)
+    ds = xr.open_zarr(store)
+    assert ds.attrs["zarrec_format"] == 1 and ds.step.values.tolist() == list(range(7))
+    assert ds.char.values[ord("a")] == "a"
+    assert float(ds.zarrec.realized_fraction().overall.isel(step=-1)) > 0  # analyses
+    info = zarrec("info", str(store), "--json")
+    assert info.returncode == 0 and json.loads(info.stdout)["steps"] == 7, info.stderr
+    plotted = zarrec("plot", str(store), "--out", str(tmp_path / "figures"), "--quiet")
+    assert plotted.returncode == 0 and len(list((tmp_path / "figures").glob("*.png"))) == 5, plotted.stderr
+    exported = zarrec("export", str(store), str(tmp_path / "legacy.safetensors"))
+    assert exported.returncode == 0, exported.stderr
+    with pytest.raises(ConfigError, match="is a zarrec format 1 store; this zarrec resumes format 2 only"):
+        Recorder(store, resume_from=3)
+    resumed = zarrec("train", "--out", str(store), "--resume")
+    assert resumed.returncode == 2 and "format 1" in resumed.stderr and "Traceback" not in resumed.stderr
+    np.testing.assert_array_equal(xr.open_zarr(store).embeddings.values, ds.embeddings.values)  # untouched

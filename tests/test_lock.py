@@ -13,18 +13,18 @@ import pytest
 import torch
 
 from zarrec import Recorder, StoreLockedError
-from zarrec.lock import LOCK_NAME, StoreLock
+from zarrec.lock import StoreLock, lock_path
 
 
 def test_a_second_writer_is_refused_until_the_first_closes(tmp_path):
     out = tmp_path / "run.zarr"
     first = Recorder(out)
     first.record(0, x=torch.zeros(2))
-    assert (out / LOCK_NAME).is_file()
+    assert lock_path(out).is_file() and lock_path(out).parent == tmp_path  # beside the store, not in it
     with pytest.raises(StoreLockedError, match=rf"{out} is being written by process {os.getpid()}"):
         Recorder(out, resume_from=0)
     first.close()
-    assert not (out / LOCK_NAME).exists()
+    assert not lock_path(out).exists()
     with Recorder(out, resume_from=0) as second:  # free again
         second.record(1, x=torch.ones(2))
 
@@ -45,17 +45,17 @@ def test_the_lock_of_a_killed_writer_is_taken_over(tmp_path):
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     StoreLock.acquire(store, "run").release()  # the dead writer's lock is stale
-    assert not (store / LOCK_NAME).exists()
+    assert not lock_path(store).exists()
 
 
 def test_a_lock_from_another_host_is_respected(tmp_path):
-    (tmp_path / LOCK_NAME).write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": "yesterday"}))
-    with pytest.raises(StoreLockedError, match="locked by process 1 on host elsewhere .*delete .*zarrec.lock"):
+    lock_path(tmp_path).write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": "yesterday"}))
+    with pytest.raises(StoreLockedError, match="locked by process 1 on host elsewhere .*delete .*\\.lock"):
         StoreLock.acquire(tmp_path, "run")
 
 
 def test_an_empty_lock_is_respected_while_young_and_taken_over_when_old(tmp_path):
-    lock = tmp_path / LOCK_NAME
+    lock = lock_path(tmp_path)
     lock.write_text("")  # its writer died between creating and filling it, or is filling it now
     with pytest.raises(StoreLockedError, match="being locked by another writer right now"):
         StoreLock.acquire(tmp_path, "run")

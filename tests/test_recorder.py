@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import shutil
@@ -245,13 +246,22 @@ def test_a_store_deleted_while_recording_is_an_error_not_a_silent_loss(tmp_path)
         recorder.close()
 
 
-# A reader in its own process: opens the store again and again while it is written, checks
-# that it sees steps 0..n-1 with their values, and prints each n; stops once the store is complete.
+# A reader in its own process: opens the store again and again while it is written, as xarray
+# does (consolidated metadata) and as tensorstore and zarr-python without consolidated metadata do
+# (each array's own zarr.json); checks that each sees steps 0..n-1 with their values, and prints
+# each n of xarray's and of tensorstore's; stops once the store is complete.
 READER = textwrap.dedent(
     """
     import sys, time, warnings, numpy as np, xarray as xr
     from pathlib import Path
-    path, seen = Path(sys.argv[1]), []
+    sys.path.insert(0, sys.argv[2])
+    from foreign_readers import tensorstore_view, zarr_unconsolidated_view
+
+    def check(steps, x):
+        np.testing.assert_array_equal(steps, np.arange(steps.size))
+        np.testing.assert_array_equal(x, np.repeat(np.arange(x.shape[0], dtype=np.float32), 5).reshape(-1, 5))
+
+    path, seen, own = Path(sys.argv[1]), [], []
     print("ready", flush=True)
     while True:
         if not (path / "zarr.json").exists():
@@ -262,11 +272,14 @@ READER = textwrap.dedent(
             warnings.simplefilter("ignore")
             ds = xr.open_zarr(path)
         steps = ds.step.values if "step" in ds else np.arange(0)  # none before step 0 is recorded
-        np.testing.assert_array_equal(steps, np.arange(steps.size))
-        np.testing.assert_array_equal(ds.x.values, np.repeat(steps.astype(np.float32), 5).reshape(-1, 5))
+        check(steps, ds.x.values if "x" in ds else np.zeros((0, 5)))
+        if (path / "x" / "zarr.json").exists():
+            for view in (tensorstore_view(path, ["step", "x"]), zarr_unconsolidated_view(path)):
+                check(view["step"], view["x"])
+            own.append(int(view["step"].size))
         seen.append(int(steps.size))
         if ds.attrs.get("zarrec_status", {}).get("state") == "complete":
-            print(seen)
+            print({"seen": seen, "own": own})
             break
     """
 )
@@ -274,15 +287,17 @@ READER = textwrap.dedent(
 
 def test_readers_always_see_a_consistent_prefix_while_recording(tmp_path):
     path = tmp_path / "r.zarr"
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(path)], stdout=subprocess.PIPE, text=True)
+    tests = str(Path(__file__).parent)
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(path), tests], stdout=subprocess.PIPE, text=True)
     assert reader.stdout.readline().strip() == "ready"
     with Recorder(path, chunk_steps=4, flush_every=3) as recorder:
         for t in range(120):
             recorder.record(t, x=torch.full((5,), float(t)))
             time.sleep(0.01)  # a training step
-    seen = json.loads(reader.communicate(timeout=60)[0])
+    report = ast.literal_eval(reader.communicate(timeout=60)[0])
     assert reader.returncode == 0
-    assert seen == sorted(seen) and seen[-1] == 120 and len(set(seen)) > 2, seen
+    for seen in (report["seen"], report["own"]):  # xarray's rows; the arrays' own (zarr without consolidation)
+        assert seen == sorted(seen) and seen[-1] == 120 and len(set(seen)) > 2, seen
 
 
 def test_resume_drops_the_steps_after_the_checkpoint_then_continues(tmp_path):

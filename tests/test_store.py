@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import zarr
 
 from zarrec import ConfigError, StoreExistsError, StoreLockedError, contract
 from zarrec.store import RunStore, ensure_new
+from conftest import FullDisk
+from foreign_readers import tensorstore_read, tensorstore_view, zarr_unconsolidated_view
 
 
 def test_existing_store_is_refused_unless_overwrite(tmp_path):
@@ -46,29 +49,50 @@ def test_empty_directory_is_accepted(tmp_path):
     RunStore.create(tmp_path / "empty")
 
 
-def test_consolidated_metadata_is_the_commit(tmp_path):
-    """Arrays reserve rows ahead; readers of consolidated metadata see exactly the committed rows."""
-    store = RunStore.create(tmp_path / "run.zarr")
+def test_every_reader_sees_exactly_the_committed_rows(tmp_path):
+    """No rows reserved ahead: each array's own zarr.json, its consolidated copy and tensorstore agree."""
+    path = tmp_path / "run.zarr"
+    store = RunStore.create(path)
     store.create_variable("x", (2,), ("dim",), 4, {}, contract.default_compressor())
     store.link_coordinates(["x"])
     store.append(np.array([0, 1, 2]), {"x": np.ones((3, 2), np.float32)})
-    store.append(np.array([5]), {"x": np.zeros((1, 2), np.float32)})
-    reserved = zarr.open_array(tmp_path / "run.zarr" / "x")  # the array's own metadata
-    assert reserved.shape[0] >= 4 and np.isnan(reserved[4:]).all()
-    group = zarr.open_group(tmp_path / "run.zarr", mode="r")  # through consolidated metadata
-    assert group["x"].shape == (4, 2) and group[contract.STEP][:].tolist() == [0, 1, 2, 5]
-    ds = xr.open_zarr(tmp_path / "run.zarr")
-    assert ds.sizes == {"step": 4, "dim": 2}
+    store.append(np.array([5]), {"x": np.zeros((1, 2), np.float32)})  # completes the first shard
+    store.append(np.array([6]), {"x": np.full((1, 2), 6, np.float32)})  # the first row of the second
+    expected = np.array([[1, 1]] * 3 + [[0, 0], [6, 6]], np.float32)
+    ds = xr.open_zarr(path)
+    assert ds.step.values.tolist() == [0, 1, 2, 5, 6]
+    np.testing.assert_array_equal(ds.x.values, expected)
+    for view in (zarr_unconsolidated_view(path), tensorstore_view(path, ["step", "x"])):
+        assert view["step"].tolist() == [0, 1, 2, 5, 6]
+        np.testing.assert_array_equal(view["x"], expected)
     store.finish()
-    assert zarr.open_array(tmp_path / "run.zarr" / "x").shape == (4, 2)  # a clean close agrees
 
 
-def test_codec_is_standard_blosc_zstd_bitshuffle(tmp_path):
+def test_arrays_are_sharded_along_step_with_inner_chunks_along_rows(tmp_path):
     store = RunStore.create(tmp_path / "run.zarr")
-    store.create_variable("x", (2,), ("dim",), 8, {}, contract.default_compressor())
-    codecs = zarr.open_array(tmp_path / "run.zarr" / "x").metadata.to_dict()["codecs"]
-    blosc = next(codec for codec in codecs if codec["name"] == "blosc")
-    assert blosc["configuration"]["cname"] == "zstd" and blosc["configuration"]["shuffle"] == "bitshuffle"
+    store.create_variable("w", (5000, 16), ("token", "dim"), 512, {}, contract.default_compressor())
+    store.create_variable("loss", (), (), 512, {}, contract.default_compressor())
+    w = zarr.open_array(tmp_path / "run.zarr" / "w")
+    assert w.chunks == (512, 32, 16)  # 1 MiB: 512 steps × 32 rows × 64 bytes
+    assert w.shards == (512, 5024, 16)  # 157 inner chunks of 32 rows: the array's edge lies inside the shard
+    (sharding,) = w.metadata.to_dict()["codecs"]
+    assert sharding["name"] == "sharding_indexed"
+    blosc = sharding["configuration"]["codecs"][1]
+    assert blosc["name"] == "blosc" and blosc["configuration"]["cname"] == "zstd"
+    assert blosc["configuration"]["shuffle"] == "bitshuffle" and blosc["configuration"]["typesize"] == 4
+    assert zarr.open_array(tmp_path / "run.zarr" / "loss").shards == (512,)
+    step = zarr.open_array(tmp_path / "run.zarr" / "step").metadata.to_dict()["codecs"][0]["configuration"]
+    assert step["codecs"][1]["configuration"]["typesize"] == 8  # int64
+
+
+@pytest.mark.parametrize(
+    ("chunk_steps", "rows", "row_bytes", "expected"),
+    [(512, 128, 256, 8), (1, 50257, 3072, 340), (4, 10, 8, 10), (1, 3, 2**22, 1), (2, 5000, 256, 1667)],
+)
+def test_inner_chunks_are_about_a_megabyte(chunk_steps, rows, row_bytes, expected):
+    """The reference run (128×64, 512 steps a shard), a GPT-2 embedding (50257×768, 1 step), tiny,
+    huge rows, rows split evenly (3 × 1667 rather than 3 × 2048 for 5000)."""
+    assert contract.inner_chunk_rows(chunk_steps, rows, row_bytes) == expected
 
 
 def test_a_variable_name_cannot_be_used_twice(tmp_path):
@@ -157,3 +181,117 @@ def test_kill_9_on_s3_leaves_a_consistent_prefix_that_resumes(s3_bucket):
         for step in range(last + 1, last + 6):
             recorder.record(step, w=torch.full((3, 2), float(step)))
     assert assert_consistent_prefix(url).tolist() == list(range(last + 6))
+
+
+def record_then_resume(out) -> None:
+    """A recording (history A: w = t) with a flush, then a resume after step 4 (history B: w = 100 + t)."""
+    from zarrec import Recorder
+
+    with Recorder(out, chunk_steps=3) as recorder:
+        for step in range(8):
+            recorder.record(step, w=torch.full((5, 2), float(step)))
+            if step == 4:
+                recorder.flush(wait=True)  # the shard of steps 3..5 is written twice, whole
+    with Recorder(out, resume_from=4) as recorder:
+        for step in range(5, 10):
+            recorder.record(step, w=torch.full((5, 2), 100.0 + step))
+
+
+def assert_complete_rows_of_one_history(steps: np.ndarray, w: np.ndarray) -> None:
+    assert steps.tolist() == list(range(steps.size))
+    history = 100.0 if steps.size > 8 or (steps.size > 5 and w[5, 0, 0] >= 100) else 0.0
+    expected = [float(t) if t <= 4 else history + t for t in steps.tolist()]
+    np.testing.assert_array_equal(w, np.broadcast_to(np.array(expected, np.float32)[:, None, None], (steps.size, 5, 2)))
+
+
+def test_at_every_moment_every_reader_sees_complete_rows_of_one_history(tmp_path):
+    """The store as it stands after each write of a recording, a rollback and a resumed recording
+    (the writer dies there: the disk refuses every later write). tensorstore and zarr-python
+    without consolidated metadata see complete rows of one history, never a reserved row or
+    one of the abandoned history, and exactly xarray's rows except inside a commit's metadata writes."""
+    from zarrec.errors import ZarrecError
+
+    counting = FullDisk(tmp_path / "count.zarr", writes=10**6)
+    record_then_resume(counting)
+    total = counting.writes
+    differing = []
+    for writes in range(total + 1):
+        path = tmp_path / f"crash{writes}.zarr"
+        disk = FullDisk(path, writes)
+        with contextlib.suppress(ZarrecError):
+            record_then_resume(disk)
+        if not (path / "w" / "zarr.json").exists():
+            continue  # the arrays are not created yet
+        ds = xr.open_zarr(path)
+        if "step" not in ds:  # created, not yet consolidated: no row anywhere
+            assert tensorstore_view(path, ["step", "w"])["w"].shape[0] == 0
+            continue
+        assert_complete_rows_of_one_history(ds.step.values, ds.w.values)
+        own = tensorstore_view(path, ["step", "w"])
+        assert_complete_rows_of_one_history(own["step"], own["w"][: own["step"].size])  # step is never the longer
+        assert own["step"].size >= own["w"].shape[0] - 3  # they differ by at most the commit's rows
+        unconsolidated = zarr_unconsolidated_view(path)
+        for name in ("step", "w"):
+            np.testing.assert_array_equal(unconsolidated[name], own[name])
+        if own["step"].size != ds.step.size or own["w"].shape[0] != ds.step.size:
+            differing.append(disk.refused)
+    assert differing and all(key.endswith("zarr.json") for key in differing), differing
+
+
+SLOW_WRITER = """
+import sys, time, torch
+from zarrec import Recorder
+recorder = Recorder(sys.argv[1], chunk_steps=4)
+for step in range(11):
+    recorder.record(step, w=torch.full((3, 2), float(step)))
+recorder.flush(wait=True)  # steps 0..10 committed, the last shard partly filled
+print(recorder.committed_step, flush=True)
+recorder.record(11, w=torch.full((3, 2), -1.0))  # staged, never committed
+time.sleep(60)  # a long training step, during which it is killed
+"""
+
+
+def assert_every_reader_sees(path, steps: list[int]) -> None:
+    """xarray, tensorstore and zarr-python without consolidated metadata see exactly ``steps``, w = step."""
+    expected = np.broadcast_to(np.array(steps, np.float32)[:, None, None], (len(steps), 3, 2))
+    ds = xr.open_zarr(path, consolidated=False)
+    for view in (
+        {"step": xr.open_zarr(path).step.values, "w": xr.open_zarr(path).w.values},
+        {"step": ds.step.values, "w": ds.w.values},
+        tensorstore_view(path, ["step", "w"]),
+        zarr_unconsolidated_view(path),
+    ):
+        assert view["step"].tolist() == steps
+        np.testing.assert_array_equal(view["w"], expected)
+
+
+def test_after_kill_9_and_after_the_resume_every_reader_sees_the_same_rows(tmp_path):
+    from zarrec import Recorder
+
+    path = tmp_path / "run.zarr"
+    writer = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert int(writer.stdout.readline()) == 10
+    writer.send_signal(signal.SIGKILL)
+    assert writer.wait(timeout=60) == -signal.SIGKILL
+    assert_every_reader_sees(path, list(range(11)))
+    with Recorder(path, resume_from=7) as recorder:  # drops 8..10, rewrites the shard of 4..7 whole
+        assert_every_reader_sees(path, list(range(8)))
+        for step in range(8, 14):
+            recorder.record(step, w=torch.full((3, 2), float(step)))
+    assert_every_reader_sees(path, list(range(14)))
+    assert sorted(p.name for p in (path / "w" / "c").iterdir()) == ["0", "1", "2", "3"]  # 14 steps in shards of 4
+
+
+def test_every_array_of_a_run_reads_the_same_in_tensorstore_but_the_string_labels(float32_run):
+    """Every array of a zarrec train run, bit for bit; ``char`` (Zarr's string extension type) is
+    refused by tensorstore with the message the README quotes."""
+    path = float32_run.path
+    group = zarr.open_group(path, mode="r", use_consolidated=False)
+    names = sorted(name for name, _ in group.arrays())
+    assert {"embeddings", "grads", "momentum", "variance", "logits", "loss", "lr", "step", "token", "dim"} <= set(names)
+    for name in names:
+        if name == "char":
+            with pytest.raises(ValueError, match="string data type is not one of the supported data types"):
+                tensorstore_read(path, name)
+            continue
+        np.testing.assert_array_equal(tensorstore_read(path, name), group[name][:], err_msg=name)

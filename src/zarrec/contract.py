@@ -14,8 +14,10 @@ Layout of a store (Zarr v3 group)::
     loss, lr    (step,)              float32
     P, P.grad, P.<state key>  (step, P.row, P.col)  float32   any other parameter P chosen
 
-Every array is chunked along ``step`` in blocks of ``chunk_steps`` rows and whole
-along its other dimensions, and compressed with Blosc zstd + bit-shuffle.
+Every step-indexed array is sharded (the Zarr v3 ``sharding_indexed`` codec): one shard
+holds ``chunk_steps`` steps and every row; inside it, inner chunks split the first non-step
+dimension (:func:`inner_chunk_rows`), so one row's history reads only its inner chunks.
+Values are compressed with Blosc zstd + bit-shuffle.
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ STORED_DTYPE = "float32"
 
 # Group attribute naming the library that wrote the store.
 FORMAT_ATTR = "zarrec_format"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: chunks whole along every non-step dim, rows reserved ahead (still read)
 
 # Group attribute saying how the recording stands: {"state": ..., "reason": ..., "last_step": ...}.
 # "recording" in a store no writer has open means the writer was killed (steps up to
@@ -173,9 +175,27 @@ def auto_chunk_steps(sizes: Sequence[int], staged_itemsizes: Sequence[int]) -> i
     return 1 << (max(1, fit).bit_length() - 1)
 
 
-def default_compressor() -> BloscCodec:
-    """Blosc zstd level 3 with bit-shuffle: a standard Zarr v3 codec any reader has."""
-    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=4)
+# Bytes of one inner chunk of a shard, at most. Measured at both ends (benchmarks/README.md,
+# "Store layout"): about 1 MB writes as fast as format 1's whole-row chunks, while one row's
+# history reads 1/16 of a shard at 128×64 (8 rows × 512 steps) and 1/148 at 50257×768
+# (340 rows × 1 step).
+TARGET_INNER_CHUNK_BYTES = 2**20
+
+
+def inner_chunk_rows(chunk_steps: int, rows: int, row_bytes: int) -> int:
+    """Rows of one inner chunk of a shard of ``chunk_steps`` steps × ``rows`` rows of
+    ``row_bytes`` bytes (as stored): the rows split evenly into the fewest inner chunks of at
+    most :data:`TARGET_INNER_CHUNK_BYTES` (an inner chunk holds at least one row). The shard
+    then extends past the array by fewer rows than it has inner chunks."""
+    fit = max(1, TARGET_INNER_CHUNK_BYTES // max(chunk_steps * row_bytes, 1))
+    count = -(-rows // fit)
+    return -(-rows // count)
+
+
+def default_compressor(typesize: int = 4) -> BloscCodec:
+    """Blosc zstd level 3 with bit-shuffle over elements of ``typesize`` bytes: a standard
+    Zarr v3 codec any reader has."""
+    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=typesize)
 
 
 def along_step(dimension_names: Sequence[str] | None) -> bool:

@@ -27,7 +27,7 @@ from zarrec.callback import ZarrecCallback, first_unrecorded_step
 from zarrec.config import TrainConfig
 from zarrec.corpus import ByteDataset, Corpus, load_corpus
 from zarrec.errors import ConfigError, WriterError
-from zarrec.store import StoreLike, describe, ensure_exists, ensure_new, local_directory
+from zarrec.store import StoreLike, describe, ensure_resumable, ensure_new, local_directory
 from zarrec.summary import StoreSummary, open_run, summarize
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ def checkpoint_steps(checkpoint_dir: str | os.PathLike) -> list[int]:
 
 def recorded_config(out: StoreLike) -> dict:
     """The :class:`TrainConfig` settings a recording was made with (its ``config`` attribute)."""
-    ensure_exists(out)
+    ensure_resumable(out)
     recorded = open_run(out).attrs.get("config")
     if not isinstance(recorded, dict):
         raise ConfigError(f"{describe(out)} was not recorded by zarrec train (it has no 'config' attribute); it cannot be resumed")
@@ -196,7 +196,7 @@ def checkpoint_to_resume(out: StoreLike, checkpoint_dir: str | os.PathLike, ever
     """The newest checkpoint from which training can resume without leaving a gap in the store."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    ensure_exists(out)
+    ensure_resumable(out)
     steps = open_run(out)[contract.STEP][:]
     committed = int(steps[-1]) if steps.size else None
     usable = [step for step in checkpoint_steps(checkpoint_dir) if first_unrecorded_step(committed, step, every) is None]

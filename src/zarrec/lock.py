@@ -1,10 +1,12 @@
-"""One writer per store: a lock file inside a local store, recognised as stale once its writer is gone.
+"""One writer per store: a lock file beside a local store, recognised as stale once its writer is gone.
 
-The file ``.zarrec.lock`` holds the writer's host, process id and start time. It is
-created atomically (``O_EXCL``) and removed when the writer closes. After a crash it
-stays behind; the next writer on the same host finds its process gone and takes the
-lock over. Readers ignore it. Stores that are not local directories (fsspec URLs,
-in-memory stores) are not locked.
+The file ``<store>.lock`` (``run.zarr.lock`` beside ``run.zarr``) holds the writer's host,
+process id and start time. It lies outside the store, so no Zarr reader that lists the
+hierarchy finds an object it does not know. It is created atomically (``O_EXCL``) and
+removed when the writer closes. After a crash it stays behind; the next writer on the same
+host finds its process gone and takes the lock over. Stores that are not local directories
+(fsspec URLs, in-memory stores) are not locked: an object store has no atomic create-if-absent
+that every one of them offers.
 """
 
 from __future__ import annotations
@@ -17,10 +19,16 @@ from pathlib import Path
 
 from zarrec.errors import StoreLockedError
 
-LOCK_NAME = ".zarrec.lock"
+LOCK_SUFFIX = ".lock"
 
 _FILLING_SECONDS = 5.0  # an empty lock file younger than this may be being written by its creator
 _held_here: set[Path] = set()  # locks held by writers in this process
+
+
+def lock_path(store_dir: str | os.PathLike) -> Path:
+    """The lock file of the local store ``store_dir``: beside it, named after it."""
+    store = Path(store_dir).absolute()
+    return store.with_name(store.name + LOCK_SUFFIX)
 
 
 def _process_alive(pid: int) -> bool:
@@ -42,7 +50,7 @@ class StoreLock:
     @classmethod
     def acquire(cls, store_dir: str | os.PathLike, store_name: str) -> StoreLock:
         """Take the lock of ``store_dir``, replacing a stale one; raise :class:`StoreLockedError` if it is held."""
-        path = Path(store_dir) / LOCK_NAME
+        path = lock_path(store_dir)
         holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         for _ in range(2):  # a second try after removing a stale lock
             try:

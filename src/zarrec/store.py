@@ -1,9 +1,9 @@
 """Creating a zarrec store and appending whole step-chunks to it.
 
-The store is a Zarr v3 group laid out as :mod:`zarrec.contract` describes. Each
-append writes the chunks of every array (data and ``step``), then the consolidated
-metadata: a reader that opens the store through its consolidated metadata (as
-``xr.open_zarr`` does) sees only steps whose data is complete.
+The store is a Zarr v3 group laid out as :mod:`zarrec.contract` describes. Each append
+writes whole shards of every array (data and ``step``), then every array's own metadata,
+then the consolidated metadata in the root: whichever metadata a reader goes by, it sees
+only steps whose data is complete (see :class:`_Appender` for the order).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import time
 import warnings
@@ -31,15 +32,9 @@ from zarr.errors import ContainsArrayError, ContainsGroupError
 from zarrec import contract
 from zarrec.errors import ConfigError, StoreExistsError
 from zarrec.lock import StoreLock
+from zarrec.shards import ShardWriter, numcodecs_compressor
 
 StoreLike = str | os.PathLike | zarr.abc.store.Store
-
-# Every chunk is written, even one that equals the fill value: it skips zarr's check of
-# each chunk against the fill value (a full pass over the data, a third of zarr's write
-# cost here), and a chunk's absence then always means "not yet written". A runtime
-# setting: it applies to the arrays the appender opens.
-WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
-
 
 def describe(out: StoreLike) -> str:
     """A store's name for messages: its path or URL."""
@@ -48,9 +43,8 @@ def describe(out: StoreLike) -> str:
 
 @contextlib.contextmanager
 def _quiet_zarr() -> Iterator[None]:
-    """Silence zarr's user warnings where we know better: consolidated metadata is not (yet)
-    in the v3 spec, but xarray reads it (readers without it use the per-array metadata);
-    and the lock file is not a Zarr node, which zarr says when it lists the group."""
+    """Silence zarr's user warning where we know better: consolidated metadata is not (yet)
+    in the v3 spec, but xarray reads it (readers without it use the per-array metadata)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
         yield
@@ -81,10 +75,18 @@ def store_exists(out: StoreLike) -> bool:
     return True
 
 
-def ensure_exists(out: StoreLike) -> None:
-    """Refuse to resume a recording that is not there."""
+def ensure_resumable(out: StoreLike) -> None:
+    """Refuse to resume a recording that is not there, or one of another format."""
     if not store_exists(out):
         raise ConfigError(f"there is no recording to resume at {describe(out)}; drop --resume to start one")
+    recorded = zarr.open_group(out, mode="r").attrs.get(contract.FORMAT_ATTR)
+    if recorded is None:
+        raise ConfigError(f"{describe(out)} is not a zarrec recording; it cannot be resumed")
+    if recorded != contract.FORMAT_VERSION:
+        raise ConfigError(
+            f"{describe(out)} is a zarrec format {recorded} store; this zarrec resumes format "
+            f"{contract.FORMAT_VERSION} only (it still reads, analyses and exports it): record the rest into a new store"
+        )
 
 
 def ensure_new(out: StoreLike, *, overwrite: bool = False) -> None:
@@ -127,8 +129,8 @@ class RunStore:
         """Create an empty store at ``out`` (a path, an fsspec URL or a zarr Store) with run
         attributes (hyperparameters, versions); see :func:`ensure_new`.
 
-        Its metadata is consolidated from the start, so that readers never fall back to the
-        arrays' own metadata (which reserve rows ahead).
+        Its metadata is consolidated from the start: xarray reads the whole hierarchy in one
+        document, the same snapshot of every array.
         """
         ensure_new(out, overwrite=overwrite)
         directory = local_directory(out)
@@ -151,14 +153,14 @@ class RunStore:
     @classmethod
     def reopen(cls, out: StoreLike) -> RunStore:
         """Open an existing zarrec store to continue it (see :meth:`drop_after`)."""
-        ensure_exists(out)
+        ensure_resumable(out)
         name = describe(out)
         directory = local_directory(out)
         lock = StoreLock.acquire(directory, name) if directory is not None else None
         try:
             group = zarr.open_group(out, mode="r+", zarr_format=3)
-            if contract.FORMAT_ATTR not in group.attrs or contract.STEP not in group:
-                raise ConfigError(f"{name} is not a zarrec recording with recorded steps; it cannot be resumed")
+            if contract.STEP not in group:
+                raise ConfigError(f"{name} has no recorded steps; it cannot be resumed")
             store = cls(group, name, lock)
             store.steps = group[contract.STEP][:]  # the committed steps, through the consolidated metadata
             store.last_step = int(store.steps[-1]) if store.steps.size else None
@@ -174,10 +176,11 @@ class RunStore:
         store never shows two histories for one step, even if the resumed run dies at once."""
         kept = int(np.searchsorted(self.steps, step, side="right"))
         self.last_step = int(self.steps[kept - 1]) if kept else None
-        appender = self._open_appender()
-        appender.rows = kept
-        resumed = [*appender.document["attributes"].get(contract.RESUMED_ATTR, []), int(step)]
-        self.set_status(contract.RECORDING, f"resumed after step {step}", self.last_step, {contract.RESUMED_ATTR: resumed})
+        resumed = [*self._open_appender().document["attributes"].get(contract.RESUMED_ATTR, []), int(step)]
+        self.set_status(
+            contract.RECORDING, f"resumed after step {step}", self.last_step, {contract.RESUMED_ATTR: resumed}, rows=kept
+        )
+        sync(self._appender.delete_shards_after(kept))  # after the commit: no reader can see them any more
 
     def variables(self) -> dict[str, zarr.Array]:
         """The step-dimensioned data arrays (``step`` itself excluded), by name."""
@@ -205,9 +208,10 @@ class RunStore:
             contract.STEP,
             shape=(0,),
             chunks=(chunk_steps,),
+            shards=(chunk_steps,),
             dtype="int64",
             fill_value=-1,
-            compressors=contract.default_compressor(),
+            compressors=contract.default_compressor(typesize=8),
             dimension_names=(contract.STEP,),
             attributes={"description": contract.DESCRIPTIONS[contract.STEP]},
         )
@@ -237,10 +241,13 @@ class RunStore:
         attrs: Mapping[str, Any],
         compressor: Any,
     ) -> None:
-        """Create an empty float32 array ``(step, *dims)`` chunked by ``chunk_steps`` along step.
+        """Create an empty float32 array ``(step, *dims)`` in shards of ``chunk_steps`` steps and
+        every row, split into inner chunks along its first non-step dim
+        (:func:`zarrec.contract.inner_chunk_rows`).
 
-        The first variable also creates the ``step`` coordinate, chunked the same way.
+        The first variable also creates the ``step`` coordinate, sharded the same way along step.
         """
+        numcodecs_compressor(compressor)  # refuse, before creating anything, one zarrec cannot write
         if contract.STEP not in self.group:
             self._create_step_coordinate(chunk_steps)
         if name in self.group:
@@ -254,10 +261,17 @@ class RunStore:
             if dim in contract.INDEXED_DIMS and dim not in self.group:
                 self.write_coordinate(dim, dim, np.arange(size, dtype="int64"), contract.DESCRIPTIONS.get(dim, ""))
             self._dim_sizes[dim] = size
+        inner, shard = (chunk_steps, *item_shape), (chunk_steps, *item_shape)
+        if item_shape:
+            rows, *rest = item_shape
+            inner_rows = contract.inner_chunk_rows(chunk_steps, rows, 4 * math.prod(rest))
+            inner = (chunk_steps, inner_rows, *rest)
+            shard = (chunk_steps, -(-rows // inner_rows) * inner_rows, *rest)  # the array's edge may lie inside it
         self.group.create_array(
             name,
             shape=(0, *item_shape),
-            chunks=(chunk_steps, *item_shape),
+            chunks=inner,
+            shards=shard,
             dtype=contract.STORED_DTYPE,
             fill_value=np.nan,
             compressors=compressor,
@@ -289,17 +303,19 @@ class RunStore:
         sync(self._open_appender().append(steps, values))
         self.last_step = int(steps[-1])
 
-    def set_status(self, state: str, reason: str, last_step: int | None, extra: Mapping[str, Any] | None = None) -> None:
-        """Record how the recording stands (:data:`zarrec.contract.STATUS_ATTR`), with the committed rows."""
+    def set_status(
+        self, state: str, reason: str, last_step: int | None, extra: Mapping[str, Any] | None = None, rows: int | None = None
+    ) -> None:
+        """Record how the recording stands (:data:`zarrec.contract.STATUS_ATTR`), committing with it
+        the committed rows, or ``rows`` of them (fewer: a rollback)."""
         appender = self._open_appender()
         appender.document["attributes"].update({contract.STATUS_ATTR: _status(state, reason, last_step), **(extra or {})})
-        sync(appender.commit(appender.rows))
+        sync(appender.commit(appender.rows if rows is None else rows))
 
     def finish(self, state: str = contract.COMPLETE, reason: str = "closed normally") -> None:
-        """Write the final status, shrink the arrays' own metadata to the committed rows, release the lock."""
+        """Write the final status, release the lock."""
         try:
             self.set_status(state, reason, self.last_step)
-            sync(self._open_appender().finish())
         finally:
             self.release()
 
@@ -316,24 +332,34 @@ class RunStore:
 
 
 class _Appender:
-    """Appends with zarr's async API: the fewest metadata writes, chunks compressed concurrently.
+    """Appends whole shards, then commits: every array's own ``zarr.json``, then the root's.
 
-    The arrays' own metadata reserve rows ahead (capacity grows by doubling, so resizes
-    are rare); the consolidated metadata in the root ``zarr.json`` holds the committed
-    shape and is written last, after every chunk of the append: it is the commit. xarray
-    (and any reader of consolidated metadata) sees exactly the committed steps; after a
-    clean :meth:`finish` the arrays' own metadata agree with it.
+    The commit order, which every reader can rely on at every moment:
+
+    1. the shards of the new rows, each written whole, beyond the arrays' shapes (a shard
+       that already holds committed rows is written again whole, with them);
+    2. each array's own ``zarr.json`` with the new number of rows: the data arrays, then
+       ``step`` (so ``step`` is never longer than a data array);
+    3. the root ``zarr.json``, whose consolidated metadata lists every array with the new
+       rows (what xarray reads): the commit.
+
+    A rollback (:meth:`RunStore.drop_after`) shrinks in the reverse order: ``step``, the data
+    arrays, the root; then it deletes the shards beyond the kept rows. So a reader of the
+    arrays' own metadata (tensorstore, zarrs, ``xr.open_zarr(consolidated=False)``) sees only
+    complete rows of the current history at every moment, as a reader of the consolidated
+    metadata does; the two differ only between steps 2 and 3 of a commit.
     """
 
     def __init__(self, root: zarr.AsyncGroup, arrays: dict[str, AsyncArray], rows: int) -> None:
         self.root = root
-        self.arrays = arrays
+        self.metadata = {name: array.metadata for name, array in arrays.items()}
         self.growing = [name for name, array in arrays.items() if contract.along_step(array.metadata.dimension_names)]
+        self.writers = {name: ShardWriter(root.store_path / name, self.metadata[name]) for name in self.growing}
         self.rows = rows
-        self.capacity = min((arrays[name].shape[0] for name in self.growing), default=0)
+        self.shapes_rows = {name: arrays[name].shape[0] for name in self.growing}  # as in their own zarr.json
         # The root document with every array's metadata consolidated (what zarr.consolidate_metadata
         # writes), serialised by zarr once; a commit only changes the growing arrays' step length.
-        consolidated = ConsolidatedMetadata(metadata={name: array.metadata for name, array in arrays.items()})
+        consolidated = ConsolidatedMetadata(metadata=dict(self.metadata))
         self.document = dataclasses.replace(root.metadata, consolidated_metadata=consolidated).to_dict()
         members = self.document["consolidated_metadata"]["metadata"]
         for name in self.growing:
@@ -345,7 +371,7 @@ class _Appender:
         """Open from the arrays' own metadata, with ``rows`` rows committed."""
         with _quiet_zarr():
             root = await zarr.api.asynchronous.open_group(store=group.store, path=group.path, mode="r+", use_consolidated=False)
-            arrays = {name: array.with_config(WRITE_EVERY_CHUNK) async for name, array in root.arrays()}
+            arrays = {name: array async for name, array in root.arrays()}
         return cls(root, arrays, rows)
 
     async def append(self, steps: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
@@ -353,24 +379,50 @@ class _Appender:
             # A local store recreates missing directories on write: without this check, a store
             # deleted while recording would silently become chunks without metadata.
             raise FileNotFoundError("its zarr.json is gone: the store was deleted or moved while recording")
-        start, stop = self.rows, self.rows + len(steps)
-        if stop > self.capacity:
-            await self._reserve(max(stop, 2 * self.capacity))
         blocks = {**values, contract.STEP: steps}
-        await asyncio.gather(*(self.arrays[name].setitem(slice(start, stop), block) for name, block in blocks.items()))
-        await self.commit(stop)
+        await asyncio.gather(*(self._write(name, block) for name, block in blocks.items()))
+        await self.commit(self.rows + len(steps))
 
-    async def finish(self) -> None:
-        await self._reserve(self.rows)
+    async def _write(self, name: str, block: np.ndarray) -> None:
+        """Write ``block`` after the committed rows of ``name``, as whole shards."""
+        first = self.rows - self.rows % self.writers[name].shard[0]
+        if first < self.rows:  # the first shard holds committed rows (after a flush or a resume): rewrite them too
+            block = np.concatenate([await self._read(name, first, self.rows), block])
+        await self.writers[name].write(first, block)
 
-    async def _reserve(self, rows: int) -> None:
-        await asyncio.gather(*(self.arrays[n].resize((rows, *self.arrays[n].shape[1:])) for n in self.growing))
-        self.capacity = rows
+    async def _read(self, name: str, start: int, stop: int) -> np.ndarray:
+        metadata = self.metadata[name]
+        array = AsyncArray(dataclasses.replace(metadata, shape=(stop, *metadata.shape[1:])), self.root.store_path / name)
+        return await array.getitem(slice(start, stop))
 
     async def commit(self, rows: int) -> None:
-        """Write the root document with ``rows`` committed rows in every growing array."""
+        """Commit ``rows`` rows in every growing array: their own metadata, then the root document."""
+        data = [name for name in self.growing if name != contract.STEP]
+        step = [name for name in self.growing if name == contract.STEP]
+        shrinking = any(self.shapes_rows[name] > rows for name in step)
+        for names in (step, data) if shrinking else (data, step):  # step shrinks first and grows last
+            await asyncio.gather(*(self._set_shape(name, rows) for name in names if self.shapes_rows[name] != rows))
         for shape in self.committed_shapes:
             shape[0] = rows
         text = json.dumps(self.document, indent=zarr.config.get("json_indent"), allow_nan=True)
         await (self.root.store_path / ZARR_JSON).set(default_buffer_prototype().buffer.from_bytes(text.encode()))
         self.rows = rows
+
+    async def _set_shape(self, name: str, rows: int) -> None:
+        metadata = self.metadata[name]
+        metadata = dataclasses.replace(metadata, shape=(rows, *metadata.shape[1:]))
+        for key, buffer in metadata.to_buffer_dict(default_buffer_prototype()).items():
+            await (self.root.store_path / name / key).set(buffer)
+        self.shapes_rows[name] = rows
+
+    async def delete_shards_after(self, rows: int) -> None:
+        """Delete the shards that hold none of the first ``rows`` rows: an abandoned history."""
+        await asyncio.gather(*(self._delete_shards_after(name, rows) for name in self.growing))
+
+    async def _delete_shards_after(self, name: str, rows: int) -> None:
+        steps = self.writers[name].shard[0]
+        kept_shards = -(-rows // steps)
+        prefix = f"{self.root.store_path.path}/{name}/c/".lstrip("/")
+        async for key in self.root.store_path.store.list_prefix(prefix):
+            if int(key[len(prefix):].split("/")[0]) >= kept_shards:
+                await self.root.store_path.store.delete(key)
