@@ -1,7 +1,7 @@
 """Store format 2 (sharded along rows) beside format 1 (chunks whole along rows): writing and reading.
 
 The same values are written in both layouts, in the same invocation, at the two ends of
-the scale: the reference run's 128×64 embedding (2,048 steps, 512 a shard) and a GPT-2-small
+the scale: the reference run's 128×64 embedding (8,192 steps, 512 a shard) and a GPT-2-small
 embedding, 50257×768 (13 steps, one a shard). Format 2 is written by zarrec's own writer
 (``RunStore.append``: whole shards, then the commit); format 1 by zarr-python in format 1's
 layout (one chunk of every row per ``chunk_steps`` steps, arrays written concurrently, the
@@ -32,7 +32,7 @@ import numpy as np
 HERE = Path(__file__).resolve()
 TOKEN = 464  # " the" in GPT-2's vocabulary; any row will do
 SCALES = {  # name: (rows, cols, steps, steps per chunk)
-    "128x64": (128, 64, 2048, 512),
+    "128x64": (128, 64, 8192, 512),
     "50257x768": (50257, 768, 13, 1),
 }
 QUICK_SCALES = {"128x64": (128, 64, 64, 16), "5000x64": (5000, 64, 6, 2)}

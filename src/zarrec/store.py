@@ -424,5 +424,7 @@ class _Appender:
         kept_shards = -(-rows // steps)
         prefix = f"{self.root.store_path.path}/{name}/c/".lstrip("/")
         async for key in self.root.store_path.store.list_prefix(prefix):
-            if int(key[len(prefix):].split("/")[0]) >= kept_shards:
+            first = key[len(prefix):].split("/")[0]
+            # (anything else there is the partial file of a write a killed writer never finished)
+            if not first.isdigit() or int(first) >= kept_shards:
                 await self.root.store_path.store.delete(key)
