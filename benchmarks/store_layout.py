@@ -8,10 +8,11 @@ layout (one chunk of every row per ``chunk_steps`` steps, arrays written concurr
 consolidated metadata committed after each chunk), as zarrec 0.1 wrote it. Every write and every
 read runs in a fresh child process, formats interleaved (1 2 2 1 ...); medians are quoted.
 Reads measure the bytes the process read (``rchar`` of ``/proc/self/io``), seconds and peak RSS
-(VmHWM) above the child's own start.
+(VmHWM, reset before the read) above the RSS before it.
 
     python benchmarks/store_layout.py --json benchmarks/layout_results.json   # ~10 min on 2 CPU cores
     python benchmarks/store_layout.py --quick                                   # smoke run (a test runs it)
+    python benchmarks/store_layout.py --sections commit                         # the commit's metadata writes only
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -45,11 +47,14 @@ READS = {
 }
 
 
-def io_counters() -> tuple[int, int]:
-    """(bytes read, peak RSS in bytes) of this process so far."""
-    read = next(int(line.split()[1]) for line in open("/proc/self/io") if line.startswith("rchar"))
-    peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
-    return read, peak
+def bytes_read() -> int:
+    """Bytes this process has read so far (``rchar``: from files, whether or not the OS had them cached)."""
+    return next(int(line.split()[1]) for line in open("/proc/self/io") if line.startswith("rchar"))
+
+
+def memory(field: str) -> int:
+    """``VmRSS`` or ``VmHWM`` (peak RSS) of this process, in bytes."""
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field))
 
 
 def chunks_of(rows: int, cols: int, steps: int, chunk_steps: int):
@@ -152,13 +157,13 @@ def child_read(args) -> dict:
     # zarr caches nothing, so the second read reads the same bytes (the OS's page cache is warm
     # for both formats alike).
     eval(expression, {"ds": xr.open_zarr(args.path).isel(step=slice(0, 2))})
-    read0, peak0 = io_counters()
+    Path("/proc/self/clear_refs").write_text("5")  # peak RSS starts again from the RSS now
+    read0, rss0 = bytes_read(), memory("VmRSS")
     start = time.perf_counter()
     ds = xr.open_zarr(args.path)
     eval(expression, {"ds": ds})
     seconds = time.perf_counter() - start
-    read1, peak1 = io_counters()
-    return {"bytes read": read1 - read0, "seconds": seconds, "peak RSS over start MB": (peak1 - peak0) / 1e6}
+    return {"bytes read": bytes_read() - read0, "seconds": seconds, "peak RSS over start MB": (memory("VmHWM") - rss0) / 1e6}
 
 
 def child_graph(args) -> dict:
@@ -176,7 +181,7 @@ def child_graph(args) -> dict:
     store.create_variable("embeddings", (rows, cols), ("token", "dim"), chunk_steps, {}, zarrec.contract.default_compressor())
     store.link_coordinates(["embeddings"])
     store.finish()
-    steps = 10_000
+    steps = args.graph_steps
     group = zarr.open_group(args.path, mode="r+")
     for name in ("embeddings", "step"):
         group[name].resize((steps, *group[name].shape[1:]))
@@ -196,6 +201,29 @@ def child_graph(args) -> dict:
     return result
 
 
+def child_commit(args) -> dict:
+    """What a commit's metadata writes cost: each array's zarr.json and the root's, against the
+    root's alone (format 1's commit), for ``--arrays`` step-indexed arrays; seconds per commit."""
+    from zarr.core.sync import sync
+
+    from zarrec import contract
+    from zarrec.store import RunStore
+
+    store = RunStore.create(args.path, attrs=ATTRS)
+    for index in range(args.arrays):
+        store.create_variable(f"x{index}", (64, 64), (f"r{index}", f"c{index}"), 8, {}, contract.default_compressor())
+    store.link_coordinates([f"x{index}" for index in range(args.arrays)])
+    appender = store._open_appender()
+    timings: dict = {"arrays and root": [], "root only": []}
+    for rows in range(1, 101):
+        for kind in ("arrays and root", "root only"):
+            start = time.perf_counter()
+            sync(appender.commit(rows if kind == "arrays and root" else appender.rows))
+            timings[kind].append(time.perf_counter() - start)
+    store.finish()
+    return {kind: statistics.median(values) for kind, values in timings.items()}
+
+
 def run_child(*arguments: str) -> dict:
     completed = subprocess.run([sys.executable, str(HERE), "--child", *arguments], capture_output=True, text=True)
     if completed.returncode != 0:
@@ -203,7 +231,7 @@ def run_child(*arguments: str) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def benchmark(scales: dict, rounds: int, scratch: Path) -> dict:
+def benchmark(scales: dict, rounds: int, scratch: Path, graph_steps: int) -> dict:
     results: dict = {}
     for scale, shape in scales.items():
         shape_args = ["--shape", *map(str, shape)]
@@ -213,6 +241,7 @@ def benchmark(scales: dict, rounds: int, scratch: Path) -> dict:
         for index, fmt in enumerate(order[: 2 * rounds]):
             path = scratch / f"{scale}-format{fmt}.zarr"
             shutil.rmtree(path, ignore_errors=True)
+            os.sync()  # the previous run's dirty pages are on disk: no write-back competes with this one
             writes[fmt].append(run_child("write", "--format", str(fmt), "--path", str(path), *shape_args))
             print(f"{scale} write format {fmt}: {writes[fmt][-1]['MB/s']:.0f} MB/s", file=sys.stderr, flush=True)
         reads: dict = {}
@@ -225,12 +254,25 @@ def benchmark(scales: dict, rounds: int, scratch: Path) -> dict:
                   file=sys.stderr, flush=True)
         graph_path = scratch / f"{scale}-graph.zarr"
         shutil.rmtree(graph_path, ignore_errors=True)
-        graph = run_child("graph", "--token", token, "--path", str(graph_path), *shape_args)
+        graph = run_child("graph", "--token", token, "--path", str(graph_path), "--graph-steps", str(graph_steps), *shape_args)
         for fmt in (1, 2):
             shutil.rmtree(scratch / f"{scale}-format{fmt}.zarr", ignore_errors=True)
         shutil.rmtree(graph_path, ignore_errors=True)
-        results[scale] = {"shape": shape, "write": writes, "read": reads, "graph at 10,000 steps": graph}
+        results[scale] = {"shape": shape, "write": writes, "read": reads, f"graph at {graph_steps:,} steps": graph}
     return results
+
+
+def commit_costs(scratch: Path, rounds: int) -> dict:
+    """A commit's metadata writes with 6 arrays (the default recording) and 112 (the whole reference model)."""
+    costs = {}
+    for arrays in (6, 112):
+        runs = []
+        for round_ in range(rounds):
+            path = scratch / f"commit{arrays}-{round_}.zarr"
+            runs.append(run_child("commit", "--arrays", str(arrays), "--path", str(path)))
+            shutil.rmtree(path, ignore_errors=True)
+        costs[arrays] = {kind: statistics.median(run[kind] for run in runs) for kind in runs[0]}
+    return costs
 
 
 def median(runs: list[dict], key: str) -> float:
@@ -240,6 +282,8 @@ def median(runs: list[dict], key: str) -> float:
 def table(results: dict) -> str:
     lines = ["| embedding | what | format 1 | format 2 | format 1 / format 2 |", "|---|---|---|---|---|"]
     for scale, result in results.items():
+        if scale == "commit":
+            continue
         w1, w2 = result["write"][1], result["write"][2]
         lines.append(f"| {scale} | write MB/s | {median(w1, 'MB/s'):,.0f} | {median(w2, 'MB/s'):,.0f} | "
                      f"{median(w1, 'MB/s') / median(w2, 'MB/s'):.2f} (format 2: {median(w2, 'MB/s') / median(w1, 'MB/s'):.2f}×) |")
@@ -251,8 +295,12 @@ def table(results: dict) -> str:
             m1, m2 = median(runs[1], "peak RSS over start MB"), median(runs[2], "peak RSS over start MB")
             lines.append(f"| {scale} | {read}: bytes read, s, peak RSS MB | {b1:,.0f}, {s1:.3f}, {m1:,.0f} | "
                          f"{b2:,.0f}, {s2:.3f}, {m2:,.0f} | {b1 / max(b2, 1):.1f}× bytes, {s1 / s2:.1f}× s |")
-        graph = ", ".join(f"{k} {v:,.3g}" for k, v in result["graph at 10,000 steps"].items())
-        lines.append(f"| {scale} | format 2 at 10,000 steps (no data) | | {graph} | |")
+        (key,) = (key for key in result if key.startswith("graph at"))
+        graph = ", ".join(f"{k} {v:,.3g}" for k, v in result[key].items())
+        lines.append(f"| {scale} | format 2 {key.removeprefix('graph ')} (no data) | | {graph} | |")
+    for arrays, cost in results.get("commit", {}).items():
+        lines.append(f"| {arrays} arrays | ms per commit (root only: format 1) | {1e3 * cost['root only']:.2f} | "
+                     f"{1e3 * cost['arrays and root']:.2f} | |")
     return "\n".join(lines)
 
 
@@ -261,7 +309,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small shapes, one round (a smoke run)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of each format")
     parser.add_argument("--json", type=Path, help="write the raw results here")
-    parser.add_argument("--child", choices=["write", "read", "graph"], help=argparse.SUPPRESS)
+    parser.add_argument("--sections", default="layout,commit", help="layout (write and read both formats), commit")
+    parser.add_argument("--child", choices=["write", "read", "graph", "commit"], help=argparse.SUPPRESS)
+    parser.add_argument("--arrays", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--graph-steps", type=int, default=10_000, help=argparse.SUPPRESS)
     parser.add_argument("--format", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--shape", type=int, nargs=4, help=argparse.SUPPRESS)
@@ -269,10 +320,15 @@ def main() -> None:
     parser.add_argument("--token", type=int, default=TOKEN, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps({"write": child_write, "read": child_read, "graph": child_graph}[args.child](args)))
+        children = {"write": child_write, "read": child_read, "graph": child_graph, "commit": child_commit}
+        print(json.dumps(children[args.child](args)))
         return
+    rounds = 1 if args.quick else args.rounds
     with tempfile.TemporaryDirectory() as scratch:
-        results = benchmark(QUICK_SCALES if args.quick else SCALES, 1 if args.quick else args.rounds, Path(scratch))
+        scales, graph_steps = (QUICK_SCALES, 200) if args.quick else (SCALES, 10_000)
+        results = benchmark(scales, rounds, Path(scratch), graph_steps) if "layout" in args.sections else {}
+        if "commit" in args.sections:
+            results["commit"] = commit_costs(Path(scratch), rounds)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     print(table(results))

@@ -31,3 +31,17 @@ def test_quick_legacy_conversion_benchmark_runs(tmp_path):
     results = json.loads((tmp_path / "r.json").read_text())
     assert set(results["median"]) == {"imports_only", "load_file", "load_and_save_file", "zarrec_import", "zarrec_export"}
     assert all(value > 0 for value in results["ratios"].values())
+
+
+def test_quick_store_layout_benchmark_runs(tmp_path):
+    script = SCRIPT.with_name("store_layout.py")
+    result = subprocess.run([sys.executable, str(script), "--quick", "--json", str(tmp_path / "r.json")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "r.json").read_text())
+    for scale in ("128x64", "5000x64"):
+        reads = results[scale]["read"]
+        assert set(reads) == {"token history", "one whole step", "speed() of one token", "realized_fraction().overall"}
+        assert all(run["bytes read"] > 0 for runs in reads["token history"].values() for run in runs)
+    assert set(results["commit"]) == {"6", "112"}
+    assert "| 5000x64 | token history" in result.stdout

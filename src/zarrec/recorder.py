@@ -129,8 +129,9 @@ class Recorder:
             :meth:`record`; ``"warn"``: it warns once, recording stops, training goes on.
 
     Memory is bounded: ``buffers × chunk_steps`` steps in their source dtype (pinned on
-    CUDA), however long the run; when every buffer is still being written, :meth:`record`
-    waits for one (back-pressure).
+    CUDA), and the writer's one shard per variable (compressed, as float32), however long
+    the run; when every buffer is still being written, :meth:`record` waits for one
+    (back-pressure).
 
     What survives a crash: every committed chunk. ``kill -9`` loses the steps not yet
     committed: the chunk being filled and any chunk still queued for the writer (in

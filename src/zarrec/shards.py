@@ -5,16 +5,22 @@ compressor), followed by the index: for every inner chunk in C order, its offset
 as little-endian uint64, then the CRC32C of those bytes (``index_codecs``: ``bytes``,
 ``crc32c``; ``index_location``: ``end``). zarrec writes only whole shards, with one store
 write each, so no reader ever sees part of one and zarr-python's partial-shard writes
-(zarr-python#3560, #3682) are never used. Inner chunks are compressed in parallel on
-:data:`_POOL`; measured, this writes as fast as unsharded whole-row chunks, where encoding
-through zarr's sharding codec was 10-35 % slower (benchmarks/README.md).
+(zarr-python#3560, #3682) are never used.
+
+Inner chunks are compressed in parallel on :data:`_POOL`, a group of them per worker, and
+each array's shards are assembled in a buffer of its own, reused from shard to shard: a fresh
+buffer of a GPT-2 embedding's size costs more in page faults than the copy itself. Measured
+(benchmarks/README.md, "Store layout"), this writes about as fast as format 1's unsharded
+chunks, where writing through zarr-python's sharding codec was 10-35 % slower.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import google_crc32c
@@ -28,7 +34,8 @@ from zarr.storage import MemoryStore, StorePath, WrapperStore
 
 from zarrec.errors import ConfigError
 
-_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="zarrec-codec")
+_WORKERS = os.cpu_count() or 1
+_POOL = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="zarrec-codec")
 
 
 def numcodecs_compressor(codec: object) -> Codec:
@@ -83,51 +90,78 @@ class ShardWriter:
             for offsets in itertools.product(*ranges):
                 piece = part[(slice(None), *(slice(o, o + s) for o, s in zip(offsets, self.shard[1:])))]
                 coords = ((first_row + start) // steps, *(o // s for o, s in zip(offsets, self.shard[1:])))
-                shard = self._assemble(await self._encode(piece))
+                shard = await self._encode(piece)
                 buffer = default_buffer_prototype().buffer
                 value = buffer.from_bytes(shard.tobytes()) if self.keeps_buffers else buffer.from_array_like(shard)
                 await (self.path / self.metadata.encode_chunk_key(coords)).set(value)
 
-    def _assemble(self, parts: list[bytes]) -> np.ndarray:
-        """``parts`` one after the other in :attr:`memory` (grown when needed): a view valid until the next call."""
-        size = sum(len(part) for part in parts)
-        if size > self.memory.size:
-            self.memory = np.empty(size, dtype=np.uint8)
-        offset = 0
-        for part in parts:
-            self.memory[offset:offset + len(part)] = np.frombuffer(part, dtype=np.uint8)
-            offset += len(part)
-        return self.memory[:size]
+    async def _encode(self, piece: np.ndarray) -> np.ndarray:
+        """The shard object of ``piece`` (a shard's values, possibly cut short at the array's edge),
+        in :attr:`memory`: a view valid until the next call.
 
-    async def _encode(self, piece: np.ndarray) -> list[bytes]:
-        """The parts of the shard object of ``piece`` (a shard's values, possibly cut short at the
-        array's edge): its inner chunks encoded, in C order, then the index and its checksum."""
+        Its inner chunks are compressed in groups on the workers; each group is copied into the
+        shard as soon as it is done (while the others are still being compressed), so the inner
+        chunks lie in the order their groups finished, and the index, in C order, says where.
+        """
         chunks = [  # every inner chunk holds values: shards are padded by less than one inner chunk
             piece[tuple(slice(c * i, (c + 1) * i) for c, i in zip(coords, self.inner))] for coords in np.ndindex(*self.grid)
         ]
-        workers = _POOL._max_workers
-        groups = [chunks[i * len(chunks) // workers:(i + 1) * len(chunks) // workers] for i in range(workers)]
+        self._reserve(0, piece.size * self.dtype.itemsize * 1.01 + 64 * len(chunks))  # raw, and what a codec may add
+        groups = [range(i * len(chunks) // _WORKERS, (i + 1) * len(chunks) // _WORKERS) for i in range(_WORKERS)]
         loop = asyncio.get_running_loop()
-        encoded = [
-            data
-            for group in await asyncio.gather(*(loop.run_in_executor(_POOL, self._encode_chunks, g) for g in groups))
-            for data in group
-        ]
-        lengths = np.array([len(data) for data in encoded], dtype="<u8")
-        index = np.stack([np.cumsum(lengths) - lengths, lengths], axis=1).astype("<u8").tobytes()
-        checksum = np.uint32(google_crc32c.value(index)).astype("<u4").tobytes()
-        return [*encoded, index, checksum]
+        pending = {
+            loop.run_in_executor(_POOL, self._encode_chunks, [chunks[i] for i in group]): group for group in groups
+        }
+        index = np.zeros((len(chunks), 2), dtype="<u8")
+        end = 0
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                for position, data in zip(pending.pop(future), future.result()):
+                    self._reserve(end, end + len(data))
+                    self.memory[end:end + len(data)] = np.frombuffer(data, dtype=np.uint8)
+                    index[position] = end, len(data)
+                    end += len(data)
+        index_bytes = index.tobytes()
+        checksum = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
+        for part in (index_bytes, checksum):
+            self._reserve(end, end + len(part))
+            self.memory[end:end + len(part)] = np.frombuffer(part, dtype=np.uint8)
+            end += len(part)
+        return self.memory[:end]
+
+    def _reserve(self, used: int, size: float) -> None:
+        """Make :attr:`memory` hold at least ``size`` bytes, keeping its first ``used``."""
+        if size > self.memory.size:
+            grown = np.empty(int(size), dtype=np.uint8)
+            grown[:used] = self.memory[:used]
+            self.memory = grown
 
     def _encode_chunks(self, chunks: list[np.ndarray]) -> list[bytes]:
-        """Inner chunks, each padded with the fill value where the array's edge cuts it."""
+        """Inner chunks, each padded with the fill value where the array's edge cuts it. One
+        that is not contiguous in memory (rows of a multi-step shard) is copied into this
+        thread's scratch buffer first: reused, it costs no page faults."""
         encoded = []
         for chunk in chunks:
-            if chunk.shape != self.inner:
-                padded = np.full(self.inner, self.fill_value, dtype=self.dtype)
-                padded[tuple(slice(0, n) for n in chunk.shape)] = chunk
-                chunk = padded
-            encoded.append(bytes(self.compressor.encode(np.ascontiguousarray(chunk))))
+            if chunk.shape != self.inner or not chunk.flags.c_contiguous:
+                scratch = _scratch(self.inner, self.dtype)
+                if chunk.shape != self.inner:
+                    scratch.fill(self.fill_value)
+                scratch[tuple(slice(0, n) for n in chunk.shape)] = chunk
+                chunk = scratch
+            encoded.append(bytes(self.compressor.encode(chunk)))
         return encoded
+
+
+_THREAD = threading.local()
+
+
+def _scratch(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """This thread's buffer of ``shape`` and ``dtype`` (its contents are left over)."""
+    scratch = getattr(_THREAD, "scratch", None)
+    if scratch is None or scratch.nbytes < math.prod(shape) * dtype.itemsize:
+        scratch = _THREAD.scratch = np.empty(math.prod(shape) * dtype.itemsize, dtype=np.uint8)
+    return scratch[: math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
 
 
 def _innermost(store: object) -> object:
