@@ -6,11 +6,13 @@ embedding, 50257×768 (13 steps, one a shard). Format 2 is written by zarrec's o
 (``RunStore.append``: whole shards, then the commit); format 1 by zarr-python in format 1's
 layout (one chunk of every row per ``chunk_steps`` steps, arrays written concurrently, the
 consolidated metadata committed after each chunk), as zarrec 0.1 wrote it. Every write and every
-read runs in a fresh child process, formats interleaved (1 2 2 1 ...); medians are quoted.
+read runs in a fresh child process, formats interleaved (writes in pairs 1 2, 2 1, ..., from values
+made once and read from disk, the disk synced before each; reads 1 2 2 1 ...); medians are quoted,
+and for writes the median of the pairs' ratios, since the machine's speed drifts.
 Reads measure the bytes the process read (``rchar`` of ``/proc/self/io``), seconds and peak RSS
 (VmHWM, reset before the read) above the RSS before it.
 
-    python benchmarks/store_layout.py --json benchmarks/layout_results.json   # ~10 min on 2 CPU cores
+    python benchmarks/store_layout.py --json benchmarks/layout_results.json   # ~20 min on 2 CPU cores
     python benchmarks/store_layout.py --quick                                   # smoke run (a test runs it)
     python benchmarks/store_layout.py --sections commit                         # the commit's metadata writes only
 """
@@ -57,30 +59,42 @@ def memory(field: str) -> int:
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field))
 
 
-def chunks_of(rows: int, cols: int, steps: int, chunk_steps: int):
-    """The recorded values, ``chunk_steps`` steps at a time: a float32 random walk (what float32
-    training state looks like to a compressor: it compresses about 1.1×), moments, an lr."""
+def make_values(folder: Path, rows: int, cols: int, steps: int) -> None:
+    """The recorded values, made once and kept as ``.npy`` files that every writer reads: a float32
+    random walk (what float32 training state looks like to a compressor: it compresses about
+    1.1×) with its Adam moments, and an lr."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {name: np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float32,
+                                             shape=(steps, rows, cols)) for name in VARIABLES}
     rng = np.random.default_rng(0)
     weights = (rng.normal(size=(rows, cols)) * 0.02).astype(np.float32)
     momentum = np.zeros_like(weights)
     variance = np.zeros_like(weights)
+    for step in range(steps):
+        grad = (rng.normal(size=(rows, cols)) * 1e-3).astype(np.float32)
+        momentum = 0.9 * momentum + 0.1 * grad
+        variance = 0.999 * variance + 0.001 * grad * grad
+        weights = weights - 1e-3 * momentum / (np.sqrt(variance) + 1e-8)
+        files["embeddings"][step], files["momentum"][step], files["variance"][step] = weights, momentum, variance
+    for array in files.values():
+        array.flush()
+
+
+def chunks_of(folder: Path, chunk_steps: int):
+    """The values of :func:`make_values`, ``chunk_steps`` steps at a time, in memory."""
+    files = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in VARIABLES}
+    steps = len(files["embeddings"])
     for start in range(0, steps, chunk_steps):
-        n = min(chunk_steps, steps - start)
-        block = {name: np.empty((n, rows, cols), np.float32) for name in VARIABLES}
-        for row in range(n):
-            grad = (rng.normal(size=(rows, cols)) * 1e-3).astype(np.float32)
-            momentum = 0.9 * momentum + 0.1 * grad
-            variance = 0.999 * variance + 0.001 * grad * grad
-            weights = weights - 1e-3 * momentum / (np.sqrt(variance) + 1e-8)
-            block["embeddings"][row], block["momentum"][row], block["variance"][row] = weights, momentum, variance
-        block["lr"] = np.full(n, 1e-3, np.float32)
-        yield np.arange(start, start + n), block
+        stop = min(start + chunk_steps, steps)
+        block = {name: np.array(array[start:stop]) for name, array in files.items()}
+        block["lr"] = np.full(stop - start, 1e-3, np.float32)
+        yield np.arange(start, stop), block
 
 
 ATTRS = {"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "weight_decay": 0.0}
 
 
-def write_format_2(path: Path, rows: int, cols: int, steps: int, chunk_steps: int) -> float:
+def write_format_2(path: Path, values: Path, rows: int, cols: int, chunk_steps: int) -> float:
     from zarrec import contract
     from zarrec.store import RunStore
 
@@ -90,7 +104,7 @@ def write_format_2(path: Path, rows: int, cols: int, steps: int, chunk_steps: in
     store.create_variable("lr", (), (), chunk_steps, {}, contract.default_compressor())
     store.link_coordinates([*VARIABLES, "lr"])
     seconds = 0.0
-    for step, block in chunks_of(rows, cols, steps, chunk_steps):
+    for step, block in chunks_of(values, chunk_steps):
         start = time.perf_counter()
         store.append(step, block)
         seconds += time.perf_counter() - start
@@ -98,7 +112,7 @@ def write_format_2(path: Path, rows: int, cols: int, steps: int, chunk_steps: in
     return seconds
 
 
-def write_format_1(path: Path, rows: int, cols: int, steps: int, chunk_steps: int) -> float:
+def write_format_1(path: Path, values: Path, rows: int, cols: int, chunk_steps: int) -> float:
     """Format 1's layout, written as zarrec 0.1 did: arrays sized ahead, chunks written
     concurrently with zarr's async API, then the consolidated metadata."""
     import zarr
@@ -106,6 +120,7 @@ def write_format_1(path: Path, rows: int, cols: int, steps: int, chunk_steps: in
 
     from zarrec import contract
 
+    steps = len(np.load(values / "embeddings.npy", mmap_mode="r"))
     group = zarr.open_group(path, mode="w", zarr_format=3, attributes={**ATTRS, contract.FORMAT_ATTR: 1})
     config = {"write_empty_chunks": True}
     arrays = {
@@ -126,7 +141,7 @@ def write_format_1(path: Path, rows: int, cols: int, steps: int, chunk_steps: in
         await asyncio.gather(*(arrays[n]._async_array.setitem(region, v) for n, v in {**block, "step": step}.items()))
 
     seconds = 0.0
-    for step, block in chunks_of(rows, cols, steps, chunk_steps):
+    for step, block in chunks_of(values, chunk_steps):
         start = time.perf_counter()
         sync(append(step, block))
         zarr.consolidate_metadata(path)
@@ -137,7 +152,7 @@ def write_format_1(path: Path, rows: int, cols: int, steps: int, chunk_steps: in
 def child_write(args) -> dict:
     rows, cols, steps, chunk_steps = args.shape
     writer = write_format_2 if args.format == 2 else write_format_1
-    seconds = writer(Path(args.path), rows, cols, steps, chunk_steps)
+    seconds = writer(Path(args.path), Path(args.values), rows, cols, chunk_steps)
     files = [f for f in Path(args.path).rglob("*") if f.is_file()]
     raw = 4 * rows * cols * steps * len(VARIABLES)
     return {"seconds": seconds, "MB/s": raw / 1e6 / seconds, "bytes on disk": sum(f.stat().st_size for f in files),
@@ -231,19 +246,24 @@ def run_child(*arguments: str) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def benchmark(scales: dict, rounds: int, scratch: Path, graph_steps: int) -> dict:
+def benchmark(scales: dict, rounds: int, write_pairs: int, scratch: Path, graph_steps: int) -> dict:
     results: dict = {}
     for scale, shape in scales.items():
         shape_args = ["--shape", *map(str, shape)]
         token = str(min(TOKEN, shape[0] - 1))
-        order = [1, 2, 2, 1] * rounds
+        values = scratch / f"{scale}-values"
+        make_values(values, *shape[:3])
         writes: dict = {1: [], 2: []}
-        for index, fmt in enumerate(order[: 2 * rounds]):
-            path = scratch / f"{scale}-format{fmt}.zarr"
-            shutil.rmtree(path, ignore_errors=True)
-            os.sync()  # the previous run's dirty pages are on disk: no write-back competes with this one
-            writes[fmt].append(run_child("write", "--format", str(fmt), "--path", str(path), *shape_args))
-            print(f"{scale} write format {fmt}: {writes[fmt][-1]['MB/s']:.0f} MB/s", file=sys.stderr, flush=True)
+        for pair in range(write_pairs):
+            for fmt in (1, 2) if pair % 2 == 0 else (2, 1):
+                path = scratch / f"{scale}-format{fmt}.zarr"
+                shutil.rmtree(path, ignore_errors=True)
+                os.sync()  # the previous run's dirty pages are on disk: no write-back competes with this one
+                writes[fmt].append(run_child("write", "--format", str(fmt), "--path", str(path), "--values", str(values),
+                                             *shape_args))
+                print(f"{scale} write format {fmt}: {writes[fmt][-1]['MB/s']:.0f} MB/s", file=sys.stderr, flush=True)
+        shutil.rmtree(values)
+        order = [1, 2, 2, 1] * rounds
         reads: dict = {}
         for read in READS:
             for fmt in order[: 2 * rounds]:
@@ -285,8 +305,9 @@ def table(results: dict) -> str:
         if scale == "commit":
             continue
         w1, w2 = result["write"][1], result["write"][2]
-        lines.append(f"| {scale} | write MB/s | {median(w1, 'MB/s'):,.0f} | {median(w2, 'MB/s'):,.0f} | "
-                     f"{median(w1, 'MB/s') / median(w2, 'MB/s'):.2f} (format 2: {median(w2, 'MB/s') / median(w1, 'MB/s'):.2f}×) |")
+        pairs = statistics.median(b["MB/s"] / a["MB/s"] for a, b in zip(w1, w2))
+        lines.append(f"| {scale} | write MB/s ({len(w1)} interleaved pairs) | {median(w1, 'MB/s'):,.0f} | "
+                     f"{median(w2, 'MB/s'):,.0f} | format 2: {pairs:.2f}× (median of the pairs' ratios) |")
         lines.append(f"| {scale} | bytes on disk, files | {median(w1, 'bytes on disk'):,.0f}, {median(w1, 'files'):.0f} | "
                      f"{median(w2, 'bytes on disk'):,.0f}, {median(w2, 'files'):.0f} | |")
         for read, runs in result["read"].items():
@@ -307,12 +328,14 @@ def table(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, one round (a smoke run)")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of each format")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved reads of each format")
+    parser.add_argument("--write-pairs", type=int, default=6, help="interleaved pairs of writes (1 2, 2 1, ...)")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     parser.add_argument("--sections", default="layout,commit", help="layout (write and read both formats), commit")
     parser.add_argument("--child", choices=["write", "read", "graph", "commit"], help=argparse.SUPPRESS)
     parser.add_argument("--arrays", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--graph-steps", type=int, default=10_000, help=argparse.SUPPRESS)
+    parser.add_argument("--values", help=argparse.SUPPRESS)
     parser.add_argument("--format", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--shape", type=int, nargs=4, help=argparse.SUPPRESS)
@@ -326,7 +349,8 @@ def main() -> None:
     rounds = 1 if args.quick else args.rounds
     with tempfile.TemporaryDirectory() as scratch:
         scales, graph_steps = (QUICK_SCALES, 200) if args.quick else (SCALES, 10_000)
-        results = benchmark(scales, rounds, Path(scratch), graph_steps) if "layout" in args.sections else {}
+        pairs = 1 if args.quick else args.write_pairs
+        results = benchmark(scales, rounds, pairs, Path(scratch), graph_steps) if "layout" in args.sections else {}
         if "commit" in args.sections:
             results["commit"] = commit_costs(Path(scratch), rounds)
     if args.json:

@@ -1,4 +1,4 @@
-"""The benchmark script runs end to end (numbers are not checked: machines are noisy)."""
+"""The benchmark scripts run end to end (numbers are not checked: machines are noisy)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "write_throughput.py"
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def run_quick(script: str, tmp_path, *arguments: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run a benchmark script's ``--quick`` smoke run: what it printed, and the results it wrote."""
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick", *arguments,
+                             "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, json.loads((tmp_path / "r.json").read_text())
 
 
 def test_quick_benchmark_runs_every_section(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--json", str(tmp_path / "r.json")],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((tmp_path / "r.json").read_text())
+    result, results = run_quick("write_throughput.py", tmp_path, "--device", "cpu")
     assert {row["variant"] for row in results["training"]} == {"none", "in_ram_reference", "naive_append", "zarrec"}
     assert all(row["zarrec_mb_s"] > 0 and row["codec_mb_s"] > 0 for row in results["synthetic"])
     assert {row["recorder"] for row in results["memory"]} == {"zarrec", "in_ram_reference"}
@@ -24,21 +29,13 @@ def test_quick_benchmark_runs_every_section(tmp_path):
 
 
 def test_quick_legacy_conversion_benchmark_runs(tmp_path):
-    script = SCRIPT.with_name("legacy_convert.py")
-    result = subprocess.run([sys.executable, str(script), "--quick", "--json", str(tmp_path / "r.json")],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((tmp_path / "r.json").read_text())
+    _, results = run_quick("legacy_convert.py", tmp_path)
     assert set(results["median"]) == {"imports_only", "load_file", "load_and_save_file", "zarrec_import", "zarrec_export"}
     assert all(value > 0 for value in results["ratios"].values())
 
 
 def test_quick_store_layout_benchmark_runs(tmp_path):
-    script = SCRIPT.with_name("store_layout.py")
-    result = subprocess.run([sys.executable, str(script), "--quick", "--json", str(tmp_path / "r.json")],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((tmp_path / "r.json").read_text())
+    result, results = run_quick("store_layout.py", tmp_path)
     for scale in ("128x64", "5000x64"):
         reads = results[scale]["read"]
         assert set(reads) == {"token history", "one whole step", "speed() of one token", "realized_fraction().overall"}
