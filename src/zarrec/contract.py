@@ -178,7 +178,7 @@ def auto_chunk_steps(sizes: Sequence[int], staged_itemsizes: Sequence[int]) -> i
 # Bytes of one inner chunk of a shard, at most. One row's history reads one inner chunk per
 # shard: 1/16 of the data at 128×64 (8 rows × 512 steps), 1/148 at 50257×768 (340 rows × 1
 # step), where the target was 1/100. Smaller chunks cost more compressor calls a shard; at
-# this size writing runs at 0.86-0.96 of format 1's speed (benchmarks/README.md, "Store layout").
+# this size writing runs at 0.77-0.96 of format 1's speed at 50257×768 (benchmarks/README.md, "Store layout").
 TARGET_INNER_CHUNK_BYTES = 2**20
 
 
