@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -278,9 +280,6 @@ def test_import_and_export_round_trip_and_refuse_bad_files_in_one_line(tmp_path,
 
 def test_a_format_1_store_opens_analyses_and_converts_but_is_not_resumed(tmp_path):
     """A store written by the last format-1 zarrec (tests/data/README.md)."""
-    import shutil
-    from pathlib import Path
-
     from zarrec import ConfigError, Recorder
 
     store = tmp_path / "format1.zarr"

@@ -27,7 +27,7 @@ from zarrec.callback import ZarrecCallback, first_unrecorded_step
 from zarrec.config import TrainConfig
 from zarrec.corpus import ByteDataset, Corpus, load_corpus
 from zarrec.errors import ConfigError, WriterError
-from zarrec.store import StoreLike, describe, ensure_resumable, ensure_new, local_directory
+from zarrec.store import StoreLike, describe, ensure_new, ensure_resumable, local_directory
 from zarrec.summary import StoreSummary, open_run, summarize
 
 if TYPE_CHECKING:

@@ -118,17 +118,18 @@ class ShardWriter:
             done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for future in done:
                 for position, data in zip(pending.pop(future), future.result()):
-                    self._reserve(end, end + len(data))
-                    self.memory[end:end + len(data)] = np.frombuffer(data, dtype=np.uint8)
                     index[position] = end, len(data)
-                    end += len(data)
+                    end = self._put(end, data)
         index_bytes = index.tobytes()
-        checksum = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
-        for part in (index_bytes, checksum):
-            self._reserve(end, end + len(part))
-            self.memory[end:end + len(part)] = np.frombuffer(part, dtype=np.uint8)
-            end += len(part)
+        end = self._put(end, index_bytes)
+        end = self._put(end, np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes())
         return self.memory[:end]
+
+    def _put(self, end: int, data: bytes) -> int:
+        """Copy ``data`` into :attr:`memory` at ``end`` (growing it, keeping what is before); the new end."""
+        self._reserve(end, end + len(data))
+        self.memory[end:end + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        return end + len(data)
 
     def _reserve(self, used: int, size: float) -> None:
         """Make :attr:`memory` hold at least ``size`` bytes, keeping its first ``used``."""
@@ -158,10 +159,11 @@ _THREAD = threading.local()
 
 def _scratch(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """This thread's buffer of ``shape`` and ``dtype`` (its contents are left over)."""
+    size = math.prod(shape) * dtype.itemsize
     scratch = getattr(_THREAD, "scratch", None)
-    if scratch is None or scratch.nbytes < math.prod(shape) * dtype.itemsize:
-        scratch = _THREAD.scratch = np.empty(math.prod(shape) * dtype.itemsize, dtype=np.uint8)
-    return scratch[: math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
+    if scratch is None or scratch.nbytes < size:
+        scratch = _THREAD.scratch = np.empty(size, dtype=np.uint8)
+    return scratch[:size].view(dtype).reshape(shape)
 
 
 def _innermost(store: object) -> object:

@@ -26,6 +26,7 @@ from zarr import AsyncArray
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.common import ZARR_JSON
 from zarr.core.group import ConsolidatedMetadata
+from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync
 from zarr.errors import ContainsArrayError, ContainsGroupError
 
@@ -391,9 +392,13 @@ class _Appender:
         await self.writers[name].write(first, block)
 
     async def _read(self, name: str, start: int, stop: int) -> np.ndarray:
-        metadata = self.metadata[name]
-        array = AsyncArray(dataclasses.replace(metadata, shape=(stop, *metadata.shape[1:])), self.root.store_path / name)
+        array = AsyncArray(self._with_rows(name, stop), self.root.store_path / name)
         return await array.getitem(slice(start, stop))
+
+    def _with_rows(self, name: str, rows: int) -> ArrayV3Metadata:
+        """The metadata of array ``name`` with ``rows`` rows along step."""
+        metadata = self.metadata[name]
+        return dataclasses.replace(metadata, shape=(rows, *metadata.shape[1:]))
 
     async def commit(self, rows: int) -> None:
         """Commit ``rows`` rows in every growing array: their own metadata, then the root document."""
@@ -409,9 +414,7 @@ class _Appender:
         self.rows = rows
 
     async def _set_shape(self, name: str, rows: int) -> None:
-        metadata = self.metadata[name]
-        metadata = dataclasses.replace(metadata, shape=(rows, *metadata.shape[1:]))
-        for key, buffer in metadata.to_buffer_dict(default_buffer_prototype()).items():
+        for key, buffer in self._with_rows(name, rows).to_buffer_dict(default_buffer_prototype()).items():
             await (self.root.store_path / name / key).set(buffer)
         self.shapes_rows[name] = rows
 
