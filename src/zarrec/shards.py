@@ -7,16 +7,20 @@ as little-endian uint64, then the CRC32C of those bytes (``index_codecs``: ``byt
 write each, so no reader ever sees part of one and zarr-python's partial-shard writes
 (zarr-python#3560, #3682) are never used.
 
-Inner chunks are compressed in parallel on :data:`_POOL`, a group of them per worker, and
-each array's shards are assembled in a buffer of its own, reused from shard to shard: a fresh
-buffer of a GPT-2 embedding's size costs more in page faults than the copy itself. Measured
-(benchmarks/README.md, "Store layout"): 0.77-0.96 of format 1's unsharded write speed at
-50257×768, on par at 128×64.
+Inner chunks are compressed in parallel on :data:`_POOL`, a group of them per worker, each
+group straight into its own region of a buffer that the array keeps from shard to shard; the
+groups are then moved together. Fresh memory is what made many small compressor calls slow:
+numcodecs allocates each output anew (page faults, and unmapping it again costs every thread),
+and a fresh buffer of a GPT-2 embedding's size costs more in page faults than the copy itself.
+So Blosc, the default, is called through c-blosc's ``blosc_compress_ctx`` (the one numcodecs
+itself calls, from numcodecs' own extension module), which writes into memory it is given.
+Measured (benchmarks/README.md, "Store layout").
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import itertools
 import math
 import os
@@ -25,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import google_crc32c
 import numcodecs
+import numcodecs.blosc
 import numpy as np
 from numcodecs.abc import Codec
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, ShardingCodec, ZstdCodec
@@ -99,50 +104,47 @@ class ShardWriter:
         """The shard object of ``piece`` (a shard's values, possibly cut short at the array's edge),
         in :attr:`memory`: a view valid until the next call.
 
-        Its inner chunks are compressed in groups on the workers; each group is copied into the
-        shard as soon as it is done (while the others are still being compressed), so the inner
-        chunks lie in the order their groups finished, and the index, in C order, says where.
+        The inner chunks, in C order, are split into one group per worker; each group is
+        compressed into its own region of the shard, sized for the worst case, and moved down
+        to follow the one before as soon as that one is in place.
         """
         chunks = [  # every inner chunk holds values: shards are padded by less than one inner chunk
             piece[tuple(slice(c * i, (c + 1) * i) for c, i in zip(coords, self.inner))] for coords in np.ndindex(*self.grid)
         ]
-        self._reserve(0, piece.size * self.dtype.itemsize * 1.01 + 64 * len(chunks))  # raw, and what a codec may add
+        bound = _compress_bound(math.prod(self.inner) * self.dtype.itemsize)
         groups = [range(i * len(chunks) // _WORKERS, (i + 1) * len(chunks) // _WORKERS) for i in range(_WORKERS)]
+        self._reserve(bound * len(chunks) + 16 * len(chunks) + 4)  # the regions, then the index and its CRC32C
         loop = asyncio.get_running_loop()
-        pending = {
-            loop.run_in_executor(_POOL, self._encode_chunks, [chunks[i] for i in group]): group for group in groups
-        }
+        compressing = [
+            loop.run_in_executor(_POOL, self._compress_group, [chunks[i] for i in group], group.start * bound, bound)
+            for group in groups
+        ]
         index = np.zeros((len(chunks), 2), dtype="<u8")
         end = 0
-        while pending:
-            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for future in done:
-                for position, data in zip(pending.pop(future), future.result()):
-                    index[position] = end, len(data)
-                    end = self._put(end, data)
+        memory = memoryview(self.memory)
+        for group, compressed in zip(groups, compressing):
+            lengths = np.array(await compressed, dtype="<u8")
+            start, size = group.start * bound, int(lengths.sum())
+            memory[end:end + size] = memory[start:start + size]  # a no-op for the first group
+            index[group, 0] = end + np.cumsum(lengths) - lengths
+            index[group, 1] = lengths
+            end += size
         index_bytes = index.tobytes()
-        end = self._put(end, index_bytes)
-        end = self._put(end, np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes())
-        return self.memory[:end]
+        checksum = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
+        memory[end:end + len(index_bytes) + 4] = index_bytes + checksum
+        return self.memory[:end + len(index_bytes) + 4]
 
-    def _put(self, end: int, data: bytes) -> int:
-        """Copy ``data`` into :attr:`memory` at ``end`` (growing it, keeping what is before); the new end."""
-        self._reserve(end, end + len(data))
-        self.memory[end:end + len(data)] = np.frombuffer(data, dtype=np.uint8)
-        return end + len(data)
-
-    def _reserve(self, used: int, size: float) -> None:
-        """Make :attr:`memory` hold at least ``size`` bytes, keeping its first ``used``."""
+    def _reserve(self, size: int) -> None:
+        """Make :attr:`memory` hold at least ``size`` bytes."""
         if size > self.memory.size:
-            grown = np.empty(int(size), dtype=np.uint8)
-            grown[:used] = self.memory[:used]
-            self.memory = grown
+            self.memory = np.empty(size, dtype=np.uint8)
 
-    def _encode_chunks(self, chunks: list[np.ndarray]) -> list[bytes]:
-        """Inner chunks, each padded with the fill value where the array's edge cuts it. One
-        that is not contiguous in memory (rows of a multi-step shard) is copied into this
-        thread's scratch buffer first: reused, it costs no page faults."""
-        encoded = []
+    def _compress_group(self, chunks: list[np.ndarray], start: int, bound: int) -> list[int]:
+        """Compress inner chunks one after another into :attr:`memory` from ``start``; their
+        lengths. Each is padded with the fill value where the array's edge cuts it; one that is
+        not contiguous in memory (rows of a multi-step shard) is copied into this thread's scratch
+        buffer first: reused, it costs no page faults."""
+        lengths = []
         for chunk in chunks:
             if chunk.shape != self.inner or not chunk.flags.c_contiguous:
                 scratch = _scratch(self.inner, self.dtype)
@@ -150,8 +152,48 @@ class ShardWriter:
                     scratch.fill(self.fill_value)
                 scratch[tuple(slice(0, n) for n in chunk.shape)] = chunk
                 chunk = scratch
-            encoded.append(bytes(self.compressor.encode(chunk)))
-        return encoded
+            lengths.append(_compress_into(self.compressor, chunk, self.memory[start:start + bound]))
+            start += lengths[-1]
+        return lengths
+
+
+def _compress_bound(size: int) -> int:
+    """The most bytes that zarrec's compressors make of ``size`` bytes (Blosc adds at most 16;
+    Zstd and GZip a fraction of a per cent of incompressible input and a header)."""
+    return size + size // 64 + 64
+
+
+def _compress_into(compressor: Codec, chunk: np.ndarray, out: np.ndarray) -> int:
+    """Compress the contiguous ``chunk`` into ``out``; the compressed length."""
+    if isinstance(compressor, numcodecs.Blosc) and _BLOSC_COMPRESS_CTX is not None:
+        length = _BLOSC_COMPRESS_CTX(
+            compressor.clevel, compressor.shuffle, chunk.dtype.itemsize, chunk.nbytes, chunk.ctypes.data,
+            out.ctypes.data, out.nbytes, compressor.cname.encode(), compressor.blocksize, 1,
+        )
+        if length <= 0:
+            raise RuntimeError(f"c-blosc could not compress an inner chunk (error {length})")
+        return length
+    data = compressor.encode(chunk)
+    out[:len(data)] = np.frombuffer(data, dtype=np.uint8)
+    return len(data)
+
+
+def _blosc_compress_ctx():
+    """c-blosc's ``blosc_compress_ctx(clevel, doshuffle, typesize, nbytes, src, dest, destsize,
+    compressor, blocksize, numinternalthreads)`` from numcodecs' extension module, which links
+    c-blosc in and exports it; ``None`` where a build does not (numcodecs' own encode is used)."""
+    try:
+        function = ctypes.CDLL(numcodecs.blosc.__file__).blosc_compress_ctx
+    except (OSError, AttributeError):
+        return None
+    size_t, pointer = ctypes.c_size_t, ctypes.c_void_p
+    function.argtypes = [ctypes.c_int, ctypes.c_int, size_t, size_t, pointer, pointer, size_t, ctypes.c_char_p, size_t,
+                         ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+_BLOSC_COMPRESS_CTX = _blosc_compress_ctx()  # ctypes releases the GIL while it runs
 
 
 _THREAD = threading.local()
