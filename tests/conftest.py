@@ -80,6 +80,30 @@ def float32_run(tmp_path_factory, tiny_config) -> RecordedRun:
     return record_run(tmp_path_factory.mktemp("runs") / "float32.zarr", config)
 
 
+# Parameters other than the input embedding: a matrix (decayed) and two vectors the Trainer
+# exempts from weight decay (a bias and a LayerNorm weight).
+LAYER = "transformer.h.0.attn.c_attn.weight"
+LAYER_PARAMS = (LAYER, "transformer.h.0.attn.c_attn.bias", "transformer.h.0.ln_1.weight")
+
+
+@pytest.fixture(scope="session")
+def layers_run(tmp_path_factory, tiny_config) -> Path:
+    """12 float32 AdamW steps of the Trainer recording :data:`LAYER_PARAMS`, not the embedding."""
+    path = tmp_path_factory.mktemp("runs") / "layers.zarr"
+    train(dataclasses.replace(tiny_config, steps=12, chunk_steps=4, params=LAYER_PARAMS), path, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sgd_run(tmp_path_factory, tiny_config) -> Path:
+    """12 float32 steps of SGD with momentum 0.9 and weight decay, recording the embedding and :data:`LAYER_PARAMS`."""
+    path = tmp_path_factory.mktemp("runs") / "sgd.zarr"
+    config = dataclasses.replace(tiny_config, steps=12, chunk_steps=4, optimizer="sgd", learning_rate=0.05,
+                                 params=("transformer.wte.weight", *LAYER_PARAMS))
+    train(config, path, progress=False)
+    return path
+
+
 def synthetic_dataset(steps=(0, 1, 2, 3, 4, 5, 6), tokens: int = 6, dims: int = 4, seed: int = 0):
     """A small run in the store contract's layout, with random values and known hyperparameters."""
     import numpy as np

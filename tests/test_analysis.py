@@ -12,7 +12,7 @@ import xarray as xr
 from zarr.storage import LocalStore, WrapperStore
 
 import zarrec  # noqa: F401  (registers ds.zarrec)
-from conftest import synthetic_dataset
+from conftest import LAYER, LAYER_PARAMS, synthetic_dataset
 from zarrec import ConfigError, analysis
 
 
@@ -100,7 +100,7 @@ def test_update_residual_and_realized_fraction(ds):
     actual = W[1:] - W[:-1]
     close(analysis.update_residual(ds), actual - intended, rtol=1e-4, atol=1e-6)
     fraction = analysis.realized_fraction(ds)
-    close(fraction["per_token"], (actual * intended).sum(-1) / (intended**2).sum(-1), rtol=1e-4)
+    close(fraction["per_row"], (actual * intended).sum(-1) / (intended**2).sum(-1), rtol=1e-4)
     close(fraction["overall"], (actual * intended).sum((1, 2)) / (intended**2).sum((1, 2)), rtol=1e-4)
 
 
@@ -113,7 +113,7 @@ def test_realized_fraction_is_one_when_the_update_landed_and_zero_when_swallowed
     full = ds.copy().assign(embeddings=(("step", "token", "dim"), landed))
     np.testing.assert_allclose(analysis.realized_fraction(full)["overall"], 1, rtol=1e-9)
     frozen = ds.copy().assign(embeddings=(("step", "token", "dim"), np.repeat(W[:1], len(W), axis=0)))
-    np.testing.assert_allclose(analysis.realized_fraction(frozen)["per_token"], 0, atol=1e-12)
+    np.testing.assert_allclose(analysis.realized_fraction(frozen)["per_row"], 0, atol=1e-12)
 
 
 def test_force_decomposition(ds):
@@ -171,14 +171,16 @@ def test_pca_matches_numpy_svd(ds):
 
 
 def test_missing_variables_and_attributes_are_clear_errors(ds):
-    with pytest.raises(ConfigError, match="no momentum"):
+    with pytest.raises(ConfigError, match=r"the store has no exp_avg of embeddings \(recorded with AdamW: it has param"):
         analysis.adam_update(ds.drop_vars("momentum"))
     no_attrs = ds.copy()
     no_attrs.attrs = {}
-    with pytest.raises(ConfigError, match="'adam_beta1' attribute"):
+    with pytest.raises(ConfigError, match="embeddings has no recorded optimizer; the intended update is known for AdamW"):
         analysis.adam_update(no_attrs)
-    with pytest.raises(ConfigError, match="no live"):
+    with pytest.raises(ConfigError, match="no 'live' coordinate"):
         analysis.live(ds.drop_vars("live"))
+    with pytest.raises(ConfigError, match="'q' is not a recorded parameter; this store records embeddings"):
+        analysis.speed(ds, "q")
 
 
 def test_accessor_forwards_every_function(ds):
@@ -257,7 +259,7 @@ def many_rows(tmp_path_factory):
         ("ds.zarrec.norms().sel(token=1000)", ["embeddings"]),
         ("ds.zarrec.adam_update().total.sel(token=1000)", ["embeddings", "momentum", "variance"]),
         ("ds.zarrec.update_residual().sel(token=1000)", ["embeddings", "momentum", "variance"]),
-        ("ds.zarrec.realized_fraction().per_token.sel(token=1000)", ["embeddings", "momentum", "variance"]),
+        ("ds.zarrec.realized_fraction().per_row.sel(token=1000)", ["embeddings", "momentum", "variance"]),
         ("ds.isel(token=[1000]).zarrec.realized_fraction().overall", ["embeddings", "momentum", "variance"]),
         ("ds.zarrec.force_decomposition().cos_grad.sel(token=1000)", ["embeddings", "grads", "momentum"]),
     ],
@@ -275,3 +277,94 @@ def test_a_selection_reads_only_its_rows_inner_chunks(many_rows, expression, var
     whole = store.counter["bytes"]
     ds.embeddings.values
     assert store.counter["bytes"] - whole >= stored / len(variables) * 0.99  # the counter sees every byte
+
+
+def adamw_reference(ds: xr.Dataset, param: str) -> np.ndarray:
+    """AdamW's intended update of ``param`` from its stored values and hyperparameters, in numpy."""
+    W, m, v = (ds[name].values.astype(np.float64) for name in (param, f"{param}.exp_avg", f"{param}.exp_avg_sq"))
+    h = ds[param].attrs["optimizer_hyperparameters"]
+    lr, (beta1, beta2) = ds.lr.values.astype(np.float64)[1:], h["betas"]
+    shape = (-1,) + (1,) * (W.ndim - 1)
+    t = ds.step.values[1:].astype(np.float64).reshape(shape)
+    m_hat, v_hat = m[1:] / (1 - beta1**t), v[1:] / (1 - beta2**t)
+    return -lr.reshape(shape) * (m_hat / (np.sqrt(v_hat) + h["eps"]) + h["weight_decay"] * W[:-1])
+
+
+def test_every_method_on_a_layer_of_a_trainer_run(layers_run):
+    """A matrix and two vectors, not the embedding: AdamW's identity at float32 rounding, and each method's formula."""
+    ds = xr.open_zarr(layers_run)
+    assert set(ds.zarrec.parameters().param.values) == set(LAYER_PARAMS)
+    for param in LAYER_PARAMS:
+        W = ds[param].values.astype(np.float64)
+        assert ds[f"{param}.grad"].dims == ds[f"{param}.exp_avg"].dims == ds[param].dims  # never broadcasts
+        assert all(dim in ds.indexes for dim in ds[param].dims)
+        assert float(np.abs(ds.zarrec.update_residual(param)).max()) <= 4e-7 * np.abs(W).max()
+        np.testing.assert_allclose(ds.zarrec.realized_fraction(param).overall, 1, rtol=1e-3)
+        close(ds.zarrec.intended_update(param).total, adamw_reference(ds, param), rtol=1e-4, atol=1e-9)
+        close(ds.zarrec.adam_update(param).total, adamw_reference(ds, param), rtol=1e-4, atol=1e-9)
+        rows_last = tuple(range(2, W.ndim))
+        close(ds.zarrec.speed(param), np.sqrt(((W[1:] - W[:-1]) ** 2).sum(rows_last)))
+        close(ds.zarrec.norms(param), np.sqrt((W**2).sum(rows_last)))
+        close(ds.zarrec.velocity(param), W[1:] - W[:-1])
+    view = ds.zarrec.parameter(LAYER)
+    assert view["param"].dims == ("step", "row", "col") and view.grad.dims == view.param.dims
+    assert ds.zarrec.speed(LAYER).sel(row=3).dims == ("step",)  # .sel by keyword, on an index coordinate
+    W = ds[LAYER].values.astype(np.float64)
+    close(ds.zarrec.centroid(LAYER), W.mean(1))
+    close(ds.zarrec.spread(LAYER), np.linalg.norm(W - W.mean(1, keepdims=True), axis=-1).mean(1))
+    forces = ds.zarrec.force_decomposition(LAYER)
+    g = ds[f"{LAYER}.grad"].values.astype(np.float64)[1:]
+    motion = W[1:] - W[:-1]
+    close(forces.along_grad, (motion * -g).sum(-1) / np.linalg.norm(g, axis=-1), rtol=1e-4)
+    assert ds.zarrec.pca(LAYER, n=2).projection.dims == ("step", "row", "component")
+    with pytest.raises(ConfigError, match="records 3 parameters and no input embedding; name one"):
+        ds.zarrec.speed()
+    with pytest.raises(ConfigError, match="the live/dead split is over tokens"):
+        ds.zarrec.norms(LAYER, split=True)
+
+
+def test_the_store_says_each_parameters_weight_decay_as_the_trainer_applied_it(layers_run, tiny_config):
+    """The Trainer decays matrices, not biases or LayerNorm weights."""
+    decay = xr.open_zarr(layers_run).zarrec.parameters().weight_decay
+    assert float(decay.sel(param=LAYER)) == tiny_config.weight_decay > 0
+    assert float(decay.sel(param="transformer.h.0.attn.c_attn.bias")) == 0.0
+    assert float(decay.sel(param="transformer.h.0.ln_1.weight")) == 0.0
+
+
+def test_sgd_with_momentum_has_its_own_update_identity(sgd_run):
+    ds = xr.open_zarr(sgd_run)
+    overview = ds.zarrec.parameters()
+    assert set(overview.optimizer.values) == {"SGD"}
+    assert "momentum_buffer" in str(overview.quantities.sel(param=LAYER).values)
+    for param in ("transformer.wte.weight", *LAYER_PARAMS):
+        W = ds.zarrec.parameter(param).param.values.astype(np.float64)
+        assert float(np.abs(ds.zarrec.update_residual(param)).max()) <= 4e-7 * np.abs(W).max()
+        if param != "transformer.h.0.ln_1.weight":  # its updates (~1e-9 at 1.0) are below float32's resolution
+            np.testing.assert_allclose(ds.zarrec.realized_fraction(param).overall, 1, rtol=1e-3)
+    buffer = ds[f"{LAYER}.momentum_buffer"].values.astype(np.float64)
+    close(ds.zarrec.intended_update(LAYER).momentum_step, -ds.lr.values[1:, None, None] * buffer[1:], rtol=1e-5)
+    assert ds.zarrec.force_decomposition(LAYER).cos_momentum.notnull().any()
+    with pytest.raises(ConfigError, match="was recorded with SGD, not Adam; its update is intended_update"):
+        ds.zarrec.adam_update(LAYER)
+    with pytest.raises(ConfigError, match=f"the store has no momentum_buffer of {LAYER} \\(recorded with SGD: it has param, grad\\)"):
+        ds.drop_vars(f"{LAYER}.momentum_buffer").zarrec.realized_fraction(LAYER)
+
+
+def test_the_whole_model_at_a_glance_matches_numpy(layers_run):
+    ds = xr.open_zarr(layers_run)
+    overview = ds.zarrec.by_parameter()
+    assert overview.realized_fraction.dims == ("step", "param")
+    assert list(overview.param.values) == ds.attrs["recorded_params"]  # model order: ln_1 before attn
+    for param in LAYER_PARAMS:
+        W, g = ds[param].values.astype(np.float64), ds[f"{param}.grad"].values.astype(np.float64)
+        every = tuple(range(1, W.ndim))
+        actual, intended = W[1:] - W[:-1], adamw_reference(ds, param)
+        column = overview.sel(param=param)
+        close(column.realized_fraction, (actual * intended).sum(every) / (intended**2).sum(every), rtol=1e-4)
+        moved, norm = np.sqrt((actual**2).sum(every)), np.sqrt((W[:-1] ** 2).sum(every))
+        close(column.update_to_weight, np.divide(moved, norm, out=np.full_like(moved, np.nan), where=norm != 0), rtol=1e-5)
+        close(column.grad_norm, np.sqrt((g[1:] ** 2).sum(every)), rtol=1e-5)
+    assert overview.attrs["not_computed"] == {}
+    partial = ds.drop_vars(f"{LAYER}.exp_avg_sq").zarrec.by_parameter()
+    assert partial.realized_fraction.sel(param=LAYER).isnull().all()
+    assert "no exp_avg_sq of transformer.h.0.attn.c_attn.weight" in partial.attrs["not_computed"][f"realized_fraction of {LAYER}"]

@@ -214,8 +214,10 @@ def test_any_parameters_with_factored_optimizer_state(tmp_path, tiny_config):
         weight, f"{weight}.grad", f"{weight}.exp_avg_sq_row", f"{weight}.exp_avg_sq_col",
         "transformer.h.0.attn.c_attn.bias", "transformer.h.0.attn.c_attn.bias.grad",
         "transformer.h.0.attn.c_attn.bias.exp_avg_sq", "logits", "loss", "lr"}
-    assert ds[weight].dims == ("step", f"{weight}.row", f"{weight}.col") == ds[f"{weight}.grad"].dims
-    assert ds[f"{weight}.exp_avg_sq_row"].dims == ("step", f"{weight}.exp_avg_sq_row_dim0")
+    dims = ("step", "transformer_h_0_attn_c_attn_weight_row", "transformer_h_0_attn_c_attn_weight_col")
+    assert ds[weight].dims == dims == ds[f"{weight}.grad"].dims
+    assert ds[f"{weight}.exp_avg_sq_row"].dims == ("step", "transformer_h_0_attn_c_attn_weight_exp_avg_sq_row_dim0")
+    assert ds.sel(transformer_h_0_attn_c_attn_weight_row=3)[weight].dims == ("step", dims[2])  # index coordinates
     assert ds[f"{weight}.exp_avg_sq_col"].attrs["quantity"] == "exp_avg_sq_col"
     assert ds[f"{weight}.exp_avg_sq_col"].attrs["param"] == weight
     assert ds.attrs["recorded_params"] == [weight, "transformer.h.0.attn.c_attn.bias"]

@@ -77,8 +77,9 @@ def test_plot_writes_the_figures(tmp_path, float32_run):
     result = zarrec("plot", str(float32_run.path), "--out", str(tmp_path / "figures"), "--quiet")
     assert result.returncode == 0, result.stderr
     written = sorted(path.name for path in (tmp_path / "figures").glob("*.png"))
-    assert written == ["logits.png", "loss_lr.png", "norms_speed.png", "realized_fraction.png", "trajectories.png"]
-    assert len(result.stdout.splitlines()) == 5
+    assert written == ["logits.png", "loss_lr.png", "norms_speed.png", "parameters.png", "realized_fraction.png",
+                       "trajectories.png"]
+    assert len(result.stdout.splitlines()) == len(written)
 
 
 def test_info_and_plot_of_a_missing_store_are_one_line_errors(tmp_path):
@@ -291,7 +292,7 @@ def test_a_format_1_store_opens_analyses_and_converts_but_is_not_resumed(tmp_pat
     info = zarrec("info", str(store), "--json")
     assert info.returncode == 0 and json.loads(info.stdout)["steps"] == 7, info.stderr
     plotted = zarrec("plot", str(store), "--out", str(tmp_path / "figures"), "--quiet")
-    assert plotted.returncode == 0 and len(list((tmp_path / "figures").glob("*.png"))) == 5, plotted.stderr
+    assert plotted.returncode == 0 and len(list((tmp_path / "figures").glob("*.png"))) == 6, plotted.stderr  # every figure
     exported = zarrec("export", str(store), str(tmp_path / "legacy.safetensors"))
     assert exported.returncode == 0, exported.stderr
     with pytest.raises(ConfigError, match="is a zarrec format 1 store; this zarrec resumes format 2 only"):

@@ -68,7 +68,7 @@ def test_any_parameters_and_a_schedule(tmp_path):
     ds = xr.open_zarr(tmp_path / "run.zarr")
     np.testing.assert_array_equal(ds.step, [0, 1, 2, 4, 6])
     assert set(ds.data_vars) == {"out.weight", "out.weight.exp_avg", "out.bias", "out.bias.exp_avg", "loss", "lr"}
-    assert ds["out.weight"].dims == ("step", "out.weight.row", "out.weight.col")
+    assert ds["out.weight"].dims == ("step", "out_weight_row", "out_weight_col") == ds["out.weight.exp_avg"].dims
 
 
 def test_state_the_optimizer_lacks_is_refused_and_the_store_closed(tmp_path):

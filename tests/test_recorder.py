@@ -195,7 +195,7 @@ def test_invalid_arguments(tmp_path):
         recorder.record(1, x=1.0)
 
 
-def full_disk_run(tmp_path, on_error: str, writes: int = 12):
+def full_disk_run(tmp_path, on_error: str, writes: int = 14):
     """Record 0..99 (4 steps a chunk) onto a disk that fills up after ``writes`` writes."""
     path = tmp_path / "r.zarr"
     recorder = Recorder(FullDisk(path, writes), chunk_steps=4, on_error=on_error)
@@ -424,3 +424,16 @@ def test_a_wider_dtype_than_the_first_steps_is_refused_not_rounded(tmp_path):
         with pytest.raises(RecordError, match="x is float32 at step 2 but bfloat16 in the first step"):
             recorder.record(2, x=torch.full((2,), 1.001))  # would be rounded to 1.0 in bf16
     np.testing.assert_array_equal(xr.open_zarr(tmp_path / "r.zarr").x.values, [[0, 0], [1, 1]])
+
+
+def test_a_parameter_its_gradient_and_its_state_share_dims(tmp_path):
+    """``W.grad`` and ``W.exp_avg`` take the dims of ``W`` (same shape), so ``W - W.grad`` never broadcasts."""
+    with Recorder(tmp_path / "r.zarr") as recorder:
+        for t in range(3):
+            recorder.record(t, **{"q0": torch.ones(4, 3), "q0.grad": torch.ones(4, 3), "q0.exp_avg": torch.ones(4, 3),
+                                  "q0.mask": torch.ones(4)})
+    ds = xr.open_zarr(tmp_path / "r.zarr")
+    assert ds["q0"].dims == ds["q0.grad"].dims == ds["q0.exp_avg"].dims == ("step", "q0_dim0", "q0_dim1")
+    assert ds["q0.mask"].dims == ("step", "q0_mask_dim0")  # another shape: its own dims
+    assert (ds["q0"] - ds["q0.grad"]).shape == (3, 4, 3)
+    assert ds.sel(q0_dim0=2, q0_dim1=1)["q0"].dims == ("step",)  # every dim has an index coordinate

@@ -60,14 +60,14 @@ def test_other_parameters_get_their_own_dims_and_adam_state_by_key():
     model, optimizer = stepped(torch.optim.AdamW, lr=1e-2)
     targets = ParameterSelection(model, optimizer, params=["hidden.*"]).targets()
     assert [(t.variable, t.dims) for t in targets] == [
-        ("hidden.weight", ("hidden.weight.row", "hidden.weight.col")),
-        ("hidden.weight.grad", ("hidden.weight.row", "hidden.weight.col")),
-        ("hidden.weight.exp_avg", ("hidden.weight.row", "hidden.weight.col")),
-        ("hidden.weight.exp_avg_sq", ("hidden.weight.row", "hidden.weight.col")),
-        ("hidden.bias", ("hidden.bias.dim0",)),
-        ("hidden.bias.grad", ("hidden.bias.dim0",)),
-        ("hidden.bias.exp_avg", ("hidden.bias.dim0",)),
-        ("hidden.bias.exp_avg_sq", ("hidden.bias.dim0",)),
+        ("hidden.weight", ("hidden_weight_row", "hidden_weight_col")),
+        ("hidden.weight.grad", ("hidden_weight_row", "hidden_weight_col")),
+        ("hidden.weight.exp_avg", ("hidden_weight_row", "hidden_weight_col")),
+        ("hidden.weight.exp_avg_sq", ("hidden_weight_row", "hidden_weight_col")),
+        ("hidden.bias", ("hidden_bias_dim0",)),
+        ("hidden.bias.grad", ("hidden_bias_dim0",)),
+        ("hidden.bias.exp_avg", ("hidden_bias_dim0",)),
+        ("hidden.bias.exp_avg_sq", ("hidden_bias_dim0",)),
     ]  # Adam's scalar step counter only when asked for
 
 
@@ -77,7 +77,7 @@ def test_factored_state_gets_its_own_dims_and_starts_at_zero():
     targets = {t.variable: t for t in selection.targets()}
     assert list(targets) == ["hidden.weight", "hidden.weight.grad", "hidden.weight.exp_avg_sq_row",
                              "hidden.weight.exp_avg_sq_col"]
-    assert targets["hidden.weight.exp_avg_sq_row"].dims == ("hidden.weight.exp_avg_sq_row_dim0",)
+    assert targets["hidden.weight.exp_avg_sq_row"].dims == ("hidden_weight_exp_avg_sq_row_dim0",)
     initial = selection.initial_values(selection.snapshot())
     assert initial["hidden.weight.exp_avg_sq_row"].shape == (6,) and not initial["hidden.weight.exp_avg_sq_row"].any()
     assert initial["hidden.weight.grad"].isnan().all()
@@ -87,7 +87,7 @@ def test_quantities_asked_for_are_recorded_scalars_included():
     model, optimizer = stepped(torch.optim.AdamW, lr=1e-2)
     selection = ParameterSelection(model, optimizer, params=["out.bias"], quantities=["param", "step", "exp_avg"])
     assert [(t.variable, t.dims) for t in selection.targets()] == [
-        ("out.bias", ("out.bias.dim0",)), ("out.bias.step", ()), ("out.bias.exp_avg", ("out.bias.dim0",))]
+        ("out.bias", ("out_bias_dim0",)), ("out.bias.step", ()), ("out.bias.exp_avg", ("out_bias_dim0",))]
     assert float(selection.values({})["out.bias.step"]) == 1
 
 

@@ -12,7 +12,10 @@ Layout of a store (Zarr v3 group)::
     logits      (step, token)        float32
     probe_logits  (step, probe_position, token)  float32   with a probe (zarrec.probe)
     loss, lr    (step,)              float32
-    P, P.grad, P.<state key>  (step, P.row, P.col)  float32   any other parameter P chosen
+    P, P.grad, P.<state key>  (step, P_row, P_col)  float32   any other parameter P chosen
+                                                          (P_row: P's name as an identifier, "_row")
+
+Every non-step dimension has an index coordinate (0..n-1), so ``.sel`` works on each.
 
 Every step-indexed array is sharded (the Zarr v3 ``sharding_indexed`` codec): one shard
 holds ``chunk_steps`` steps and every row; inside it, inner chunks split the first non-step
@@ -42,10 +45,6 @@ LR = "lr"
 PROBE_LOGITS = "probe_logits"
 PROBE_POSITION = "probe_position"
 PROBE_INPUT = "probe_input"
-
-# Dimensions that get an index coordinate (0..n-1) array; other dims (e.g. ``<name>_dim0``
-# of a variable outside the contract) stay unindexed, as xarray allows.
-INDEXED_DIMS = (TOKEN, DIM)
 
 VARIABLE_DIMS: dict[str, tuple[str, ...]] = {
     EMBEDDINGS: (TOKEN, DIM),
@@ -81,6 +80,13 @@ EMBEDDING_VARIABLES = {PARAM: EMBEDDINGS, GRAD: GRADS, "exp_avg": MOMENTUM, "exp
 # Array attributes naming what a variable was recorded from.
 PARAM_ATTR = "param"
 QUANTITY_ATTR = "quantity"
+# Array attributes of every recorded quantity of a parameter: the optimizer's class name, and
+# the hyperparameters of the parameter's param group (``weight_decay``, ``betas``, ``eps``,
+# ``momentum``, ...; its learning rate is the ``lr`` variable times ``lr_ratio``, the ratio of
+# its group's learning rate to the recorded one's when recording began).
+OPTIMIZER_ATTR = "optimizer"
+HYPERPARAMETERS_ATTR = "optimizer_hyperparameters"
+LR_RATIO = "lr_ratio"
 # Group attributes listing the recorded parameters and the quantities asked for (null: all).
 PARAMS_ATTR = "recorded_params"
 QUANTITIES_ATTR = "recorded_quantities"
@@ -98,14 +104,24 @@ def variable_name(param: str, quantity: str, input_embedding: bool = False) -> s
 
 
 def parameter_dims(param: str, ndim: int, input_embedding: bool = False) -> tuple[str, ...]:
-    """Dimension names of a parameter (shared by its gradient and same-shaped optimizer state):
-    ``(token, dim)`` for the input embedding, ``(<param>.row, <param>.col)`` for another matrix,
-    ``<param>.dim<i>`` otherwise. Per parameter, as xarray gives each dimension one size."""
+    """Dimension names of a parameter, shared by its gradient and same-shaped optimizer state:
+    ``(token, dim)`` for the input embedding; for another parameter its name as an identifier
+    (:func:`identifier`) with ``_row``, ``_col`` for a matrix, ``_dim<i>`` otherwise. One set
+    per parameter, as xarray gives each dimension one size; the analysis
+    (:func:`zarrec.analysis.parameter`) names them ``row``, ``col`` whichever parameter it is."""
     if input_embedding and ndim == 2:
         return (TOKEN, DIM)
+    base = identifier(param)
     if ndim == 2:
-        return (f"{param}.row", f"{param}.col")
-    return tuple(f"{param}.dim{i}" for i in range(ndim))
+        return (f"{base}_row", f"{base}_col")
+    return tuple(f"{base}_dim{i}" for i in range(ndim))
+
+
+def identifier(name: str) -> str:
+    """``name`` as a Python identifier, for a dimension ``.sel`` takes as a keyword:
+    ``model.layers.0.mlp.weight`` → ``model_layers_0_mlp_weight``."""
+    text = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+    return text if text.isidentifier() else f"_{text}"
 
 
 def describe_quantity(param: str, quantity: str) -> str:
@@ -178,7 +194,7 @@ def auto_chunk_steps(sizes: Sequence[int], staged_itemsizes: Sequence[int]) -> i
 # Bytes of one inner chunk of a shard, at most. One row's history reads one inner chunk per
 # shard: 1/16 of the data at 128×64 (8 rows × 512 steps), 1/148 at 50257×768 (340 rows × 1
 # step), where the target was 1/100. Smaller chunks cost more compressor calls a shard; at
-# this size writing runs at 0.77-0.96 of format 1's speed at 50257×768 (benchmarks/README.md, "Store layout").
+# this size writing runs at 1.03× format 1's speed at 50257×768, 0.97× at 128×64 (benchmarks/README.md, "Store layout").
 TARGET_INNER_CHUNK_BYTES = 2**20
 
 
@@ -204,7 +220,8 @@ def along_step(dimension_names: Sequence[str] | None) -> bool:
 
 
 def dims_of(name: str, ndim: int) -> tuple[str, ...]:
-    """Non-step dimension names of a variable: the contract's, or ``<name>_dim<i>``."""
+    """Non-step dimension names of a variable: the contract's, or ``<name>_dim<i>`` (``name`` as
+    an identifier)."""
     if name in VARIABLE_DIMS and len(VARIABLE_DIMS[name]) == ndim:
         return VARIABLE_DIMS[name]
-    return tuple(f"{name}_dim{i}" for i in range(ndim))
+    return tuple(f"{identifier(name)}_dim{i}" for i in range(ndim))

@@ -50,8 +50,15 @@ def _title(figure, ds: xr.Dataset, question: str) -> None:
     figure.suptitle(f"{question}\n{run} · {dtype} · {ds.sizes[contract.STEP]} recorded steps", fontsize=10)
 
 
+def _require(ds: xr.Dataset, *names: str) -> None:
+    missing = [name for name in names if name not in ds.variables]
+    if missing:
+        raise ConfigError(f"the store has no {', '.join(missing)}")
+
+
 def loss(ds: xr.Dataset):
     """Training loss (log scale, with a running mean) and learning rate against step."""
+    _require(ds, contract.LOSS, contract.LR)
     figure, (loss_axis, lr_axis) = _figure(2)
     values = ds[contract.LOSS].compute()
     loss_axis.plot(values[contract.STEP], values, lw=0.6, alpha=0.5, color="tab:gray", label="loss per step")
@@ -71,20 +78,25 @@ def loss(ds: xr.Dataset):
 
 
 def trajectories(ds: xr.Dataset):
-    """Every token's path in the plane of the first two principal axes, live vs dead."""
-    figure, (axis,) = _figure(1, height=6.0)
+    """Every row's path (the input embedding's tokens) in the plane of the first two principal axes, live vs dead."""
     result = analysis.pca(_thin(ds), n=2)
+    figure, (axis,) = _figure(1, height=6.0)
     path = result["projection"].compute()
-    live = analysis.live_mask(ds) if contract.LIVE in ds.coords else np.ones(path.sizes[contract.TOKEN], bool)
+    rows = path.dims[1]
+    has_live = rows == contract.TOKEN and contract.LIVE in ds.coords
+    live = analysis.live_mask(ds) if has_live else np.ones(path.sizes[rows], bool)
     for index in np.argsort(~live, kind="stable"):  # dead tokens last, drawn on top
         color = LIVE_COLOR if live[index] else DEAD_COLOR
-        xy = path.isel({contract.TOKEN: index}).values
+        xy = path.isel({rows: index}).values
         axis.plot(xy[:, 0], xy[:, 1], color=color, lw=0.6, alpha=0.6)
         axis.plot(*xy[-1], "o", color=color, ms=3)
     start = path.isel({contract.STEP: 0}).values
     axis.plot(start[:, 0], start[:, 1], "k+", ms=8, label="start")
-    axis.plot([], [], color=LIVE_COLOR, label=f"live tokens ({int(live.sum())}), ● = end")
-    axis.plot([], [], color=DEAD_COLOR, label=f"dead tokens ({int((~live).sum())}), ● = end")
+    if has_live:
+        axis.plot([], [], color=LIVE_COLOR, label=f"live tokens ({int(live.sum())}), ● = end")
+        axis.plot([], [], color=DEAD_COLOR, label=f"dead tokens ({int((~live).sum())}), ● = end")
+    else:
+        axis.plot([], [], color=LIVE_COLOR, label=f"{rows}s ({live.size}), ● = end")
     ratio = result["explained_variance_ratio"].values
     axis.set_xlabel(f"PC 1 ({ratio[0]:.0%} of variance)")
     axis.set_ylabel(f"PC 2 ({ratio[1]:.0%} of variance)")
@@ -94,9 +106,9 @@ def trajectories(ds: xr.Dataset):
 
 
 def norms(ds: xr.Dataset):
-    """Mean embedding norm and mean speed of live vs dead tokens against step."""
-    figure, (norm_axis, speed_axis) = _figure(2)
+    """Mean norm and mean speed of the input embedding's live vs dead tokens against step."""
     norm = analysis.norms(ds, split=True).compute()
+    figure, (norm_axis, speed_axis) = _figure(2)
     speed = _split_mean_speed(ds)
     for population, color in (("live", LIVE_COLOR), ("dead", DEAD_COLOR)):
         n = norm.sel({analysis.POPULATION: population})
@@ -122,8 +134,8 @@ def _split_mean_speed(ds: xr.Dataset) -> xr.DataArray:
 
 def logits(ds: xr.Dataset):
     """Range, standard deviation and entropy of the recorded logits, and the probability on dead tokens."""
-    figure, (spread_axis, entropy_axis, mass_axis) = _figure(3)
     stats = analysis.logit_stats(ds).compute()
+    figure, (spread_axis, entropy_axis, mass_axis) = _figure(3)
     steps = stats[contract.STEP]
     spread_axis.plot(steps, stats["range"], label="range (max − min)")
     spread_axis.plot(steps, stats["std"], label="std over tokens")
@@ -144,22 +156,51 @@ def logits(ds: xr.Dataset):
     return figure
 
 
-def realized_fraction(ds: xr.Dataset):
-    """The fraction of AdamW's intended update that reached the parameters, overall and per token."""
-    figure, (axis,) = _figure(1, height=4.0)
-    fraction = analysis.realized_fraction(ds)
+def realized_fraction(ds: xr.Dataset, param: str | None = None):
+    """The fraction of the intended update that reached one parameter, overall and per row."""
+    fraction = analysis.realized_fraction(ds, param)
     overall = fraction["overall"].compute()
-    per_token = fraction["per_token"].compute()
-    steps = per_token[contract.STEP]
-    low, median, high = (per_token.quantile(q, dim=contract.TOKEN, skipna=True) for q in (0.1, 0.5, 0.9))
-    axis.fill_between(steps, low, high, color="tab:blue", alpha=0.2, label="tokens, 10–90%")
-    axis.plot(steps, median, color="tab:blue", lw=0.8, label="tokens, median")
-    axis.plot(overall[contract.STEP], overall, color="k", lw=1, label="all tokens")
+    per_row = fraction["per_row"].compute()
+    rows = per_row.dims[1]
+    figure, (axis,) = _figure(1, height=4.0)
+    steps = per_row[contract.STEP]
+    low, median, high = (per_row.quantile(q, dim=rows, skipna=True) for q in (0.1, 0.5, 0.9))
+    axis.fill_between(steps, low, high, color="tab:blue", alpha=0.2, label=f"{rows}s, 10–90%")
+    axis.plot(steps, median, color="tab:blue", lw=0.8, label=f"{rows}s, median")
+    axis.plot(overall[contract.STEP], overall, color="k", lw=1, label=f"all {rows}s")
     axis.axhline(1, color="tab:green", ls="--", lw=0.8, label="every update landed")
     axis.set_ylabel("⟨actual, intended⟩ / ⟨intended, intended⟩")
     axis.set_xlabel("optimizer step")
     axis.legend()
-    _title(figure, ds, "How much of the intended AdamW update landed")
+    name = analysis.find_parameter(ds, param).name
+    _title(figure, ds, f"How much of the intended update of {name} landed")
+    return figure
+
+
+def parameters(ds: xr.Dataset):
+    """Per recorded parameter and step: the realized fraction of the intended update, and the
+    update-to-weight ratio ``‖ΔW‖ / ‖W‖`` (:func:`zarrec.analysis.by_parameter`)."""
+    overview = _thin(analysis.by_parameter(ds)).compute()
+    fraction = overview["realized_fraction"]
+    if fraction.isnull().all():
+        reasons = overview.attrs["not_computed"]
+        raise ConfigError(f"no parameter has a realized fraction: {next(iter(reasons.values()), 'none recorded')}")
+    names = [str(name) for name in overview[analysis.PARAM_DIM].values]
+    figure, (fraction_axis, ratio_axis) = _figure(2, height=max(2.5, 0.25 * len(names) + 1.5))
+    steps = overview[contract.STEP].values
+    for axis, values, label, options in (
+        (fraction_axis, fraction, "realized fraction", {"cmap": "RdYlGn", "vmin": 0, "vmax": 1}),
+        (ratio_axis, np.log10(overview["update_to_weight"].where(overview["update_to_weight"] > 0)),
+         "log₁₀ ‖ΔW‖ / ‖W‖", {"cmap": "viridis"}),
+    ):
+        mesh = axis.pcolormesh(steps, np.arange(len(names)), values.transpose(analysis.PARAM_DIM, contract.STEP),
+                               shading="nearest", **options)
+        axis.set_yticks(np.arange(len(names)), names, fontsize=7)
+        axis.invert_yaxis()  # model order, top to bottom
+        axis.set_ylabel("parameter")
+        figure.colorbar(mesh, ax=axis, label=label)
+    ratio_axis.set_xlabel("optimizer step")
+    _title(figure, ds, "Every recorded parameter: how much of its intended update landed, and how far it moved")
     return figure
 
 
@@ -169,6 +210,7 @@ FIGURES = {
     "norms_speed": norms,
     "logits": logits,
     "realized_fraction": realized_fraction,
+    "parameters": parameters,
 }
 
 

@@ -114,7 +114,8 @@ class Recorder:
         chunk_steps: steps per chunk along ``step``; by default chosen from the first step
             (:func:`zarrec.contract.auto_chunk_steps`: about 16 MB per chunk, at most 512 steps).
         dims: non-step dimension names per variable; defaults come from
-            :data:`zarrec.contract.VARIABLE_DIMS`, else ``<name>_dim<i>``.
+            :data:`zarrec.contract.VARIABLE_DIMS`, else ``<name>_dim<i>``, and ``W.grad``,
+            ``W.exp_avg``, ... share the dims of ``W`` when their shapes are equal.
         coords: static coordinates, ``{name: (dim, values)}``, e.g. ``{"live": ("token", mask)}``.
         attrs: run attributes (hyperparameters) stored on the group.
         compressor: a Zarr v3 bytes-to-bytes codec; default Blosc zstd-3 + bit-shuffle.
@@ -335,8 +336,10 @@ class Recorder:
         for name, value in values.items():  # validate everything before creating anything
             if not isinstance(value, (torch.Tensor, np.ndarray, float, int)):
                 raise RecordError(f"{name} is a {type(value).__name__}; record tensors, arrays or numbers")
-            shape = _shape_of(value)
-            dims = self._dims.get(name) or contract.dims_of(name, len(shape))
+        shapes = {name: _shape_of(value) for name, value in values.items()}
+        for name, value in values.items():
+            shape = shapes[name]
+            dims = self._default_dims(name, shapes)
             if len(dims) != len(shape):
                 raise RecordError(f"{name} has shape {shape} but dims {dims}; give one dim name per axis")
             layout[name] = (shape, dims, _dtype_name(value), _staging_dtype(value))
@@ -351,6 +354,19 @@ class Recorder:
             self._free.put(_Staging(self.chunk_steps, staged, pinned=self._uses_cuda))
         with shutdown.signals_stay_with_the_main_thread():
             self._writer = ChunkWriter(self._store)
+
+    def _default_dims(self, name: str, shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, ...]:
+        """The dims given for ``name``; else those of the variable it belongs to, ``W`` for
+        ``W.grad`` or ``W.exp_avg`` of the same shape (so that ``W - W.grad`` never broadcasts);
+        else :func:`zarrec.contract.dims_of`."""
+        if name in self._dims:
+            return self._dims[name]
+        owner = name
+        while "." in owner:
+            owner = owner.rsplit(".", 1)[0]
+            if shapes.get(owner) == shapes[name]:
+                return self._default_dims(owner, shapes)
+        return contract.dims_of(name, len(shapes[name]))
 
     def _create_variables(self, layout: Mapping[str, tuple]) -> None:
         if self.chunk_steps is None:

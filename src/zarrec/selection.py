@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,13 +28,17 @@ class Target:
     param: str
     quantity: str
     dims: tuple[str, ...]
+    optimizer: str = ""
+    hyperparameters: Mapping[str, object] = field(default_factory=dict, compare=False)
 
     @property
-    def attrs(self) -> dict[str, str]:
+    def attrs(self) -> dict[str, object]:
         return {
             contract.PARAM_ATTR: self.param,
             contract.QUANTITY_ATTR: self.quantity,
             "description": contract.DESCRIPTIONS.get(self.variable, contract.describe_quantity(self.param, self.quantity)),
+            contract.OPTIMIZER_ATTR: self.optimizer,
+            contract.HYPERPARAMETERS_ATTR: dict(self.hyperparameters),
         }
 
 
@@ -96,6 +100,7 @@ class ParameterSelection:
             )
         first_trained = next((p for p in self.parameters.values() if id(p) in groups), None)
         self.group = groups[id(first_trained)] if first_trained is not None else self.optimizer.param_groups[0]
+        self._groups = {name: groups.get(id(p)) for name, p in self.parameters.items()}
         self._targets: list[Target] | None = None
 
     @property
@@ -177,12 +182,30 @@ class ParameterSelection:
                 )
             quantities = list(self.quantities)
         targets = []
+        optimizer, hyperparameters = type(self.optimizer).__name__, self._hyperparameters(name)
         for quantity in quantities:
             variable = contract.variable_name(name, quantity, embedding)
             shape = state[quantity].shape if quantity in state else parameter.shape
             same_shape = tuple(shape) == tuple(parameter.shape)
-            targets.append(Target(variable, name, quantity, dims if same_shape else contract.dims_of(variable, len(shape))))
+            variable_dims = dims if same_shape else contract.dims_of(variable, len(shape))
+            targets.append(Target(variable, name, quantity, variable_dims, optimizer, hyperparameters))
         return targets
+
+    def _hyperparameters(self, name: str) -> dict[str, object]:
+        """The hyperparameters of ``name``'s param group as JSON values (numbers, flags, lists),
+        its learning rate as :data:`~zarrec.contract.LR_RATIO` to the recorded ``lr``."""
+        group = self._groups[name]
+        if group is None:
+            return {}
+        kept = {}
+        for key, value in group.items():
+            if isinstance(value, tuple) and all(isinstance(v, (int, float)) for v in value):
+                value = list(value)
+            if key not in ("params", "lr", "initial_lr") and isinstance(value, (bool, int, float, str, list)):
+                kept[key] = value
+        if isinstance(group.get("lr"), (int, float)) and self.group.get("lr"):
+            kept[contract.LR_RATIO] = group["lr"] / self.group["lr"]
+        return kept
 
 
 def _input_embedding(model: torch.nn.Module) -> torch.nn.Parameter | None:

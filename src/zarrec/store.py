@@ -259,7 +259,7 @@ class RunStore:
                     f"{name} has {size} entries along {dim!r}, but {dim!r} already has {self._dim_sizes[dim]}; "
                     f"give {name} its own dims (Recorder(dims={{{name!r}: (...)}}))"
                 )
-            if dim in contract.INDEXED_DIMS and dim not in self.group:
+            if dim not in self.group:  # every dim gets an index coordinate, so .sel works on it
                 self.write_coordinate(dim, dim, np.arange(size, dtype="int64"), contract.DESCRIPTIONS.get(dim, ""))
             self._dim_sizes[dim] = size
         inner, shard = (chunk_steps, *item_shape), (chunk_steps, *item_shape)
