@@ -104,6 +104,37 @@ def sgd_run(tmp_path_factory, tiny_config) -> Path:
     return path
 
 
+def readme_python(heading: str) -> str:
+    """The Python blocks of the README's section ``heading``, joined: the code a reader runs."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split(f"\n{heading}\n", 1)[1].split("\n#", 1)[0]
+    return "\n".join(block.split("\n```", 1)[0] for block in section.split("```python\n")[1:])
+
+
+@pytest.fixture(scope="session")
+def readme_stores(tmp_path_factory) -> Path:
+    """A directory with ``run.zarr`` and ``values.zarr``, made by the README's plain-loop examples as written."""
+    import subprocess
+    import sys
+
+    directory = tmp_path_factory.mktemp("readme")
+    code = readme_python("### Any training loop: `zarrec.ModelRecorder`")
+    subprocess.run([sys.executable, "-c", code], cwd=directory, check=True, timeout=300)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def lightning_run(tmp_path_factory) -> Path:
+    """6 Lightning steps of a tiny LM (AdamW, an exponential lr schedule) that returns its logits."""
+    from test_lightning_callback import TinyLMWithLogits, fit
+
+    from zarrec.lightning_callback import ZarrecLightningCallback
+
+    path = tmp_path_factory.mktemp("runs") / "lightning.zarr"
+    fit(ZarrecLightningCallback(path, params=["embed.weight", "out.*"]), module=TinyLMWithLogits())
+    return path
+
+
 def synthetic_dataset(steps=(0, 1, 2, 3, 4, 5, 6), tokens: int = 6, dims: int = 4, seed: int = 0):
     """A small run in the store contract's layout, with random values and known hyperparameters."""
     import numpy as np

@@ -334,7 +334,7 @@ def test_the_store_says_each_parameters_weight_decay_as_the_trainer_applied_it(l
 def test_sgd_with_momentum_has_its_own_update_identity(sgd_run):
     ds = xr.open_zarr(sgd_run)
     overview = ds.zarrec.parameters()
-    assert set(overview.optimizer.values) == {"SGD"}
+    assert set(overview.optimizer.values) == {"SGD"} and "adam_beta1" not in ds.attrs  # only its own hyperparameters
     assert "momentum_buffer" in str(overview.quantities.sel(param=LAYER).values)
     for param in ("transformer.wte.weight", *LAYER_PARAMS):
         W = ds.zarrec.parameter(param).param.values.astype(np.float64)
@@ -368,3 +368,20 @@ def test_the_whole_model_at_a_glance_matches_numpy(layers_run):
     partial = ds.drop_vars(f"{LAYER}.exp_avg_sq").zarrec.by_parameter()
     assert partial.realized_fraction.sel(param=LAYER).isnull().all()
     assert "no exp_avg_sq of transformer.h.0.attn.c_attn.weight" in partial.attrs["not_computed"][f"realized_fraction of {LAYER}"]
+
+
+@pytest.mark.parametrize(("kind", "param"), [("lightning_run", "out.weight"), ("readme_stores", "1.weight")])
+def test_every_method_on_a_layer_of_a_lightning_and_a_plain_loop_store(kind, param, request):
+    """The same analysis on a Lightning store and on the README's plain loop: AdamW's identity holds."""
+    store = request.getfixturevalue(kind)
+    ds = xr.open_zarr(store / "run.zarr" if kind == "readme_stores" else store)
+    W = ds[param].values.astype(np.float64)
+    assert ds[param].dims == ds[f"{param}.grad"].dims == ds[f"{param}.exp_avg"].dims
+    assert float(np.abs(ds.zarrec.update_residual(param)).max()) <= 4e-7 * np.abs(W).max()
+    np.testing.assert_allclose(ds.zarrec.realized_fraction(param).overall, 1, rtol=1e-3)
+    close(ds.zarrec.adam_update(param).total, adamw_reference(ds, param), rtol=1e-4, atol=1e-9)
+    for method in ("velocity", "speed", "norms", "centroid", "spread", "force_decomposition", "pca"):
+        result = getattr(ds.zarrec, method)(param).compute()
+        assert result.sizes["step"] >= ds.sizes["step"] - 1 and "row" in result.dims or method in ("centroid", "spread")
+    overview = ds.zarrec.by_parameter()
+    assert param in overview.param.values and overview.attrs["not_computed"] == {}

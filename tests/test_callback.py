@@ -13,8 +13,10 @@ from conftest import record_run
 from transformers import TrainerCallback
 
 from zarrec import ConfigError, Recorder, ZarrecCallback, contract
-from zarrec.callback import first_unrecorded_step
+from zarrec.capture import first_unrecorded_step
 from zarrec.experiment import make_trainer, train
+
+SCALARS: set[str] = set()  # recorded with the loss and lr at every step
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +167,7 @@ def test_plain_trainer_with_sgd_records_without_adam_moments(tmp_path, tiny_conf
 
     _trainer(tmp_path, tiny_config, ZarrecCallback(tmp_path / "sgd.zarr"), optim="sgd").train()
     ds = xr.open_zarr(tmp_path / "sgd.zarr")
-    assert set(ds.data_vars) == {"embeddings", "grads", "logits", "loss", "lr"}
+    assert set(ds.data_vars) == {"embeddings", "grads", "logits", "loss", "lr", *SCALARS}
     np.testing.assert_array_equal(ds.step, [0, 1, 2, 3])
     # plain SGD with weight decay 0: W[t] = W[t-1] - lr[t]·g[t]
     W, g, lr = ds.embeddings.values, ds.grads.values, ds.lr.values
@@ -177,7 +179,7 @@ def test_a_frozen_embedding_records_its_value_and_refuses_its_gradient(tmp_path,
     trainer.model.get_input_embeddings().weight.requires_grad_(False)
     trainer.train()
     ds = xr.open_zarr(tmp_path / "frozen.zarr")
-    assert set(ds.data_vars) == {"embeddings", "logits", "loss", "lr"}
+    assert set(ds.data_vars) == {"embeddings", "logits", "loss", "lr", *SCALARS}
     assert (ds.embeddings == ds.embeddings[0]).all()
 
     trainer = _trainer(tmp_path, tiny_config, ZarrecCallback(tmp_path / "grad.zarr", quantities=["grad"]))
@@ -213,7 +215,7 @@ def test_any_parameters_with_factored_optimizer_state(tmp_path, tiny_config):
     assert set(ds.data_vars) == {
         weight, f"{weight}.grad", f"{weight}.exp_avg_sq_row", f"{weight}.exp_avg_sq_col",
         "transformer.h.0.attn.c_attn.bias", "transformer.h.0.attn.c_attn.bias.grad",
-        "transformer.h.0.attn.c_attn.bias.exp_avg_sq", "logits", "loss", "lr"}
+        "transformer.h.0.attn.c_attn.bias.exp_avg_sq", "logits", "loss", "lr", *SCALARS}
     dims = ("step", "transformer_h_0_attn_c_attn_weight_row", "transformer_h_0_attn_c_attn_weight_col")
     assert ds[weight].dims == dims == ds[f"{weight}.grad"].dims
     assert ds[f"{weight}.exp_avg_sq_row"].dims == ("step", "transformer_h_0_attn_c_attn_weight_exp_avg_sq_row_dim0")
@@ -231,7 +233,7 @@ def test_sgd_momentum_buffer_follows_its_recursion(tmp_path, tiny_config):
     config = dataclasses.replace(tiny_config, steps=6, optimizer="sgd", sgd_momentum=0.9, weight_decay=0.0)
     train(config, tmp_path / "sgd.zarr", progress=False)
     ds = xr.open_zarr(tmp_path / "sgd.zarr").load()
-    assert set(ds.data_vars) == {"embeddings", "grads", "embeddings.momentum_buffer", "logits", "loss", "lr"}
+    assert set(ds.data_vars) == {"embeddings", "grads", "embeddings.momentum_buffer", "logits", "loss", "lr", *SCALARS}
     buf, g, W, lr = ds["embeddings.momentum_buffer"].values, ds.grads.values, ds.embeddings.values, ds.lr.values
     np.testing.assert_allclose(buf[1:], 0.9 * buf[:-1] + g[1:], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(W[1:], W[:-1] - lr[1:, None, None] * buf[1:], rtol=1e-6, atol=1e-7)
@@ -275,7 +277,7 @@ def test_a_text_probe_for_a_model_that_is_not_byte_level_needs_a_tokenizer(tmp_p
     trainer = make_trainer(config, str(tmp_path / "trainer"), [ZarrecCallback(tmp_path / "p.zarr", probe="x")],
                            progress=False)
     trainer.model.resize_token_embeddings(300)
-    with pytest.raises(ConfigError, match=r"the Trainer has no tokenizer and the model's vocabulary \(300\) is not bytes"):
+    with pytest.raises(ConfigError, match=r"there is no tokenizer and the model.s vocabulary \(300\) is not bytes; pass the tokenizer"):
         trainer.train()
 
 
@@ -307,3 +309,13 @@ def test_resuming_after_a_checkpoint_newer_than_the_store_is_refused(tmp_path, t
                          [(7, 7, 1, None), (7, 10, 1, 8), (8, 10, 4, None), (8, 12, 4, 12), (None, 3, 1, 0)])
 def test_first_unrecorded_step(committed, resume, every, missing):
     assert first_unrecorded_step(committed, resume, every) == missing
+
+
+def test_what_the_loss_is_and_the_run_attributes(tmp_path, tiny_config):
+    config = dataclasses.replace(tiny_config, steps=6, max_grad_norm=0.05, gradient_accumulation=2)
+    trainer = make_trainer(config, str(tmp_path / "trainer"), [ZarrecCallback(tmp_path / "run.zarr")], progress=False)
+    trainer.train()
+    ds = xr.open_zarr(tmp_path / "run.zarr")
+    assert ds.loss.attrs["description"].startswith("sum over step t's 2 micro-batches of the model's loss")
+    assert ds.attrs["framework"] == "transformers" and ds.attrs["autocast_dtype"] is None
+    assert ds.attrs["optimizer_class"] == "AdamW" and ds.attrs["adam_beta2"] == config.adam_beta2

@@ -300,3 +300,28 @@ def test_a_format_1_store_opens_analyses_and_converts_but_is_not_resumed(tmp_pat
     resumed = zarrec("train", "--out", str(store), "--resume")
     assert resumed.returncode == 2 and "format 1" in resumed.stderr and "Traceback" not in resumed.stderr
     np.testing.assert_array_equal(xr.open_zarr(store).embeddings.values, ds.embeddings.values)  # untouched
+
+
+@pytest.mark.parametrize("kind", ["README plain loop", "README values", "Trainer, layers only", "Trainer, SGD", "Lightning"])
+def test_info_and_plot_on_every_kind_of_store(kind, request, tmp_path):
+    """Every kind of store a zarrec recorder writes: info reports it, plot draws what applies and
+    says in one line why it skipped each other figure; exit 0, no traceback."""
+    from zarrec import plots
+
+    store = {
+        "README plain loop": lambda: request.getfixturevalue("readme_stores") / "run.zarr",
+        "README values": lambda: request.getfixturevalue("readme_stores") / "values.zarr",
+        "Trainer, layers only": lambda: request.getfixturevalue("layers_run"),
+        "Trainer, SGD": lambda: request.getfixturevalue("sgd_run"),
+        "Lightning": lambda: request.getfixturevalue("lightning_run"),
+    }[kind]()
+    info = zarrec("info", str(store))
+    assert info.returncode == 0 and "variables" in info.stdout and not info.stderr, info.stderr
+    plotted = zarrec("plot", str(store), "--out", str(tmp_path / "figures"), "--quiet")
+    assert plotted.returncode == 0 and "Traceback" not in plotted.stderr, plotted.stderr
+    written = sorted(path.stem for path in (tmp_path / "figures").glob("*.png"))
+    skipped = [line.removeprefix("skipped ") for line in plotted.stdout.splitlines() if line.startswith("skipped ")]
+    assert sorted(written + [line.split(":")[0] for line in skipped]) == sorted(plots.FIGURES)
+    assert "loss_lr" in written or kind == "README values"
+    assert "parameters" in written or kind == "README values"  # no optimizer there: nothing to realize
+    assert all(len(line) < 400 for line in skipped)  # one line each, with its reason

@@ -333,20 +333,6 @@ def test_resuming_a_different_run_is_refused_naming_the_difference(tmp_path):
     assert xr.open_zarr(path).step.values.tolist() == [0]
 
 
-def test_readme_training_loop_example_runs(tmp_path, monkeypatch):
-    """The README's plain-PyTorch example, executed as written."""
-    import re
-    from pathlib import Path
-
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    example = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "from zarrec import Recorder" in block)
-    monkeypatch.chdir(tmp_path)
-    exec(compile(example, "README.md", "exec"), {})
-    ds = xr.open_zarr(tmp_path / "run.zarr")
-    np.testing.assert_array_equal(ds.step, np.arange(1, 1001))
-    assert ds.embeddings.dims == ("step", "token", "dim") and ds.loss.notnull().all()
-
-
 def read_committed(path) -> tuple[np.ndarray, np.ndarray]:
     """Steps and values of ``x`` that a reader sees (none if the store never got a step)."""
     if not (path / "zarr.json").exists() or "step" not in zarr.open_group(path, mode="r"):

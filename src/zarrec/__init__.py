@@ -1,7 +1,8 @@
 """zarrec: record every optimizer step of neural-network training into Zarr, analyse it with xarray.
 
-Importing zarrec registers the ``ds.zarrec`` xarray accessor. ``Recorder`` (torch) and
-``ZarrecCallback`` (transformers) load on first use, so reading a store stays quick.
+Importing zarrec registers the ``ds.zarrec`` xarray accessor. ``Recorder`` and
+``ModelRecorder`` (torch) and ``ZarrecCallback`` (transformers) load on first use, so reading a
+store stays quick.
 """
 
 from zarrec import accessor as _accessor  # noqa: F401  (registers ds.zarrec)
@@ -19,6 +20,7 @@ from zarrec.errors import (
 __all__ = [
     "ConfigError",
     "MissingDependencyError",
+    "ModelRecorder",
     "RecordError",
     "Recorder",
     "StoreExistsError",
@@ -35,6 +37,10 @@ def __getattr__(name: str):
         from zarrec.recorder import Recorder
 
         return Recorder
+    if name == "ModelRecorder":
+        from zarrec.capture import ModelRecorder
+
+        return ModelRecorder
     if name == "ZarrecCallback":
         from zarrec.callback import ZarrecCallback
 

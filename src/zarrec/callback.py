@@ -1,18 +1,12 @@
-"""The Hugging Face Trainer callback: a thin adapter from Trainer events to a :class:`Recorder`.
+"""The Hugging Face Trainer callback: a thin adapter from Trainer events to a :class:`~zarrec.ModelRecorder`.
 
 Events, per optimizer step t (``state.global_step`` is t - 1 until the step ends):
 
-- a forward hook on the model sums the micro-batch losses of step t and keeps the
-  logits of its first batch at sequence 0, last position;
-- ``on_pre_optimizer_step`` (after accumulation and clipping) keeps a device copy
-  of the selected gradients the optimizer is about to use;
-- ``on_optimizer_step`` (after the update) hands those gradients, the loss, the logits
-  and the learning rate to the :class:`~zarrec.session.TrainingSession`, which records
-  them with the selected parameters and their optimizer state (and, at the first step,
-  step 0 from a copy of the parameters kept when training began).
-
-Nothing here calls ``.item()`` or copies to the host: the recorder's staging copy
-is the only transfer, and it is non-blocking on CUDA.
+- ``on_step_begin``: a step begins;
+- a forward hook on the model: each training micro-batch's output (loss, logits);
+- ``on_pre_optimizer_step`` (after accumulation and clipping): the gradients the
+  optimizer is about to use;
+- ``on_optimizer_step`` (after the update): step t ends and is recorded.
 """
 
 from __future__ import annotations
@@ -24,38 +18,11 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from zarrec import contract
+from zarrec.capture import ModelRecorder, common_attributes
 from zarrec.errors import ConfigError
-from zarrec.probe import Probe
 from zarrec.recorder import Recorder
 from zarrec.schedule import StepSchedule
-from zarrec.selection import ParameterSelection
-from zarrec.session import TrainingSession, selection_attributes
 from zarrec.store import StoreLike, store_exists
-from zarrec.versions import library_versions
-
-# The loss of a step without one, in the dtype of a captured loss (detached, as float32), so
-# that the variable has one source dtype whichever step a recording (or its resumption) starts at.
-_NAN_LOSS = torch.tensor(float("nan"))
-# What a step whose values are not needed hands over.
-_NO_GRADS: Mapping[str, torch.Tensor | None] = {}
-
-
-class _StepCapture:
-    """What the forward hook and ``on_pre_optimizer_step`` saw during one optimizer step."""
-
-    def __init__(self) -> None:
-        self.loss_sum: torch.Tensor | None = None
-        self.micro_batches = 0
-        self.loss_is_token_share = False  # each micro loss was already divided by the step's token count
-        self.logits: torch.Tensor | None = None
-        self.grads: Mapping[str, torch.Tensor | None] = _NO_GRADS
-
-    @property
-    def loss(self) -> torch.Tensor | float:
-        if self.loss_sum is None:
-            return _NAN_LOSS
-        return self.loss_sum if self.loss_is_token_share else self.loss_sum / self.micro_batches
 
 
 class ZarrecCallback(TrainerCallback):
@@ -116,7 +83,6 @@ class ZarrecCallback(TrainerCallback):
         self.quantities = None if quantities is None else list(quantities)
         self.schedule = StepSchedule.parse(every)
         self.probe_spec = (probe, probe_positions, probe_every) if probe is not None else None
-        self.probe: Probe | None = None
         self.chunk_steps = chunk_steps
         self.token_coords = dict(token_coords or {})
         self.attrs = dict(attrs or {})
@@ -124,65 +90,40 @@ class ZarrecCallback(TrainerCallback):
         self.resume = resume
         self.flush_every = flush_every
         self.on_error = on_error
-        self.session: TrainingSession | None = None
-        self._model: torch.nn.Module | None = None
+        self.capture: ModelRecorder | None = None
         self._hook: torch.utils.hooks.RemovableHandle | None = None
-        self._step = _StepCapture()
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if not state.is_world_process_zero:
-            return  # every other event returns at once while self.session is None
-        selection = ParameterSelection(model, optimizer, self.params, self.quantities)
-        self._model = model
-        attrs = {**run_attributes(args, state, model, selection), **selection_attributes(selection, self.schedule)}
-        coords = dict(self.token_coords)
-        if self.probe_spec is not None:
-            self.probe = _make_probe(model, kwargs.get("processing_class"), *self.probe_spec)
-            attrs.update(self.probe.attrs())
-            coords.update(self.probe.coords())
-        self._hook = model.register_forward_hook(self._capture_forward, with_kwargs=True)
+            return  # every other event returns at once while self.capture is None
         resuming = self.resume and store_exists(self.out)
-        recorder = Recorder(
-            self.out,
-            chunk_steps=self.chunk_steps,
-            coords=coords,
-            attrs={**attrs, **self.attrs},
-            overwrite=self.overwrite,
-            # From step 0, nothing is kept: step 0 is recorded again.
-            resume_from=(state.global_step if state.global_step else -1) if resuming else None,
-            flush_every=self.flush_every,
-            on_error=self.on_error,
+        probe, positions, probe_every = self.probe_spec or (None, None, 1)
+        self.capture = ModelRecorder(
+            self.out, model, optimizer, params=self.params, quantities=self.quantities, every=self.schedule,
+            probe=probe, probe_positions=positions, probe_every=probe_every, tokenizer=kwargs.get("processing_class"),
+            coords=self.token_coords, attrs={**run_attributes(args, state, model, optimizer), **self.attrs},
+            chunk_steps=self.chunk_steps, overwrite=self.overwrite, initial_step=state.global_step,
+            resume_from=state.global_step if resuming else None, flush_every=self.flush_every, on_error=self.on_error,
         )
-        self.session = TrainingSession(recorder, selection, self.schedule)
-        if resuming and state.global_step:
-            self._refuse_a_gap(state.global_step)
-        if state.global_step == 0:
-            initial = {contract.PROBE_LOGITS: self.probe.logits(model)} if self.probe is not None else {}
-            self.session.keep_initial_state(**initial)
+        self._hook = model.register_forward_hook(self._capture_forward, with_kwargs=True)
 
     @property
     def recorder(self) -> Recorder | None:
-        return self.session.recorder if self.session is not None else None
+        return self.capture.recorder if self.capture is not None else None
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if self.session is not None:
-            self._step = _StepCapture()
+        if self.capture is not None:
+            self.capture.begin_step()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if self.session is not None and self.session.wants(state.global_step + 1) and self.session.selection.wants_grads():
-            self._step.grads = self.session.selection.grads()
+        if self.capture is not None:
+            self.capture.gradients_used()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        step = state.global_step + 1
-        if self.session is None or not self.session.wants(step):
+        if self.capture is None:
             return
-        values = {contract.LOSS: self._step.loss, contract.LR: self.session.selection.group["lr"]}
-        if self._step.logits is not None:
-            values[contract.LOGITS] = self._step.logits
-        if self.probe is not None and self.probe.evaluates(step) and self.session.schedule.records(step):
-            values[contract.PROBE_LOGITS] = self.probe.logits(self._model)
         try:
-            self.session.after_step(step, self._step.grads, **values)
+            self.capture.end_step(state.global_step + 1)
         except ConfigError:
             self.close()  # the Trainer does not end its callbacks on an error
             raise
@@ -196,75 +137,34 @@ class ZarrecCallback(TrainerCallback):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
-        if self.session is not None:
-            self.session.close(reason)
-
-    def _refuse_a_gap(self, resume_step: int) -> None:
-        """Refuse to resume after a checkpoint that is newer than the store's last commit."""
-        missing = first_unrecorded_step(self.recorder.committed_step, resume_step, self.schedule)
-        if missing is not None:
-            self.recorder.close("refused to resume: steps would be missing")
-            raise ConfigError(
-                f"{self.recorder.store_name} holds steps up to {self.recorder.committed_step}, but training resumes after "
-                f"step {resume_step}: step {missing} would never be recorded; resume from a checkpoint at or before "
-                f"step {self.recorder.committed_step}"
-            )
+        if self.capture is not None:
+            self.capture.close(reason)
 
     def _capture_forward(self, module, args, kwargs, output) -> None:
-        if not module.training or not torch.is_grad_enabled():
-            return  # evaluation or a probe, not a training step
-        loss = getattr(output, "loss", None)
-        if loss is not None:
-            loss = loss.detach().float()
-            self._step.loss_sum = loss if self._step.loss_sum is None else self._step.loss_sum + loss
-            self._step.micro_batches += 1
-            self._step.loss_is_token_share = kwargs.get("num_items_in_batch") is not None
-        logits = getattr(output, "logits", None)
-        if self._step.logits is None and logits is not None:
-            self._step.logits = logits.detach()[0, -1].clone()
+        if module.training and torch.is_grad_enabled():  # not evaluation, not a probe
+            self.capture.add_output(output, token_share=kwargs.get("num_items_in_batch") is not None)
 
 
-def _make_probe(model, tokenizer, inputs, positions, every) -> Probe:
-    """The probe, its text encoded by the Trainer's tokenizer, or as bytes only for a byte-level model."""
-    vocab_size = model.get_input_embeddings().num_embeddings
-    if isinstance(inputs, str) and tokenizer is None and vocab_size > 256:
-        raise ConfigError(
-            f"the probe is text, but the Trainer has no tokenizer and the model's vocabulary ({vocab_size}) is not "
-            "bytes; pass Trainer(processing_class=tokenizer) or give the probe as token ids"
-        )
-    probe = Probe(inputs, positions, every, tokenizer)
-    probe.check_vocabulary(vocab_size)
-    return probe
-
-
-def first_unrecorded_step(committed: int | None, resume_step: int, every: int | str | StepSchedule) -> int | None:
-    """The first step that ``every`` records after ``committed`` (the store's last step) and at
-    or before ``resume_step`` (where training resumes), or None: resuming there leaves no gap."""
-    following = 0 if committed is None else StepSchedule.parse(every).next_after(committed)
-    return following if following <= resume_step else None
-
-
-def run_attributes(args, state, model, selection: ParameterSelection) -> dict[str, Any]:
-    """Every Trainer hyperparameter needed to re-derive the recorded run, as JSON-ready values."""
+def run_attributes(args, state, model, optimizer) -> dict[str, Any]:
+    """The run's attributes (:func:`zarrec.capture.common_attributes`) and the Trainer's settings
+    needed to re-derive it, as JSON-ready values."""
     config = getattr(model, "config", None)
-    return {
+    attrs = {
+        **common_attributes(
+            "transformers", model, optimizer, steps=state.max_steps,
+            gradient_accumulation_steps=args.gradient_accumulation_steps, max_grad_norm=args.max_grad_norm,
+            autocast_dtype="bfloat16" if args.bf16 else "float16" if args.fp16 else None, world_size=args.world_size,
+        ),
         "learning_rate": args.learning_rate,
-        # The decay actually applied to the (first) recorded parameter (Trainer exempts biases and norms).
-        "weight_decay": selection.group.get("weight_decay", args.weight_decay),
-        "adam_beta1": args.adam_beta1,
-        "adam_beta2": args.adam_beta2,
-        "adam_epsilon": args.adam_epsilon,
-        "max_grad_norm": args.max_grad_norm,
+        "weight_decay": args.weight_decay,  # the Trainer's setting, for the parameters it decays
         "optimizer": str(getattr(args.optim, "value", args.optim)),
         "lr_scheduler": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
         "warmup_steps": args.warmup_steps,
         "per_device_train_batch_size": args.per_device_train_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "world_size": args.world_size,
-        "steps": state.max_steps,
         "seed": args.seed,
-        "device": str(next(iter(selection.parameters.values())).device),
         "model_class": type(model).__name__,
         "model_config": json.loads(config.to_json_string()) if config is not None else {},
-        "versions": library_versions(),
     }
+    if attrs["optimizer_class"] in ("Adam", "AdamW"):
+        attrs.update(adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_epsilon=args.adam_epsilon)
+    return attrs

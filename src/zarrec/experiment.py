@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from zarrec import contract, shutdown
-from zarrec.callback import ZarrecCallback, first_unrecorded_step
+from zarrec.callback import ZarrecCallback
+from zarrec.capture import first_unrecorded_step
 from zarrec.config import TrainConfig
 from zarrec.corpus import ByteDataset, Corpus, load_corpus
 from zarrec.errors import ConfigError, WriterError

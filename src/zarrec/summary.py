@@ -106,7 +106,8 @@ class StoreSummary:
         out.append("variables")
         width = max((len(v.name) for v in self.variables), default=0)
         for v in self.variables:
-            shape = ", ".join(f"{d}: {n}" for d, n in zip(v.dims, v.shape))
+            # A parameter's long dim names (model_layers_0_mlp_weight_row) would wrap every line: sizes say enough.
+            shape = ", ".join(f"{d}: {n}" if len(d) <= 16 else str(n) for d, n in zip(v.dims, v.shape))
             source = f" (from {v.source_dtype})" if v.source_dtype and v.source_dtype != v.dtype else ""
             ratio = v.raw_bytes / v.stored_bytes if v.stored_bytes else math.nan
             out.append(

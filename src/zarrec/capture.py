@@ -1,0 +1,326 @@
+"""The per-step capture: what every zarrec recording takes from a training run, and when.
+
+:class:`ModelRecorder` is the one home of it. The Hugging Face and Lightning callbacks
+translate their framework's events into its calls; a plain PyTorch loop calls it itself::
+
+    with zarrec.ModelRecorder("run.zarr", model, optimizer) as recorder:
+        for batch in loader:
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            recorder.step(loss=loss)                      # after the update, before zero_grad()
+            optimizer.zero_grad()
+
+Per optimizer step t it records the selected parameters (default: the input embedding)
+after the update, the gradients the update used (after accumulation and clipping), the
+optimizer's state, the ``loss`` and the ``lr``; the training logits and a probe's logits
+when there are. Step 0, kept when recording starts, is the initial state. Nothing here calls
+``.item()`` or copies to the host: the recorder's staging copy is the only transfer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from zarrec import contract
+from zarrec.errors import ConfigError
+from zarrec.probe import Probe
+from zarrec.recorder import Recorder, Value
+from zarrec.schedule import StepSchedule
+from zarrec.selection import ParameterSelection
+from zarrec.store import StoreLike
+from zarrec.versions import library_versions
+
+_NAN = torch.tensor(float("nan"))  # a scalar the step did not see, in the dtype of a captured one (float32)
+
+
+class _Step:
+    """What one optimizer step showed the capture, reset when the next one begins."""
+
+    def __init__(self) -> None:
+        self.loss_sum: torch.Tensor | None = None
+        self.micro_batches = 0
+        self.loss_is_token_share = False  # each micro loss was already divided by the step's token count
+        self.logits: torch.Tensor | None = None
+        self.grads: Mapping[str, torch.Tensor | None] = {}
+        self.lr: float | torch.Tensor | None = None
+
+    def loss_description(self) -> str:
+        """What :attr:`loss` is, from how the step's micro-batch losses came."""
+        if self.micro_batches <= 1:
+            return "training loss of step t's batch, as the model computed it"
+        if self.loss_is_token_share:
+            return (
+                f"sum over step t's {self.micro_batches} micro-batches of the model's loss, each given the step's "
+                "token count (num_items_in_batch) to divide by: the mean over the step's tokens for a model that "
+                "uses it; for one that ignores it (e.g. BERT), the sum of the micro-batch means, as the Trainer logs it"
+            )
+        return f"mean over step t's {self.micro_batches} micro-batches of the model's loss"
+
+    @property
+    def loss(self) -> torch.Tensor:
+        if self.loss_sum is None:
+            return _NAN
+        return self.loss_sum if self.loss_is_token_share else self.loss_sum / self.micro_batches
+
+
+class ModelRecorder:
+    """Record a model's training, every optimizer step, into a Zarr store.
+
+    Args:
+        out: path, fsspec URL or Zarr store to create (or, with ``resume_from``, to continue).
+        model: the module being trained.
+        optimizer: its optimizer (an accelerate wrapper is unwrapped).
+        params: glob patterns over ``model.named_parameters()``, e.g. ``["*.attn.c_attn.*"]``;
+            default: the input embedding (``model.get_input_embeddings()``), stored as
+            ``embeddings``, ``grads``, ``momentum``, ``variance``; other parameters as
+            ``<name>``, ``<name>.grad``, ``<name>.<optimizer state key>``.
+        quantities: of each parameter, from ``"param"``, ``"grad"`` and the optimizer's state
+            keys (``"exp_avg"``, ``"momentum_buffer"``, ...); default: all of them.
+        every: which steps to record: every N-th, or a schedule such as ``"1:1000,10"``
+            (:class:`~zarrec.schedule.StepSchedule`); step 0 always.
+        probe: a fixed input (text, or token ids) whose logits are evaluated with the current
+            weights at recorded steps divisible by ``probe_every``, at ``probe_positions``
+            (default: all), as ``probe_logits`` (:class:`~zarrec.probe.Probe`). A text is
+            encoded by ``tokenizer``, or as bytes for a byte-level model.
+        coords: static coordinates, ``{name: (dim, values)}``, e.g.
+            :meth:`zarrec.corpus.Corpus.token_coords`.
+        attrs: run attributes (hyperparameters, how the data were made).
+        initial_step: the optimizer step training starts after (a checkpoint's); step 0, the
+            initial state, is recorded only from 0.
+        resume_from: continue the store at ``out`` after this step (where training resumes;
+            0: from the start): steps recorded after it are dropped. The run must be the recorded one.
+        chunk_steps, overwrite, flush_every, on_error: as for :class:`~zarrec.Recorder`.
+    """
+
+    def __init__(
+        self,
+        out: StoreLike,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        params: Sequence[str] | None = None,
+        quantities: Sequence[str] | None = None,
+        every: int | str | StepSchedule = 1,
+        probe: str | Sequence[int] | None = None,
+        probe_positions: Sequence[int] | None = None,
+        probe_every: int = 1,
+        tokenizer: Any = None,
+        coords: Mapping[str, tuple[str, Any]] | None = None,
+        attrs: Mapping[str, Any] | None = None,
+        chunk_steps: int | None = None,
+        overwrite: bool = False,
+        initial_step: int = 0,
+        resume_from: int | None = None,
+        flush_every: int | None = None,
+        on_error: str = "raise",
+    ) -> None:
+        self.model = model
+        self.selection = ParameterSelection(model, optimizer, params, quantities)
+        self.schedule = StepSchedule.parse(every)
+        self.probe = _make_probe(model, tokenizer, probe, probe_positions, probe_every) if probe is not None else None
+        run_attrs = {
+            contract.PARAMS_ATTR: self.selection.names,
+            contract.QUANTITIES_ATTR: None if quantities is None else list(dict.fromkeys(quantities)),
+            contract.SCHEDULE_ATTR: str(self.schedule),
+            "dtype": str(self.selection.dtype).removeprefix("torch."),
+            **(self.probe.attrs() if self.probe is not None else {}),
+            **(attrs or {}),
+        }
+        all_coords = {**(coords or {}), **(self.probe.coords() if self.probe is not None else {})}
+        self.recorder = Recorder(
+            out, chunk_steps=chunk_steps, coords=all_coords, attrs=run_attrs, overwrite=overwrite,
+            resume_from=(resume_from or -1) if resume_from is not None else None,  # from step 0 nothing is kept
+            flush_every=flush_every, on_error=on_error,
+        )
+        self.last_step = initial_step
+        if resume_from:
+            self._refuse_a_gap(resume_from)
+        self._started = False
+        self._initial: dict[str, torch.Tensor] | None = None
+        self._initial_values: dict[str, Value] = {}
+        if initial_step == 0:
+            self._keep_initial_state()
+        self._step = _Step()
+
+    # Events, in the order a step sees them.
+
+    def begin_step(self) -> None:
+        """A new optimizer step begins (its first micro-batch is next)."""
+        self._step = _Step()
+
+    def add_output(self, output: Any, token_share: bool = False) -> None:
+        """A training forward's output (a model output with ``loss`` and ``logits``, a
+        Lightning ``training_step``'s dict or loss): its loss adds to the step's, and the first
+        one's logits at sequence 0, last position are the step's. ``token_share``: the loss is
+        already divided by the step's token count (the Trainer's ``num_items_in_batch``)."""
+        loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", output)
+        if isinstance(loss, (int, float)):
+            loss = torch.tensor(float(loss))
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach().float()
+            self._step.loss_sum = loss if self._step.loss_sum is None else self._step.loss_sum + loss
+            self._step.micro_batches += 1
+            self._step.loss_is_token_share = token_share
+        logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+        if self._step.logits is None and isinstance(logits, torch.Tensor) and logits.ndim == 3:
+            self._step.logits = logits.detach()[0, -1].clone()
+
+    def before_clipping(self) -> None:
+        """The gradients are accumulated, not yet clipped: keep the learning rate the step will use."""
+        if self.wants(self.last_step + 1):
+            self._keep_lr()
+
+    def gradients_used(self) -> None:
+        """The gradients are those the optimizer uses (after clipping, before ``zero_grad``):
+        keep a device copy of the selected ones, and the learning rate (if
+        :meth:`before_clipping` did not: before the scheduler steps)."""
+        if not self.wants(self.last_step + 1):
+            return
+        if self.selection.wants_grads():
+            self._step.grads = self.selection.grads()
+        self._keep_lr()
+
+    def end_step(self, step: int, **values: Value) -> None:
+        """Optimizer step ``step`` is done: record it if the schedule keeps it, with ``values``."""
+        self.last_step = step
+        if not self.wants(step):
+            return
+        captured = {
+            contract.LOSS: self._step.loss, contract.LR: self._step.lr if self._step.lr is not None else float("nan"),
+        }
+        if self._step.logits is not None:
+            captured[contract.LOGITS] = self._step.logits
+        if self.probe is not None and self.probe.evaluates(step) and self.schedule.records(step):
+            captured[contract.PROBE_LOGITS] = self.probe.logits(self.model)
+        if not self._started:
+            self._start({**captured, **values})
+        if self.schedule.records(step):
+            self.recorder.record(step, **{**self.selection.values(self._step.grads), **captured, **values})
+
+    def step(self, **values: Value) -> None:
+        """For a plain loop, after ``optimizer.step()`` and before ``zero_grad()`` and the
+        scheduler's step: record the next optimizer step (counted from ``initial_step`` + 1)
+        with ``values`` (``loss=loss`` is the step's loss; others are recorded as given)."""
+        loss = values.pop(contract.LOSS, None)
+        if loss is not None:
+            self.add_output(loss)
+        self.gradients_used()
+        self.end_step(self.last_step + 1, **values)
+        self.begin_step()
+
+    def wants(self, step: int) -> bool:
+        """Whether step ``step``'s values are needed: a recorded step, or the first."""
+        return not self._started or self.schedule.records(step)
+
+    def close(self, reason: str | None = None) -> None:
+        """Write every recorded step; a ``reason`` marks the store
+        interrupted (see :meth:`Recorder.close`)."""
+        self.recorder.close(reason)
+
+    def __enter__(self) -> ModelRecorder:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
+        self.recorder.__exit__(exc_type, exc, traceback)
+
+    def _keep_lr(self) -> None:
+        if self._step.lr is None:
+            self._step.lr = self.selection.group["lr"]
+
+    def _keep_initial_state(self) -> None:
+        """Copy the selected parameters (and the probe's logits) now, before the first step
+        changes them: step 0, recorded with the first step."""
+        self._initial = self.selection.snapshot()
+        if self.probe is not None:
+            self._initial_values = {contract.PROBE_LOGITS: self.probe.logits(self.model)}
+
+    def _start(self, values: Mapping[str, Value]) -> None:
+        """At the first step: fix the recorded variables (optimizers create their state at their
+        first step), then record step 0 with NaN for what did not exist yet."""
+        try:
+            targets = self.selection.targets()
+        except ConfigError as error:
+            self.recorder.close(f"refused to record: {error}")
+            raise
+        for target in targets:
+            self.recorder.label(target.variable, target.dims, **target.attrs)
+        self.recorder.label(contract.LOSS, description=self._step.loss_description())
+        self._started = True
+        if self._initial is not None:
+            not_yet = {name: _nan_like(value) for name, value in values.items()}
+            self.recorder.record(0, **{**self.selection.initial_values(self._initial), **not_yet, **self._initial_values})
+            self._initial = None
+
+    def _refuse_a_gap(self, resume_step: int) -> None:
+        """Refuse to resume after a checkpoint that is newer than the store's last commit."""
+        missing = first_unrecorded_step(self.recorder.committed_step, resume_step, self.schedule)
+        if missing is not None:
+            self.recorder.close("refused to resume: steps would be missing")
+            raise ConfigError(
+                f"{self.recorder.store_name} holds steps up to {self.recorder.committed_step}, but training resumes "
+                f"after step {resume_step}: step {missing} would never be recorded; resume from a checkpoint at or "
+                f"before step {self.recorder.committed_step}"
+            )
+
+
+def common_attributes(
+    framework: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    steps: int,
+    gradient_accumulation_steps: int,
+    max_grad_norm: float | None,
+    autocast_dtype: str | None,
+    world_size: int,
+) -> dict[str, Any]:
+    """The run attributes every adapter writes, under one set of names (a framework adds its own
+    settings beside them): ``autocast_dtype`` is mixed precision's forward dtype (None: none),
+    the parameters' own dtype is ``dtype``; each recorded parameter's optimizer hyperparameters
+    are in its arrays' ``optimizer_hyperparameters``."""
+    return {
+        "framework": framework,
+        "optimizer_class": type(getattr(optimizer, "optimizer", optimizer)).__name__,
+        "steps": steps,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "max_grad_norm": max_grad_norm,
+        "autocast_dtype": autocast_dtype,
+        "world_size": world_size,
+        "device": str(next(model.parameters()).device),
+        "versions": library_versions(),
+    }
+
+
+def first_unrecorded_step(committed: int | None, resume_step: int, every: int | str | StepSchedule) -> int | None:
+    """The first step that ``every`` records after ``committed`` (the store's last step) and at
+    or before ``resume_step`` (where training resumes), or None: resuming there leaves no gap."""
+    following = 0 if committed is None else StepSchedule.parse(every).next_after(committed)
+    return following if following <= resume_step else None
+
+
+def _make_probe(model: torch.nn.Module, tokenizer: Any, inputs, positions, every) -> Probe:
+    """The probe, its text encoded by the tokenizer, or as bytes only for a byte-level model."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab_size = getattr(embeddings, "num_embeddings", None)
+    if vocab_size is None:
+        raise ConfigError(f"a probe needs the model's input embedding (get_input_embeddings()); {type(model).__name__} has none")
+    if isinstance(inputs, str) and tokenizer is None and vocab_size > 256:
+        raise ConfigError(
+            f"the probe is text, but there is no tokenizer and the model's vocabulary ({vocab_size}) is not "
+            "bytes; pass the tokenizer (Trainer(processing_class=tokenizer)) or give the probe as token ids"
+        )
+    probe = Probe(inputs, positions, every, tokenizer)
+    probe.check_vocabulary(vocab_size)
+    return probe
+
+
+def _nan_like(value: Value) -> Value:
+    """NaN in the shape and dtype of ``value``: one source dtype per variable from step 0 on."""
+    if isinstance(value, torch.Tensor):
+        return torch.full_like(value, float("nan"))
+    return float("nan")

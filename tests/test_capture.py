@@ -1,0 +1,68 @@
+"""The one per-step capture, driven by a plain loop: step 0, the schedule, the gradient norms, the loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import zarrec
+from zarrec import ConfigError
+
+
+def test_a_plain_loop_records_step_zero_and_its_schedule(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    initial = model[0].weight.detach().clone()
+    live = {}
+    with zarrec.ModelRecorder(tmp_path / "run.zarr", model, optimizer, params=["0.weight"], every=2) as recorder:
+        for step in range(1, 6):
+            loss = model(torch.randn(4, 3)).square().mean() * 100
+            loss.backward()
+            recorder.before_clipping()
+            before = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # returns the norm before clipping
+            grad = model[0].weight.grad.clone()
+            optimizer.step()
+            recorder.step(loss=loss.detach())
+            momentum = optimizer.state[model[0].weight]["momentum_buffer"].clone()
+            live[step] = (model[0].weight.detach().clone(), grad, momentum, loss.item(), before.item())
+            optimizer.zero_grad()
+    ds = xr.open_zarr(tmp_path / "run.zarr").load()
+    np.testing.assert_array_equal(ds.step, [0, 2, 4])
+    np.testing.assert_array_equal(ds["0.weight"][0], initial.numpy())
+    assert ds["0.weight.grad"][0].isnull().all() and (ds["0.weight.momentum_buffer"][0] == 0).all()
+    assert np.isnan(ds.loss[0]) and ds.loss.attrs["source_dtype"] == "float32"
+    assert ds["0.weight"].dims == ds["0.weight.grad"].dims  # one naming scheme: shared dims
+    for row, step in ((1, 2), (2, 4)):
+        weight, grad, momentum, loss, before = live[step]
+        for name, value in (("0.weight", weight), ("0.weight.grad", grad), ("0.weight.momentum_buffer", momentum)):
+            np.testing.assert_array_equal(ds[name][row], value.numpy(), err_msg=f"{name} at step {step}")
+        assert float(ds.loss[row]) == np.float32(loss) and float(ds.lr[row]) == np.float32(0.1)
+    assert ds.loss.attrs["description"] == "training loss of step t's batch, as the model computed it"
+    assert ds["0.weight"].attrs["optimizer"] == "SGD" and ds["0.weight"].attrs["optimizer_hyperparameters"]["momentum"] == 0.9
+    buffers = ds["0.weight.momentum_buffer"].values[1:]
+    np.testing.assert_allclose(ds.zarrec.intended_update("0.weight").total, -0.1 * buffers, rtol=1e-6)
+    assert ds.zarrec.realized_fraction("0.weight").overall.isnull().all()  # every other step: no W[t - 1]
+
+
+def test_a_loop_records_values_as_given(tmp_path):
+    model = torch.nn.Embedding(5, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    with zarrec.ModelRecorder(tmp_path / "run.zarr", model, optimizer, params=["weight"]) as recorder:
+        for _ in range(3):
+            model(torch.tensor([1, 2])).sum().backward()
+            optimizer.step()
+            recorder.step(loss=2.5, temperature=torch.tensor(0.7))
+            optimizer.zero_grad()
+    ds = xr.open_zarr(tmp_path / "run.zarr")
+    np.testing.assert_array_equal(ds.loss[1:], 2.5)
+    np.testing.assert_allclose(ds.temperature[1:], 0.7)
+    assert ds["weight"].dims == ("step", "weight_row", "weight_col") == ds["weight.exp_avg"].dims
+
+
+def test_a_model_without_an_input_embedding_names_what_to_record(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(ConfigError, match=r"Linear has no input embedding .* choose parameters by name with params"):
+        zarrec.ModelRecorder(tmp_path / "run.zarr", model, torch.optim.SGD(model.parameters(), lr=0.1))
