@@ -16,7 +16,7 @@ from zarrec import ConfigError, Recorder, ZarrecCallback, contract
 from zarrec.capture import first_unrecorded_step
 from zarrec.experiment import make_trainer, train
 
-SCALARS: set[str] = set()  # recorded with the loss and lr at every step
+SCALARS = {"grad_norm", "grad_norm_before_clipping"}  # recorded with the loss and lr at every step
 
 
 @pytest.fixture(scope="module")
@@ -311,11 +311,18 @@ def test_first_unrecorded_step(committed, resume, every, missing):
     assert first_unrecorded_step(committed, resume, every) == missing
 
 
-def test_what_the_loss_is_and_the_run_attributes(tmp_path, tiny_config):
+def test_gradient_norms_before_and_after_clipping_and_what_the_loss_is(tmp_path, tiny_config):
+    """The norm before clipping is the one the Trainer logs (clip_grad_norm_'s return); after it, max_grad_norm."""
     config = dataclasses.replace(tiny_config, steps=6, max_grad_norm=0.05, gradient_accumulation=2)
     trainer = make_trainer(config, str(tmp_path / "trainer"), [ZarrecCallback(tmp_path / "run.zarr")], progress=False)
+    trainer.args.logging_steps = 1
     trainer.train()
+    logged = [entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry]
     ds = xr.open_zarr(tmp_path / "run.zarr")
+    assert len(logged) == 6
+    np.testing.assert_allclose(ds.grad_norm_before_clipping[1:], logged, rtol=1e-5)
+    np.testing.assert_allclose(ds.grad_norm[1:], 0.05, rtol=1e-4)
+    assert ds.grad_norm.attrs["description"].startswith("global norm")
     assert ds.loss.attrs["description"].startswith("sum over step t's 2 micro-batches of the model's loss")
     assert ds.attrs["framework"] == "transformers" and ds.attrs["autocast_dtype"] is None
     assert ds.attrs["optimizer_class"] == "AdamW" and ds.attrs["adam_beta2"] == config.adam_beta2

@@ -11,7 +11,7 @@ import zarrec
 from zarrec import ConfigError
 
 
-def test_a_plain_loop_records_step_zero_and_its_schedule(tmp_path):
+def test_a_plain_loop_records_step_zero_its_schedule_and_the_gradient_norms(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -33,13 +33,15 @@ def test_a_plain_loop_records_step_zero_and_its_schedule(tmp_path):
     np.testing.assert_array_equal(ds.step, [0, 2, 4])
     np.testing.assert_array_equal(ds["0.weight"][0], initial.numpy())
     assert ds["0.weight.grad"][0].isnull().all() and (ds["0.weight.momentum_buffer"][0] == 0).all()
-    assert np.isnan(ds.loss[0]) and ds.loss.attrs["source_dtype"] == "float32"
+    assert np.isnan(ds.loss[0]) and np.isnan(ds.grad_norm[0]) and ds.loss.attrs["source_dtype"] == "float32"
     assert ds["0.weight"].dims == ds["0.weight.grad"].dims  # one naming scheme: shared dims
     for row, step in ((1, 2), (2, 4)):
         weight, grad, momentum, loss, before = live[step]
         for name, value in (("0.weight", weight), ("0.weight.grad", grad), ("0.weight.momentum_buffer", momentum)):
             np.testing.assert_array_equal(ds[name][row], value.numpy(), err_msg=f"{name} at step {step}")
         assert float(ds.loss[row]) == np.float32(loss) and float(ds.lr[row]) == np.float32(0.1)
+        assert float(ds.grad_norm_before_clipping[row]) == pytest.approx(before, rel=1e-6)
+        assert before > 1 and float(ds.grad_norm[row]) == pytest.approx(1.0, rel=1e-5)  # clipped to 1
     assert ds.loss.attrs["description"] == "training loss of step t's batch, as the model computed it"
     assert ds["0.weight"].attrs["optimizer"] == "SGD" and ds["0.weight"].attrs["optimizer_hyperparameters"]["momentum"] == 0.9
     buffers = ds["0.weight.momentum_buffer"].values[1:]
@@ -47,7 +49,7 @@ def test_a_plain_loop_records_step_zero_and_its_schedule(tmp_path):
     assert ds.zarrec.realized_fraction("0.weight").overall.isnull().all()  # every other step: no W[t - 1]
 
 
-def test_a_loop_records_values_as_given(tmp_path):
+def test_a_loop_without_before_clipping_records_nan_for_it_and_values_as_given(tmp_path):
     model = torch.nn.Embedding(5, 3)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
     with zarrec.ModelRecorder(tmp_path / "run.zarr", model, optimizer, params=["weight"]) as recorder:
@@ -57,6 +59,7 @@ def test_a_loop_records_values_as_given(tmp_path):
             recorder.step(loss=2.5, temperature=torch.tensor(0.7))
             optimizer.zero_grad()
     ds = xr.open_zarr(tmp_path / "run.zarr")
+    assert ds.grad_norm_before_clipping.isnull().all() and ds.grad_norm[1:].notnull().all()
     np.testing.assert_array_equal(ds.loss[1:], 2.5)
     np.testing.assert_allclose(ds.temperature[1:], 0.7)
     assert ds["weight"].dims == ("step", "weight_row", "weight_col") == ds["weight.exp_avg"].dims

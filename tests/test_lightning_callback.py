@@ -11,7 +11,7 @@ import xarray as xr
 from zarrec import ConfigError
 from zarrec.lightning_callback import ZarrecLightningCallback
 
-SCALARS: set[str] = set()  # recorded with the loss and lr at every step
+SCALARS = {"grad_norm", "grad_norm_before_clipping"}  # recorded with the loss and lr at every step
 
 LR, DECAY = 1e-2, 0.9  # the scheduler multiplies the learning rate by DECAY after every step
 
@@ -63,6 +63,8 @@ def test_records_clipped_gradients_moments_and_the_lr_each_step_used(tmp_path):
     assert ds.grads[0].isnull().all() and (ds.momentum[0] == 0).all() and ds.loss[1:].notnull().all()
     assert ds.attrs["hparams"] == {"lr": LR} and ds.attrs["gradient_accumulation_steps"] == 2
     assert ds.attrs["framework"] == "lightning" and ds.attrs["optimizer_class"] == "AdamW"
+    before, after = ds.grad_norm_before_clipping.values[1:], ds.grad_norm.values[1:]
+    assert (before > 0.05).all() and np.allclose(after, 0.05, rtol=1e-4)  # every step was clipped to 0.05
     assert ds.attrs["zarrec_status"]["state"] == "complete"
 
 

@@ -17,7 +17,8 @@ def test_summary_of_a_real_run(float32_run):
     steps = float32_run.config.steps
     assert (summary.steps, summary.first_step, summary.last_step, summary.stride, summary.gaps) == (steps + 1, 0, steps, 1, [])
     names = [v.name for v in summary.variables]
-    assert names == ["embeddings", "grads", "logits", "loss", "lr", "momentum", "variance"]
+    assert names == ["embeddings", "grad_norm", "grad_norm_before_clipping", "grads", "logits", "loss", "lr", "momentum",
+                     "variance"]
     embeddings = summary.variables[0]
     assert embeddings.dims == ("step", "token", "dim") and embeddings.shape == (steps + 1, 128, 16)
     assert embeddings.raw_bytes == (steps + 1) * 128 * 16 * 4 and 0 < embeddings.stored_bytes < embeddings.raw_bytes
@@ -26,7 +27,7 @@ def test_summary_of_a_real_run(float32_run):
     assert summary.attrs["learning_rate"] == 1e-3
     report = summary.report()
     for text in ("status     complete", "steps      31 recorded, 0..30", "gaps       none",
-                 "embeddings  (step: 31, token: 128, dim: 16)"):
+                 "embeddings                 (step: 31, token: 128, dim: 16)"):  # names padded to the longest
         assert text in report
     json.dumps(summary.to_dict())
 

@@ -4,6 +4,8 @@ Events, per optimizer step t (``state.global_step`` is t - 1 until the step ends
 
 - ``on_step_begin``: a step begins;
 - a forward hook on the model: each training micro-batch's output (loss, logits);
+- post-accumulate-grad hooks: each gradient's norm before clipping (the Trainer has no
+  event between the last backward and clipping);
 - ``on_pre_optimizer_step`` (after accumulation and clipping): the gradients the
   optimizer is about to use;
 - ``on_optimizer_step`` (after the update): step t ends and is recorded.
@@ -106,6 +108,8 @@ class ZarrecCallback(TrainerCallback):
             resume_from=state.global_step if resuming else None, flush_every=self.flush_every, on_error=self.on_error,
         )
         self._hook = model.register_forward_hook(self._capture_forward, with_kwargs=True)
+        if args.world_size == 1:  # across processes each would see only its own gradients
+            self.capture.track_norms_before_clipping()
 
     @property
     def recorder(self) -> Recorder | None:

@@ -7,6 +7,7 @@ translate their framework's events into its calls; a plain PyTorch loop calls it
         for batch in loader:
             loss = model(**batch).loss
             loss.backward()
+            recorder.before_clipping()                    # optional: the gradient norm before clipping
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             recorder.step(loss=loss)                      # after the update, before zero_grad()
@@ -14,8 +15,9 @@ translate their framework's events into its calls; a plain PyTorch loop calls it
 
 Per optimizer step t it records the selected parameters (default: the input embedding)
 after the update, the gradients the update used (after accumulation and clipping), the
-optimizer's state, the ``loss`` and the ``lr``; the training logits and a probe's logits
-when there are. Step 0, kept when recording starts, is the initial state. Nothing here calls
+optimizer's state, and the scalars of :data:`STEP_SCALARS`: ``loss``, ``lr``, the global
+gradient norm before and after clipping; the training logits and a probe's logits when
+there are. Step 0, kept when recording starts, is the initial state. Nothing here calls
 ``.item()`` or copies to the host: the recorder's staging copy is the only transfer.
 """
 
@@ -35,6 +37,8 @@ from zarrec.selection import ParameterSelection
 from zarrec.store import StoreLike
 from zarrec.versions import library_versions
 
+# What each step records besides the selection, whichever adapter captured it.
+STEP_SCALARS = (contract.LOSS, contract.LR, contract.GRAD_NORM, contract.GRAD_NORM_BEFORE_CLIPPING)
 _NAN = torch.tensor(float("nan"))  # a scalar the step did not see, in the dtype of a captured one (float32)
 
 
@@ -47,6 +51,9 @@ class _Step:
         self.loss_is_token_share = False  # each micro loss was already divided by the step's token count
         self.logits: torch.Tensor | None = None
         self.grads: Mapping[str, torch.Tensor | None] = {}
+        self.grad_norm: torch.Tensor = _NAN
+        self.grad_norm_before_clipping: torch.Tensor = _NAN
+        self.norms_before_clipping: dict[torch.nn.Parameter, torch.Tensor] = {}
         self.lr: float | torch.Tensor | None = None
 
     def loss_description(self) -> str:
@@ -145,6 +152,7 @@ class ModelRecorder:
         self._initial_values: dict[str, Value] = {}
         if initial_step == 0:
             self._keep_initial_state()
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._step = _Step()
 
     # Events, in the order a step sees them.
@@ -170,19 +178,31 @@ class ModelRecorder:
         if self._step.logits is None and isinstance(logits, torch.Tensor) and logits.ndim == 3:
             self._step.logits = logits.detach()[0, -1].clone()
 
+    def track_norms_before_clipping(self) -> None:
+        """For a framework with no event between the last backward and clipping (the HF
+        Trainer): each trained parameter's gradient norm is taken as its accumulation ends
+        (a post-accumulate-grad hook; the step's last micro-batch's value stands)."""
+        for parameter in _trained(self.model):
+            self._hooks.append(parameter.register_post_accumulate_grad_hook(self._keep_norm))
+
     def before_clipping(self) -> None:
-        """The gradients are accumulated, not yet clipped: keep the learning rate the step will use."""
+        """The gradients are accumulated, not yet clipped: keep their global norm, and the
+        learning rate the step will use."""
         if self.wants(self.last_step + 1):
+            self._step.grad_norm_before_clipping = _global_norm([p.grad for p in _trained(self.model)])
             self._keep_lr()
 
     def gradients_used(self) -> None:
         """The gradients are those the optimizer uses (after clipping, before ``zero_grad``):
-        keep a device copy of the selected ones, and the learning rate (if
+        keep a device copy of the selected ones, their global norm, and the learning rate (if
         :meth:`before_clipping` did not: before the scheduler steps)."""
         if not self.wants(self.last_step + 1):
             return
         if self.selection.wants_grads():
             self._step.grads = self.selection.grads()
+        self._step.grad_norm = _global_norm([p.grad for p in _trained(self.model)])
+        if self._step.norms_before_clipping:
+            self._step.grad_norm_before_clipping = _global_norm(list(self._step.norms_before_clipping.values()))
         self._keep_lr()
 
     def end_step(self, step: int, **values: Value) -> None:
@@ -192,6 +212,8 @@ class ModelRecorder:
             return
         captured = {
             contract.LOSS: self._step.loss, contract.LR: self._step.lr if self._step.lr is not None else float("nan"),
+            contract.GRAD_NORM: self._step.grad_norm,
+            contract.GRAD_NORM_BEFORE_CLIPPING: self._step.grad_norm_before_clipping,
         }
         if self._step.logits is not None:
             captured[contract.LOGITS] = self._step.logits
@@ -218,15 +240,22 @@ class ModelRecorder:
         return not self._started or self.schedule.records(step)
 
     def close(self, reason: str | None = None) -> None:
-        """Write every recorded step; a ``reason`` marks the store
+        """Write every recorded step and detach from the model; a ``reason`` marks the store
         interrupted (see :meth:`Recorder.close`)."""
+        self._remove_hooks()
         self.recorder.close(reason)
 
     def __enter__(self) -> ModelRecorder:
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
+        self._remove_hooks()
         self.recorder.__exit__(exc_type, exc, traceback)
+
+    def _remove_hooks(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
     def _keep_lr(self) -> None:
         if self._step.lr is None:
@@ -255,6 +284,10 @@ class ModelRecorder:
             not_yet = {name: _nan_like(value) for name, value in values.items()}
             self.recorder.record(0, **{**self.selection.initial_values(self._initial), **not_yet, **self._initial_values})
             self._initial = None
+
+    def _keep_norm(self, parameter: torch.nn.Parameter) -> None:
+        if self.wants(self.last_step + 1):
+            self._step.norms_before_clipping[parameter] = torch.linalg.vector_norm(parameter.grad.detach())
 
     def _refuse_a_gap(self, resume_step: int) -> None:
         """Refuse to resume after a checkpoint that is newer than the store's last commit."""
@@ -301,6 +334,18 @@ def first_unrecorded_step(committed: int | None, resume_step: int, every: int | 
     or before ``resume_step`` (where training resumes), or None: resuming there leaves no gap."""
     following = 0 if committed is None else StepSchedule.parse(every).next_after(committed)
     return following if following <= resume_step else None
+
+
+def _trained(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _global_norm(tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """``√Σ‖x‖²`` over the tensors that exist, as ``clip_grad_norm_`` computes it (float32, on their device)."""
+    present = [t.detach() for t in tensors if t is not None]
+    if not present:
+        return _NAN
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present)).float())
 
 
 def _make_probe(model: torch.nn.Module, tokenizer: Any, inputs, positions, every) -> Probe:

@@ -41,6 +41,8 @@ VARIANCE = "variance"
 LOGITS = "logits"
 LOSS = "loss"
 LR = "lr"
+GRAD_NORM = "grad_norm"
+GRAD_NORM_BEFORE_CLIPPING = "grad_norm_before_clipping"
 # A fixed probe's logits (zarrec.probe), at chosen positions of its input.
 PROBE_LOGITS = "probe_logits"
 PROBE_POSITION = "probe_position"
@@ -55,6 +57,8 @@ VARIABLE_DIMS: dict[str, tuple[str, ...]] = {
     PROBE_LOGITS: (PROBE_POSITION, TOKEN),
     LOSS: (),
     LR: (),
+    GRAD_NORM: (),
+    GRAD_NORM_BEFORE_CLIPPING: (),
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -65,6 +69,12 @@ DESCRIPTIONS: dict[str, str] = {
     LOGITS: "logits of step t's batch at sequence 0, last position",
     LOSS: "mean training loss of step t's batch",
     LR: "learning rate used by optimizer step t",
+    GRAD_NORM: "global norm √Σ‖g‖² of every trained parameter's gradient used by optimizer step t (after clipping)",
+    GRAD_NORM_BEFORE_CLIPPING: (
+        "global norm √Σ‖g‖² of every trained parameter's gradient at step t before clipping "
+        "(NaN where the training loop gives no moment before clipping: the HF Trainer across processes, "
+        "a plain loop that does not call before_clipping())"
+    ),
     PROBE_LOGITS: "logits of the fixed probe input with the weights after step t (NaN: not evaluated at step t)",
     STEP: "optimizer step (the Trainer's global_step after the step)",
     TOKEN: "token id",

@@ -2,9 +2,9 @@
 
 Events, per optimizer step (``pip install lightning``):
 
-- ``on_before_optimizer_step`` (gradients accumulated, not yet clipped): the learning rate
-  the step uses (Lightning steps its schedulers before the batch ends); the batch is the one
-  whose step runs;
+- ``on_before_optimizer_step`` (gradients accumulated, not yet clipped): the gradient norm
+  before clipping and the learning rate the step uses (Lightning steps its schedulers
+  before the batch ends); the batch is the one whose step runs;
 - ``on_train_batch_end``: the batch's ``training_step`` output (its loss; its ``logits``
   when it returns them); after the stepping batch, the gradients the optimizer used
   (Lightning clips them before the step and zeroes them only in the next one), and the
@@ -38,8 +38,8 @@ class ZarrecLightningCallback(Callback):
     ``Trainer(callbacks=[ZarrecLightningCallback("run.zarr")])`` records, per optimizer step,
     what :class:`zarrec.ModelRecorder` records: the selected parameters (default: the module's
     ``get_input_embeddings()``, as ``embeddings``), their gradients, the optimizer's state,
-    the loss (mean over the step's batches), the learning rate, and the logits when
-    ``training_step`` returns them (``{"loss": ...,
+    the loss (mean over the step's batches), the learning rate, the gradient norm before and
+    after clipping, and the logits when ``training_step`` returns them (``{"loss": ...,
     "logits": ...}``); step 0 is the initial state. Only global rank 0 writes.
 
     Args:
