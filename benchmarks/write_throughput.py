@@ -47,8 +47,8 @@ def reference_shapes() -> dict[str, tuple[int, ...]]:
 
 def whole_model_shapes() -> dict[str, tuple[int, ...]]:
     """Every parameter of the 116k-parameter reference model, with its gradient and both Adam moments."""
-    from zarrec.config import TrainConfig
-    from zarrec.experiment import build_model
+    from zarrec.reference.config import TrainConfig
+    from zarrec.reference.model import build_model
 
     model = build_model(TrainConfig(dtype="float32"))
     shapes = {}
@@ -78,7 +78,7 @@ def peak_rss_mb() -> float:
 
 
 def resolve(device: str) -> str:
-    from zarrec.experiment import resolve_device
+    from zarrec.reference.train import resolve_device
 
     return resolve_device(device)
 
@@ -155,8 +155,8 @@ def case_training(variant: str, steps: int, dtype: str, device: str, out: str) -
 
     import recorders
     from zarrec import ZarrecCallback
-    from zarrec.config import TrainConfig
-    from zarrec.experiment import make_trainer
+    from zarrec.reference.config import TrainConfig
+    from zarrec.reference.train import make_trainer
 
     class StepTimer(TrainerCallback):
         def __init__(self):

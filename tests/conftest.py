@@ -13,8 +13,8 @@ import torch
 from transformers import TrainerCallback
 from zarr.storage import LocalStore, WrapperStore
 
-from zarrec.config import TrainConfig
-from zarrec.experiment import train
+from zarrec.reference.config import TrainConfig
+from zarrec.reference.train import train
 
 # ~100 bytes: with context 16 and batch 4 an epoch is 22 steps, so short runs cross epoch boundaries.
 SMALL_TEXT = "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs! 0123456789\n"
@@ -168,7 +168,7 @@ def legacy_file(tmp_path_factory, tiny_config) -> Path:
     """30 steps recorded by the reference notebook's own recorder, over an epoch boundary (22 steps an epoch)."""
     from legacy_notebook import write_legacy_file
 
-    from zarrec.corpus import load_corpus
+    from zarrec.reference.corpus import load_corpus
 
     path = tmp_path_factory.mktemp("legacy") / "legacy.safetensors"
     return write_legacy_file(path, tiny_config, load_corpus(tiny_config.corpus))

@@ -116,9 +116,9 @@ class InstrumentedTrainer(Trainer):
 
 
 def write_legacy_file(path: Path, config, corpus, record_every_n: int = 1) -> Path:
-    """Train ``config`` (a :class:`zarrec.config.TrainConfig`) with the notebook's recorder; save its file."""
-    from zarrec.corpus import ByteDataset
-    from zarrec.experiment import build_model
+    """Train ``config`` (a :class:`zarrec.reference.config.TrainConfig`) with the notebook's recorder; save its file."""
+    from zarrec.reference.corpus import ByteDataset
+    from zarrec.reference.model import build_model
 
     recorder = ComprehensiveRecorder(config.vocab_size, config.n_embd, record_every_n)
     args = TrainingArguments(

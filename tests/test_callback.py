@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 
 from zarrec import ConfigError, Recorder, ZarrecCallback, contract
 from zarrec.capture import first_unrecorded_step
-from zarrec.experiment import make_trainer, train
+from zarrec.reference.train import make_trainer, train
 
 SCALARS = {"grad_norm", "grad_norm_before_clipping"}  # recorded with the loss and lr at every step
 
@@ -58,7 +58,7 @@ def test_store_contract(ds, float32_run):
 
 
 def test_step_zero_is_the_initial_state(ds, float32_run):
-    from zarrec.experiment import initial_embeddings
+    from zarrec.reference.model import initial_embeddings
 
     np.testing.assert_array_equal(ds.embeddings[0], initial_embeddings(float32_run.config).numpy())
     assert (ds.momentum[0] == 0).all() and (ds.variance[0] == 0).all()
@@ -78,7 +78,7 @@ def test_values_bitwise_equal_to_live_tensors(ds, float32_run):
 
 
 def test_steps_are_global_steps_across_epoch_boundaries(ds, float32_run):
-    from zarrec.corpus import ByteDataset, load_corpus
+    from zarrec.reference.corpus import ByteDataset, load_corpus
 
     config = float32_run.config
     steps_per_epoch = -(-len(ByteDataset(load_corpus(config.corpus), config.context)) // config.batch_size)
@@ -154,8 +154,8 @@ def test_every_n_records_only_those_steps(tmp_path, tiny_config):
 def _trainer(tmp_path, config, callback, **arguments):
     from transformers import Trainer, TrainingArguments
 
-    from zarrec.corpus import ByteDataset, load_corpus
-    from zarrec.experiment import build_model
+    from zarrec.reference.corpus import ByteDataset, load_corpus
+    from zarrec.reference.model import build_model
 
     args = TrainingArguments(output_dir=str(tmp_path / "trainer"), max_steps=3, per_device_train_batch_size=4,
                              report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, **arguments)
@@ -250,7 +250,7 @@ def test_a_step_schedule_keeps_exactly_its_steps(tmp_path, tiny_config):
 
 def test_probe_logits_are_the_current_weights_on_a_fixed_input(tmp_path, tiny_config):
     """Evaluated at steps 0, 3, 6 with the weights of that step; the training logits are untouched."""
-    from zarrec.experiment import build_model
+    from zarrec.reference.model import build_model
     from zarrec.probe import Probe
 
     config = dataclasses.replace(tiny_config, steps=6)

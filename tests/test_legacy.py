@@ -96,7 +96,7 @@ def test_bad_files_are_refused_naming_the_problem(tmp_path, legacy_file):
 
 
 def test_a_store_without_the_embedding_recording_cannot_be_exported(tmp_path, tiny_config):
-    from zarrec.experiment import train
+    from zarrec.reference.train import train
 
     train(dataclasses.replace(tiny_config, steps=2, params=("transformer.ln_f.*",)), tmp_path / "ln.zarr", progress=False)
     with pytest.raises(ConfigError, match="has no embeddings, grads, momentum, variance; the reference layout needs"):

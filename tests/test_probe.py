@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from zarrec import ConfigError
-from zarrec.experiment import build_model
+from zarrec.reference.model import build_model
 from zarrec.probe import Probe
 
 

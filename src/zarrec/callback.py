@@ -52,7 +52,7 @@ class ZarrecCallback(TrainerCallback):
             (``processing_class``), or as bytes for a byte-level model.
         chunk_steps: recorded steps per Zarr chunk; by default about 16 MB per chunk (see :class:`Recorder`).
         token_coords: coordinates along ``token`` as ``{name: ("token", values)}``,
-            e.g. :meth:`zarrec.corpus.Corpus.token_coords`.
+            e.g. :meth:`zarrec.reference.corpus.Corpus.token_coords`.
         attrs: extra run attributes (e.g. how the data and the model were made).
         overwrite: replace an existing store at ``out``.
         resume: continue the store at ``out`` if it exists, as training resumes from a

@@ -95,7 +95,7 @@ class ModelRecorder:
             (default: all), as ``probe_logits`` (:class:`~zarrec.probe.Probe`). A text is
             encoded by ``tokenizer``, or as bytes for a byte-level model.
         coords: static coordinates, ``{name: (dim, values)}``, e.g.
-            :meth:`zarrec.corpus.Corpus.token_coords`.
+            :meth:`zarrec.reference.corpus.Corpus.token_coords`.
         attrs: run attributes (hyperparameters, how the data were made).
         initial_step: the optimizer step training starts after (a checkpoint's); step 0, the
             initial state, is recorded only from 0.

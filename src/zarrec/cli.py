@@ -17,7 +17,7 @@ from zarrec.shutdown import stop_reason
 
 
 def _train_parser(subparsers) -> None:
-    from zarrec.config import DEVICES, DTYPES, INITS, OPTIMIZERS, TrainConfig
+    from zarrec.reference.config import DEVICES, DTYPES, INITS, OPTIMIZERS, TrainConfig
 
     defaults = TrainConfig()
     parser = subparsers.add_parser(
@@ -72,8 +72,8 @@ def _schedule(text: str) -> int | str:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from zarrec.config import TrainConfig
-    from zarrec.experiment import default_checkpoint_dir, recorded_config, train
+    from zarrec.reference.config import TrainConfig
+    from zarrec.reference.train import default_checkpoint_dir, recorded_config, train
 
     for option in ("save_steps", "flush_every"):
         if getattr(args, option) is not None and getattr(args, option) < 1:

@@ -64,7 +64,7 @@ def import_legacy(
     import torch
     from safetensors import SafetensorError, safe_open
 
-    from zarrec.corpus import byte_labels
+    from zarrec.reference.corpus import byte_labels
     from zarrec.recorder import Recorder
 
     path = Path(source)

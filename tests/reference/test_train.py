@@ -11,8 +11,9 @@ import xarray as xr
 from transformers import TrainerCallback
 
 from zarrec import ConfigError
-from zarrec.config import TrainConfig
-from zarrec.experiment import checkpoint_steps, initial_embeddings, resolve_device, train
+from zarrec.reference.config import TrainConfig
+from zarrec.reference.model import initial_embeddings
+from zarrec.reference.train import checkpoint_steps, resolve_device, train
 
 
 def test_f32_to_bf16_init_puts_every_token_within_one_bf16_step():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from zarrec import ConfigError
-from zarrec.corpus import BUILTIN_CORPUS, ByteDataset, byte_label, load_corpus
+from zarrec.reference.corpus import BUILTIN_CORPUS, ByteDataset, byte_label, load_corpus
 
 
 def test_builtin_corpus_ships_with_python():

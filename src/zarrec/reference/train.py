@@ -1,4 +1,4 @@
-"""The reference experiment: a byte-level GPT-2 with near-identical token embeddings.
+"""The reference experiment's training run: the model trained by the Hugging Face Trainer, recorded by zarrec.
 
 This is the run of the notebook zarrec grew out of (``shared/seed``): vocabulary of
 128 bytes, 64 dimensions, 2 layers, 2 heads, context 128, batch 32, AdamW with a
@@ -25,16 +25,16 @@ import torch
 from zarrec import contract, shutdown
 from zarrec.callback import ZarrecCallback
 from zarrec.capture import first_unrecorded_step
-from zarrec.config import TrainConfig
-from zarrec.corpus import ByteDataset, Corpus, load_corpus
 from zarrec.errors import ConfigError, WriterError
+from zarrec.reference.config import TrainConfig
+from zarrec.reference.corpus import ByteDataset, Corpus, load_corpus
+from zarrec.reference.model import build_model
 from zarrec.store import StoreLike, describe, ensure_new, ensure_resumable, local_directory
 from zarrec.summary import StoreSummary, open_run, summarize
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
 
-TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 # Three, not one: a kill -9 can lose up to two chunks of recorded steps, and resuming needs a
 # checkpoint at or before the store's last committed step.
 CHECKPOINTS_KEPT = 3
@@ -55,48 +55,6 @@ def is_main_process() -> bool:
 
     Read from the launcher's environment: the process group does not exist until the Trainer starts."""
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def build_model(config: TrainConfig):
-    """A GPT-2 LM with tied embeddings and no dropout, in ``config.dtype``, embeddings initialised."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(config.seed)
-    model_config = GPT2Config(
-        vocab_size=config.vocab_size,
-        n_positions=config.context,
-        n_embd=config.n_embd,
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        tie_word_embeddings=True,
-        bos_token_id=None,  # GPT-2's 50256 lies outside a byte vocabulary
-        eos_token_id=None,
-    )
-    model = GPT2LMHeadModel(model_config).to(TORCH_DTYPES[config.dtype])
-    # transformers cannot infer the loss type from the class name "GPT2LMHeadModel"; without it
-    # the Trainer counts unshifted labels and scales every loss by (context - 1) / context.
-    model.loss_type = "ForCausalLM"
-    with torch.no_grad():
-        model.get_input_embeddings().weight.copy_(initial_embeddings(config))
-    return model
-
-
-def initial_embeddings(config: TrainConfig) -> torch.Tensor:
-    """One random unit vector plus N(0, init_sigma²) noise per token, in the training dtype.
-
-    ``f32_to_bf16`` draws and sums in float32, then casts (the notebook's method: the
-    noise is far below bfloat16 resolution, so all tokens start identical in bf16).
-    ``pure_bf16`` draws and sums in bfloat16 throughout.
-    """
-    generator = torch.Generator().manual_seed(config.seed)
-    draw_dtype = torch.float32 if config.init == "f32_to_bf16" else torch.bfloat16
-    direction = torch.randn(config.n_embd, generator=generator).to(draw_dtype)
-    direction = direction / direction.norm()
-    noise = torch.randn(config.vocab_size, config.n_embd, generator=generator).to(draw_dtype) * config.init_sigma
-    return (direction + noise).to(TORCH_DTYPES[config.dtype])
 
 
 def experiment_attributes(config: TrainConfig, corpus: Corpus, device: str) -> dict:

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from zarrec import ConfigError
-from zarrec.config import TrainConfig
+from zarrec.reference.config import TrainConfig
 
 
 def test_defaults_are_the_reference_experiment():
