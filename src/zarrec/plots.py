@@ -191,7 +191,7 @@ def parameters(ds: xr.Dataset):
     for axis, values, label, options in (
         (fraction_axis, fraction, "realized fraction", {"cmap": "RdYlGn", "vmin": 0, "vmax": 1}),
         (ratio_axis, np.log10(overview["update_to_weight"].where(overview["update_to_weight"] > 0)),
-         "log₁₀ ‖ΔW‖ / ‖W‖", {"cmap": "viridis"}),
+         "log₁₀ ‖ΔW‖ / ‖W‖ (white: no motion)", {"cmap": "viridis"}),
     ):
         mesh = axis.pcolormesh(steps, np.arange(len(names)), values.transpose(analysis.PARAM_DIM, contract.STEP),
                                shading="nearest", **options)
