@@ -326,3 +326,10 @@ def test_gradient_norms_before_and_after_clipping_and_what_the_loss_is(tmp_path,
     assert ds.loss.attrs["description"].startswith("sum over step t's 2 micro-batches of the model's loss")
     assert ds.attrs["framework"] == "transformers" and ds.attrs["autocast_dtype"] is None
     assert ds.attrs["optimizer_class"] == "AdamW" and ds.attrs["adam_beta2"] == config.adam_beta2
+
+
+def test_mantissa_bits_reach_the_store_from_the_trainer(tmp_path, tiny_config):
+    train(dataclasses.replace(tiny_config, steps=3, mantissa_bits=7), tmp_path / "run.zarr", progress=False)
+    ds = xr.open_zarr(tmp_path / "run.zarr")
+    assert ds.embeddings.attrs["mantissa_bits"] == 7 and ds.grads.attrs["mantissa_bits"] == 7
+    assert (ds.momentum.values.view(np.uint32) & 0xFFFF == 0).all() and "mantissa_bits" not in ds.loss.attrs

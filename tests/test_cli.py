@@ -181,6 +181,7 @@ def test_bad_input_is_one_line_naming_problem_and_fix(tmp_path, small_corpus):
         "chunk_steps must be at least 1, got -1": ["--chunk-steps", "-1", *corpus],
         "--save-steps must be at least 1, got 0": ["--save-steps", "0", *corpus],
         "--flush-every must be at least 1, got 0": ["--flush-every", "0", *corpus],
+        "mantissa_bits must be between 1 and 22 (float32 keeps 23), got 30": ["--mantissa-bits", "30", *corpus],
         "device mps is not available on this machine; use --device auto or cpu": [*corpus, "--device", "mps"],
         f"there is no recording to resume at {tmp_path / 'new.zarr'}; drop --resume to start one": ["--resume"],
         "--resume continues the store and --overwrite replaces it; pass one of them": ["--resume", "--overwrite"],

@@ -423,3 +423,28 @@ def test_a_parameter_its_gradient_and_its_state_share_dims(tmp_path):
     assert ds["q0.mask"].dims == ("step", "q0_mask_dim0")  # another shape: its own dims
     assert (ds["q0"] - ds["q0.grad"]).shape == (3, 4, 3)
     assert ds.sel(q0_dim0=2, q0_dim1=1)["q0"].dims == ("step",)  # every dim has an index coordinate
+
+
+def test_mantissa_rounding_keeps_the_stated_bits_and_plain_float32(tmp_path):
+    """7 bits (bfloat16's precision): every stored value within 2^-8 of the given one, relatively,
+    its low 16 bits zero; NaN, Inf and the per-step scalars exact; the attribute says so."""
+    rng = np.random.default_rng(0)
+    given = [rng.normal(scale=10.0 ** rng.integers(-30, 30), size=(8, 5)).astype(np.float32) for _ in range(6)]
+    given[2][0, :3] = [np.nan, np.inf, -np.inf]
+    given[3][1, 0] = np.frombuffer(np.uint32(0x7F800001).tobytes(), np.float32)[0]  # a NaN whose payload is in low bits
+    with Recorder(tmp_path / "r.zarr", chunk_steps=4, mantissa_bits=7) as recorder:
+        for step, values in enumerate(given):
+            recorder.record(step, w=torch.from_numpy(values), loss=float(values[0, 3]))
+    ds = xr.open_zarr(tmp_path / "r.zarr")
+    stored, exact = ds.w.values, np.stack(given)
+    assert stored.dtype == np.float32 and ds.w.attrs["mantissa_bits"] == 7 and "mantissa_bits" not in ds.loss.attrs
+    finite = np.isfinite(exact)
+    assert (np.abs(stored[finite] - exact[finite]) <= 2.0**-8 * np.abs(exact[finite])).all()
+    assert (stored[finite].view(np.uint32) & 0xFFFF == 0).all()
+    np.testing.assert_array_equal(np.isnan(stored), np.isnan(exact))
+    np.testing.assert_array_equal(stored[np.isinf(exact)], exact[np.isinf(exact)])
+    np.testing.assert_array_equal(ds.loss.values, exact[:, 0, 3])  # scalars are not rounded
+    rounded_to_bf16 = torch.from_numpy(exact).to(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(stored[finite], rounded_to_bf16[finite])  # exactly what a cast to bfloat16 keeps
+    with pytest.raises(RecordError, match="mantissa_bits must be between 1 and 22"):
+        Recorder(tmp_path / "bad.zarr", mantissa_bits=23)

@@ -59,7 +59,8 @@ class ZarrecCallback(TrainerCallback):
             checkpoint (``trainer.train(resume_from_checkpoint=...)``): steps recorded
             after the checkpoint are dropped first. The run must be the recorded one
             (hyperparameters, model, data, selection); a difference is refused, naming it.
-        flush_every, on_error: as for :class:`~zarrec.Recorder`.
+        mantissa_bits, flush_every, on_error: as for :class:`~zarrec.Recorder` (``mantissa_bits=7``: every
+            recorded tensor rounded to bfloat16's precision, stored as float32; default exact).
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class ZarrecCallback(TrainerCallback):
         attrs: Mapping[str, Any] | None = None,
         overwrite: bool = False,
         resume: bool = False,
+        mantissa_bits: int | None = None,
         flush_every: int | None = None,
         on_error: str = "raise",
     ) -> None:
@@ -90,6 +92,7 @@ class ZarrecCallback(TrainerCallback):
         self.attrs = dict(attrs or {})
         self.overwrite = overwrite
         self.resume = resume
+        self.mantissa_bits = mantissa_bits
         self.flush_every = flush_every
         self.on_error = on_error
         self.capture: ModelRecorder | None = None
@@ -105,7 +108,8 @@ class ZarrecCallback(TrainerCallback):
             probe=probe, probe_positions=positions, probe_every=probe_every, tokenizer=kwargs.get("processing_class"),
             coords=self.token_coords, attrs={**run_attributes(args, state, model, optimizer), **self.attrs},
             chunk_steps=self.chunk_steps, overwrite=self.overwrite, initial_step=state.global_step,
-            resume_from=state.global_step if resuming else None, flush_every=self.flush_every, on_error=self.on_error,
+            resume_from=state.global_step if resuming else None, mantissa_bits=self.mantissa_bits,
+            flush_every=self.flush_every, on_error=self.on_error,
         )
         self._hook = model.register_forward_hook(self._capture_forward, with_kwargs=True)
         if args.world_size == 1:  # across processes each would see only its own gradients

@@ -101,7 +101,7 @@ class ModelRecorder:
             initial state, is recorded only from 0.
         resume_from: continue the store at ``out`` after this step (where training resumes;
             0: from the start): steps recorded after it are dropped. The run must be the recorded one.
-        chunk_steps, overwrite, flush_every, on_error: as for :class:`~zarrec.Recorder`.
+        chunk_steps, overwrite, mantissa_bits, flush_every, on_error: as for :class:`~zarrec.Recorder`.
     """
 
     def __init__(
@@ -123,6 +123,7 @@ class ModelRecorder:
         overwrite: bool = False,
         initial_step: int = 0,
         resume_from: int | None = None,
+        mantissa_bits: int | None = None,
         flush_every: int | None = None,
         on_error: str = "raise",
     ) -> None:
@@ -142,7 +143,7 @@ class ModelRecorder:
         self.recorder = Recorder(
             out, chunk_steps=chunk_steps, coords=all_coords, attrs=run_attrs, overwrite=overwrite,
             resume_from=(resume_from or -1) if resume_from is not None else None,  # from step 0 nothing is kept
-            flush_every=flush_every, on_error=on_error,
+            mantissa_bits=mantissa_bits, flush_every=flush_every, on_error=on_error,
         )
         self.last_step = initial_step
         if resume_from:

@@ -51,6 +51,9 @@ def _train_parser(subparsers) -> None:
     run.add_argument("--probe-every", type=int, help="evaluate the probe at recorded steps divisible by N (default 1)")
     run.add_argument("--chunk-steps", type=int,
                      help="recorded steps per Zarr chunk (default: about 16 MB per chunk, 512 for the reference run)")
+    run.add_argument("--mantissa-bits", type=int, metavar="BITS",
+                     help="round recorded tensors to BITS mantissa bits (7: bfloat16's precision), stored as float32; "
+                     "smaller on disk, not exact (default: exact)")
     run.add_argument("--batch-size", type=int, help=f"default {defaults.batch_size}")
     run.add_argument("--gradient-accumulation", type=int, help=f"default {defaults.gradient_accumulation}")
     run.add_argument("--context", type=int, help=f"sequence length (default {defaults.context})")

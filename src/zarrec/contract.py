@@ -159,6 +159,7 @@ COORD_DESCRIPTIONS: dict[str, str] = {
 
 # Array attributes.
 SOURCE_DTYPE_ATTR = "source_dtype"  # the dtype the values had before being stored as float32
+MANTISSA_BITS_ATTR = "mantissa_bits"  # values were rounded to this many mantissa bits (absent: exact)
 STORED_DTYPE = "float32"
 
 # Group attribute naming the library that wrote the store.

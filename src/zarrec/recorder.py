@@ -82,6 +82,20 @@ def _to_float32(tensor: torch.Tensor, out: np.ndarray) -> np.ndarray:
     return out
 
 
+def round_mantissa(values: np.ndarray, bits: int) -> np.ndarray:
+    """Round float32 ``values`` in place to ``bits`` explicit mantissa bits (of float32's 23),
+    to nearest, ties to even, as a cast to a narrower float does (``bits=7``: bfloat16's
+    precision, so ``|rounded − x| ≤ 2^−(bits+1) · |x|``); NaN and Inf stay. The dropped bits
+    become zeros, which compress to almost nothing; the result is still plain float32."""
+    dropped = 23 - bits
+    nan = np.isnan(values)
+    raw = values.view(np.uint32)
+    raw += np.uint32((1 << (dropped - 1)) - 1) + ((raw >> np.uint32(dropped)) & np.uint32(1))
+    raw &= np.uint32(~((1 << dropped) - 1) & 0xFFFFFFFF)
+    values[nan] = np.nan  # a NaN whose payload lay in the dropped bits would have become Inf
+    return values
+
+
 def _staging_dtype(value: Value) -> torch.dtype:
     """A floating tensor keeps its dtype while staged; anything else is staged as float32."""
     if isinstance(value, torch.Tensor) and value.is_floating_point():
@@ -124,6 +138,10 @@ class Recorder:
         resume_from: continue the existing store at ``out`` after this step (a checkpoint's
             step): steps recorded after it are dropped first. Its ``attrs``, ``coords`` and
             variables must equal the store's; a difference is refused, naming it.
+        mantissa_bits: round every recorded tensor (not the per-step scalars) to this many
+            mantissa bits before compression (:func:`round_mantissa`; 7 is bfloat16's
+            precision, 1..22), stored as plain float32 with the bits in its
+            ``mantissa_bits`` attribute; default: exact.
         flush_every: also commit after this many recorded steps, bounding what a crash can
             lose below a chunk (partial chunks are re-written when the rest arrives).
         on_error: ``"raise"``: a failed write raises :class:`~zarrec.errors.WriterError` in
@@ -157,9 +175,12 @@ class Recorder:
         buffers: int = 3,
         overwrite: bool = False,
         resume_from: int | None = None,
+        mantissa_bits: int | None = None,
         flush_every: int | None = None,
         on_error: str = "raise",
     ) -> None:
+        if mantissa_bits is not None and not 1 <= mantissa_bits <= 22:
+            raise RecordError(f"mantissa_bits must be between 1 and 22 (float32 keeps 23), got {mantissa_bits}")
         for name, value in (("chunk_steps", chunk_steps), ("flush_every", flush_every)):
             if value is not None and value < 1:
                 raise RecordError(f"{name} must be at least 1, got {value}")
@@ -175,6 +196,7 @@ class Recorder:
         self._compressor = compressor or contract.default_compressor()
         self._buffer_count = buffers
         self._flush_every = flush_every
+        self._mantissa_bits = mantissa_bits
         self._on_error = on_error
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._staged_dtypes: dict[str, torch.dtype] = {}
@@ -375,6 +397,8 @@ class Recorder:
             )
         for name, (shape, dims, source_dtype, _) in layout.items():
             attrs = {contract.SOURCE_DTYPE_ATTR: source_dtype}
+            if self._mantissa_bits is not None and shape:
+                attrs[contract.MANTISSA_BITS_ATTR] = self._mantissa_bits
             if name in contract.DESCRIPTIONS:
                 attrs["description"] = contract.DESCRIPTIONS[name]
             attrs.update(self._variable_attrs.get(name, {}))
@@ -425,7 +449,12 @@ class Recorder:
 
         def values() -> dict[str, np.ndarray]:  # runs in the writer thread
             wait()
-            return staging.as_float32(rows, self._converted)
+            arrays = staging.as_float32(rows, self._converted)
+            if self._mantissa_bits is not None:
+                for name, shape in self._shapes.items():
+                    if shape:  # a tensor, not a per-step scalar
+                        round_mantissa(arrays[name], self._mantissa_bits)
+            return arrays
 
         chunk = Chunk(steps=staging.steps[:rows].copy(), values=values, release=lambda: self._release(staging))
         self._writer.submit(chunk)

@@ -46,6 +46,7 @@ class TrainConfig:
     corpus: str | None = None
     every: int | str = 1  # every N-th step, or a schedule such as "1:1000,10" (zarrec.schedule)
     chunk_steps: int | None = None  # None: chosen by the Recorder from the recorded shapes
+    mantissa_bits: int | None = None  # round recorded tensors to this many mantissa bits; None: exact
     params: tuple[str, ...] | None = None  # glob patterns over parameter names; None: the input embedding
     quantities: tuple[str, ...] | None = None  # param, grad, optimizer state keys; None: all
     probe: str | None = None  # a fixed text whose logits are evaluated every probe_every recorded steps
@@ -68,6 +69,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.mantissa_bits is not None and not 1 <= self.mantissa_bits <= 22:
+            raise ConfigError(f"mantissa_bits must be between 1 and 22 (float32 keeps 23), got {self.mantissa_bits}")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0 < self.vocab_size <= 256:

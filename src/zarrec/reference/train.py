@@ -223,6 +223,7 @@ def train(
         probe_positions=config.probe_positions,
         probe_every=config.probe_every,
         chunk_steps=config.chunk_steps,
+        mantissa_bits=config.mantissa_bits,
         token_coords=corpus.token_coords(config.vocab_size),
         attrs=experiment_attributes(config, corpus, resolve_device(config.device)),
         overwrite=overwrite,
