@@ -80,9 +80,22 @@ def test_arrays_are_sharded_along_step_with_inner_chunks_along_rows(tmp_path):
     blosc = sharding["configuration"]["codecs"][1]
     assert blosc["name"] == "blosc" and blosc["configuration"]["cname"] == "zstd"
     assert blosc["configuration"]["shuffle"] == "bitshuffle" and blosc["configuration"]["typesize"] == 4
-    assert zarr.open_array(tmp_path / "run.zarr" / "loss").shards == (512,)
-    step = zarr.open_array(tmp_path / "run.zarr" / "step").metadata.to_dict()["codecs"][0]["configuration"]
+    assert zarr.open_array(tmp_path / "run.zarr" / "loss").shards == (2**18,)  # small: 512 chunks in 1 MiB, one file
+    step_array = zarr.open_array(tmp_path / "run.zarr" / "step")
+    assert step_array.shards == (2**17,) and step_array.attrs["chunk_steps"] == 512
+    step = step_array.metadata.to_dict()["codecs"][0]["configuration"]
     assert step["codecs"][1]["configuration"]["typesize"] == 8  # int64
+
+
+@pytest.mark.parametrize(
+    ("chunk_steps", "row_bytes", "expected"),
+    [(512, 32768, 512), (1, 154_389_504, 1), (1, 4, 2**18), (1, 201_028, 4), (512, 512, 2048), (3, 8, 3 * 2**15)],
+)
+def test_small_arrays_get_shards_of_their_own_size(chunk_steps, row_bytes, expected):
+    """The reference embedding and a GPT-2 one keep one shard a chunk; a loss, a step, a logits
+    vector hold as many chunks as fit in 1 MiB."""
+    assert contract.shard_steps(chunk_steps, row_bytes) == expected
+    assert expected * row_bytes <= max(2**20, chunk_steps * row_bytes) and expected % chunk_steps == 0
 
 
 @pytest.mark.parametrize(
@@ -238,22 +251,24 @@ def test_at_every_moment_every_reader_sees_complete_rows_of_one_history(tmp_path
     assert differing and all(key.endswith("zarr.json") for key in differing), differing
 
 
-SLOW_WRITER = """
+W_SHAPE = (512, 128)  # 256 KB a step: 4 steps fill the 1 MiB of a shard, so each chunk is a shard of its own
+
+SLOW_WRITER = f"""
 import sys, time, torch
 from zarrec import Recorder
 recorder = Recorder(sys.argv[1], chunk_steps=4)
 for step in range(11):
-    recorder.record(step, w=torch.full((3, 2), float(step)))
+    recorder.record(step, w=torch.full({W_SHAPE}, float(step)))
 recorder.flush(wait=True)  # steps 0..10 committed, the last shard partly filled
 print(recorder.committed_step, flush=True)
-recorder.record(11, w=torch.full((3, 2), -1.0))  # staged, never committed
+recorder.record(11, w=torch.full({W_SHAPE}, -1.0))  # staged, never committed
 time.sleep(60)  # a long training step, during which it is killed
 """
 
 
 def assert_every_reader_sees(path, steps: list[int]) -> None:
     """xarray, tensorstore and zarr-python without consolidated metadata see exactly ``steps``, w = step."""
-    expected = np.broadcast_to(np.array(steps, np.float32)[:, None, None], (len(steps), 3, 2))
+    expected = np.broadcast_to(np.array(steps, np.float32)[:, None, None], (len(steps), *W_SHAPE))
     ds = xr.open_zarr(path, consolidated=False)
     for view in (
         {"step": xr.open_zarr(path).step.values, "w": xr.open_zarr(path).w.values},
@@ -277,7 +292,7 @@ def test_after_kill_9_and_after_the_resume_every_reader_sees_the_same_rows(tmp_p
     with Recorder(path, resume_from=7) as recorder:  # drops 8..10, rewrites the shard of 4..7 whole
         assert_every_reader_sees(path, list(range(8)))
         for step in range(8, 14):
-            recorder.record(step, w=torch.full((3, 2), float(step)))
+            recorder.record(step, w=torch.full(W_SHAPE, float(step)))
     assert_every_reader_sees(path, list(range(14)))
     assert sorted(p.name for p in (path / "w" / "c").iterdir()) == ["0", "1", "2", "3"]  # 14 steps in shards of 4
 

@@ -219,6 +219,23 @@ def inner_chunk_rows(chunk_steps: int, rows: int, row_bytes: int) -> int:
     return -(-rows // count)
 
 
+# A small per-step array (loss, lr, step, a logits vector) is sharded by its own size: as many
+# chunks' worth of steps as fit in this many bytes, not one file per chunk of the big arrays (a
+# GPT-2-sized run commits every step: 10,000 steps would be 10,000 one-value files of each).
+# A commit rewrites its last shard whole, its committed rows read back: at most this many bytes.
+SMALL_SHARD_BYTES = 2**20
+# The step array's attribute saying how many steps a commit holds (``chunk_steps``).
+CHUNK_STEPS_ATTR = "chunk_steps"
+
+
+def shard_steps(chunk_steps: int, row_bytes: int) -> int:
+    """Steps per shard of an array of ``row_bytes`` a step (as stored): ``chunk_steps`` times
+    the largest power of two that keeps the shard within :data:`SMALL_SHARD_BYTES` (times 1
+    for an array whose chunk alone is larger: one shard per chunk)."""
+    fit = SMALL_SHARD_BYTES // max(chunk_steps * row_bytes, 1)
+    return chunk_steps * (1 << (max(1, fit).bit_length() - 1))
+
+
 def default_compressor(typesize: int = 4) -> BloscCodec:
     """Blosc zstd level 3 with bit-shuffle over elements of ``typesize`` bytes: a standard
     Zarr v3 codec any reader has."""

@@ -343,7 +343,7 @@ class Recorder:
         variables = self._store.variables()
         self._shapes = {name: array.shape[1:] for name, array in variables.items()}
         steps = stored[contract.STEP]
-        chunk_steps = steps.chunks[0]
+        chunk_steps = steps.attrs.get(contract.CHUNK_STEPS_ATTR, steps.chunks[0])  # (earlier stores: one shard a chunk)
         if self.chunk_steps not in (None, chunk_steps):
             raise ConfigError(f"{self.store_name} has {chunk_steps} steps per chunk, not {self.chunk_steps}; omit chunk_steps")
         self.chunk_steps = chunk_steps

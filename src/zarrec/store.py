@@ -204,17 +204,19 @@ class RunStore:
         return self._appender.rows if self._appender is not None else 0
 
     def _create_step_coordinate(self, chunk_steps: int) -> None:
-        """The ``step`` index coordinate, empty: rows are appended with the data."""
+        """The ``step`` index coordinate, empty: rows are appended with the data. Its
+        ``chunk_steps`` attribute says how many steps a commit holds."""
+        steps = contract.shard_steps(chunk_steps, 8)
         self.group.create_array(
             contract.STEP,
             shape=(0,),
-            chunks=(chunk_steps,),
-            shards=(chunk_steps,),
+            chunks=(steps,),
+            shards=(steps,),
             dtype="int64",
             fill_value=-1,
             compressors=contract.default_compressor(typesize=8),
             dimension_names=(contract.STEP,),
-            attributes={"description": contract.DESCRIPTIONS[contract.STEP]},
+            attributes={"description": contract.DESCRIPTIONS[contract.STEP], contract.CHUNK_STEPS_ATTR: chunk_steps},
         )
 
     def write_coordinate(self, name: str, dim: str, values: np.ndarray, description: str = "") -> None:
@@ -242,11 +244,11 @@ class RunStore:
         attrs: Mapping[str, Any],
         compressor: Any,
     ) -> None:
-        """Create an empty float32 array ``(step, *dims)`` in shards of ``chunk_steps`` steps and
-        every row, split into inner chunks along its first non-step dim
-        (:func:`zarrec.contract.inner_chunk_rows`).
+        """Create an empty float32 array ``(step, *dims)`` in shards of every row and
+        ``chunk_steps`` steps (a small array: a multiple, :func:`zarrec.contract.shard_steps`),
+        split into inner chunks along its first non-step dim (:func:`zarrec.contract.inner_chunk_rows`).
 
-        The first variable also creates the ``step`` coordinate, sharded the same way along step.
+        The first variable also creates the ``step`` coordinate.
         """
         numcodecs_compressor(compressor)  # refuse, before creating anything, one zarrec cannot write
         if contract.STEP not in self.group:
@@ -262,12 +264,13 @@ class RunStore:
             if dim not in self.group:  # every dim gets an index coordinate, so .sel works on it
                 self.write_coordinate(dim, dim, np.arange(size, dtype="int64"), contract.DESCRIPTIONS.get(dim, ""))
             self._dim_sizes[dim] = size
-        inner, shard = (chunk_steps, *item_shape), (chunk_steps, *item_shape)
+        steps = contract.shard_steps(chunk_steps, 4 * math.prod(item_shape))
+        inner, shard = (steps, *item_shape), (steps, *item_shape)
         if item_shape:
             rows, *rest = item_shape
-            inner_rows = contract.inner_chunk_rows(chunk_steps, rows, 4 * math.prod(rest))
-            inner = (chunk_steps, inner_rows, *rest)
-            shard = (chunk_steps, -(-rows // inner_rows) * inner_rows, *rest)  # the array's edge may lie inside it
+            inner_rows = contract.inner_chunk_rows(steps, rows, 4 * math.prod(rest))
+            inner = (steps, inner_rows, *rest)
+            shard = (steps, -(-rows // inner_rows) * inner_rows, *rest)  # the array's edge may lie inside it
         self.group.create_array(
             name,
             shape=(0, *item_shape),
