@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
 import xarray as xr
 
 import zarrec
-from zarrec import ConfigError
+from zarrec import ConfigError, contract
 
 
 def test_a_plain_loop_records_step_zero_its_schedule_and_the_gradient_norms(tmp_path):
@@ -69,3 +71,24 @@ def test_a_model_without_an_input_embedding_names_what_to_record(tmp_path):
     model = torch.nn.Linear(3, 2)
     with pytest.raises(ConfigError, match=r"Linear has no input embedding .* choose parameters by name with params"):
         zarrec.ModelRecorder(tmp_path / "run.zarr", model, torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_the_cost_line_at_the_first_recorded_step_projects_the_store(tmp_path, caplog):
+    """One line, logged once: the projected recorded steps and shard files are what the run then writes."""
+    model = torch.nn.Sequential(torch.nn.Linear(300, 256), torch.nn.Linear(256, 3))  # 0.weight: 300 KB a step
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    with caplog.at_level(logging.INFO, logger="zarrec"):
+        with zarrec.ModelRecorder(tmp_path / "run.zarr", model, optimizer, params=["*.weight"], every="1:4,3", steps=20,
+                                  chunk_steps=2) as recorder:
+            for _ in range(20):
+                model(torch.randn(2, 300)).sum().backward()
+                optimizer.step()
+                recorder.step(loss=1.0)
+                optimizer.zero_grad()
+    (line,) = [record.message for record in caplog.records if record.name == "zarrec"]
+    ds = xr.open_zarr(tmp_path / "run.zarr")
+    shard_files = sum(1 for name in ds.variables for f in (tmp_path / "run.zarr" / str(name) / "c").rglob("*")
+                      if f.is_file() and contract.along_step(ds[name].dims))
+    assert line.startswith("zarrec: 12 variables, ") and "2 steps a chunk" in line  # 2 × (W, grad, 2 moments), 4 scalars
+    assert f"; {ds.step.size} recorded steps: " in line and f", {shard_files} shard files" in line
+    assert ds.step.size == 10 and shard_files > 9  # the big arrays: a shard a chunk; the small ones: one

@@ -26,6 +26,7 @@ def test_train_records_and_summarises(tmp_path, small_corpus):
     result = zarrec("train", "--out", str(out), "--corpus", str(small_corpus), "--chunk-steps", "2", *TINY)
     assert result.returncode == 0, result.stderr
     assert "recorded 4 steps (steps 0..3)" in result.stdout
+    assert "a recorded step as float32, 2 steps a chunk; 4 recorded steps: " in result.stdout  # the cost line, up front
     assert "MB on disk (compression" in result.stdout and f'xarray.open_zarr("{out}")' in result.stdout
     ds = xr.open_zarr(out)
     np.testing.assert_array_equal(ds.step, [0, 1, 2, 3])

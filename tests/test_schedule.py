@@ -56,3 +56,10 @@ def test_next_after_is_the_first_kept_step_after(schedule, step):
     following = schedule.next_after(step)
     assert following > step and schedule.records(following)
     assert not any(schedule.records(s) for s in range(step + 1, following))
+
+
+@pytest.mark.parametrize("spec", ["1", "7", "1:10,5", "1:1000,10:5000,100", "3:9,4:20,7"])
+def test_count_is_the_number_of_kept_steps(spec):
+    schedule = StepSchedule.parse(spec)
+    for after, through in ((0, 1), (0, 37), (5, 100), (12, 6000), (9, 9)):
+        assert schedule.count(after, through) == sum(schedule.records(s) for s in range(after + 1, through + 1))

@@ -107,7 +107,7 @@ class ZarrecCallback(TrainerCallback):
             self.out, model, optimizer, params=self.params, quantities=self.quantities, every=self.schedule,
             probe=probe, probe_positions=positions, probe_every=probe_every, tokenizer=kwargs.get("processing_class"),
             coords=self.token_coords, attrs={**run_attributes(args, state, model, optimizer), **self.attrs},
-            chunk_steps=self.chunk_steps, overwrite=self.overwrite, initial_step=state.global_step,
+            chunk_steps=self.chunk_steps, overwrite=self.overwrite, initial_step=state.global_step, steps=state.max_steps,
             resume_from=state.global_step if resuming else None, mantissa_bits=self.mantissa_bits,
             flush_every=self.flush_every, on_error=self.on_error,
         )

@@ -23,6 +23,7 @@ there are. Step 0, kept when recording starts, is the initial state. Nothing her
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,6 +38,7 @@ from zarrec.selection import ParameterSelection
 from zarrec.store import StoreLike
 from zarrec.versions import library_versions
 
+_LOGGER = logging.getLogger("zarrec")
 # What each step records besides the selection, whichever adapter captured it.
 STEP_SCALARS = (contract.LOSS, contract.LR, contract.GRAD_NORM, contract.GRAD_NORM_BEFORE_CLIPPING)
 _NAN = torch.tensor(float("nan"))  # a scalar the step did not see, in the dtype of a captured one (float32)
@@ -99,6 +101,8 @@ class ModelRecorder:
         attrs: run attributes (hyperparameters, how the data were made).
         initial_step: the optimizer step training starts after (a checkpoint's); step 0, the
             initial state, is recorded only from 0.
+        steps: the run's length in optimizer steps, if known: the cost line logged at the first
+            recorded step (logger ``zarrec``) then projects the store's size and files.
         resume_from: continue the store at ``out`` after this step (where training resumes;
             0: from the start): steps recorded after it are dropped. The run must be the recorded one.
         chunk_steps, overwrite, mantissa_bits, flush_every, on_error: as for :class:`~zarrec.Recorder`.
@@ -122,6 +126,7 @@ class ModelRecorder:
         chunk_steps: int | None = None,
         overwrite: bool = False,
         initial_step: int = 0,
+        steps: int | None = None,
         resume_from: int | None = None,
         mantissa_bits: int | None = None,
         flush_every: int | None = None,
@@ -146,9 +151,11 @@ class ModelRecorder:
             mantissa_bits=mantissa_bits, flush_every=flush_every, on_error=on_error,
         )
         self.last_step = initial_step
+        self.steps = steps
         if resume_from:
             self._refuse_a_gap(resume_from)
         self._started = False
+        self._cost_untold = True
         self._initial: dict[str, torch.Tensor] | None = None
         self._initial_values: dict[str, Value] = {}
         if initial_step == 0:
@@ -224,6 +231,10 @@ class ModelRecorder:
             self._start({**captured, **values})
         if self.schedule.records(step):
             self.recorder.record(step, **{**self.selection.values(self._step.grads), **captured, **values})
+            if self._cost_untold:
+                self._cost_untold = False
+                recorded = self.recorder.recorded_rows + self.schedule.count(step, self.steps) if self.steps else None
+                _LOGGER.info(self.recorder.cost_line(recorded))
 
     def step(self, **values: Value) -> None:
         """For a plain loop, after ``optimizer.step()`` and before ``zero_grad()`` and the

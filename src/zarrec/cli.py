@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -69,6 +70,15 @@ def _train_parser(subparsers) -> None:
     parser.set_defaults(run=_train)
 
 
+def _print_cost_line() -> None:
+    """The cost line the recording logs at its first step (logger ``zarrec``) goes to stdout."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("zarrec")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def _schedule(text: str) -> int | str:
     """``--every``: a number stays a number (as recorded in the store's config), phases stay text."""
     return int(text) if text.strip().isdigit() else text
@@ -87,6 +97,7 @@ def _train(args: argparse.Namespace) -> None:
     given = {name: value for name, value in vars(args).items() if name in fields and value is not None}
     given.update({name: tuple(given[name]) for name in ("params", "quantities", "probe_positions") if name in given})
     config = TrainConfig(**{**(recorded_config(args.out) if args.resume else {}), **given})
+    _print_cost_line()
     checkpoint_dir = args.checkpoint_dir or default_checkpoint_dir(args.out)
     summary = train(
         config, args.out, overwrite=args.overwrite, resume=args.resume, checkpoint_dir=checkpoint_dir,

@@ -91,7 +91,8 @@ class ZarrecLightningCallback(Callback):
         resuming = self.resume and store_exists(self.out)
         self.capture = ModelRecorder(
             self.out, pl_module, optimizer, params=self.params, quantities=self.quantities, every=self.schedule,
-            attrs=attrs, initial_step=trainer.global_step, resume_from=trainer.global_step if resuming else None,
+            attrs=attrs, initial_step=trainer.global_step, steps=trainer.max_steps if trainer.max_steps > 0 else None,
+            resume_from=trainer.global_step if resuming else None,
             **self.options,
         )
 

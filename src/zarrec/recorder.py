@@ -242,6 +242,24 @@ class Recorder:
         """The last step committed to the store (readable there), or None."""
         return self._store.last_step
 
+    @property
+    def recorded_rows(self) -> int:
+        """Steps recorded so far: committed, being written, and staged."""
+        return self._handed_rows + (self._current.rows if self._current is not None else 0)
+
+    def cost_line(self, recorded_steps: int | None = None) -> str:
+        """One line saying what a recorded step costs (after the first :meth:`record`) and, for
+        ``recorded_steps`` recorded steps, the store's size before compression and its files."""
+        sizes = {name: 4 * math.prod(shape) for name, shape in self._shapes.items()}
+        step_bytes = sum(sizes.values()) + 8
+        line = (f"zarrec: {len(sizes)} variables, {_size(step_bytes)} a recorded step as float32, "
+                f"{self.chunk_steps} steps a chunk")
+        if recorded_steps is not None:
+            shards = sum(-(-recorded_steps // contract.shard_steps(self.chunk_steps, size)) for size in [*sizes.values(), 8])
+            line += (f"; {recorded_steps:,} recorded steps: {_size(step_bytes * recorded_steps)} before compression "
+                     f"(float32 training state compresses ~1.1x, bf16 values ~6x), {shards:,} shard files")
+        return line
+
     def label(self, name: str, dims: tuple[str, ...] | None = None, **attrs: Any) -> None:
         """Name the dimensions of variable ``name`` and give it attributes, before the first
         :meth:`record` creates it (a resumed store keeps the labels it was recorded with)."""
@@ -493,6 +511,15 @@ class Recorder:
         last = self._store.last_step
         kept = f"steps up to {last} are in the store" if last is not None else "no step was committed"
         return WriterError(f"writing to {self.store_name} failed ({type(cause).__name__}: {cause}); {kept}; fix the cause and resume")
+
+
+def _size(n: float) -> str:
+    """Bytes as a human reads them: 618.4 MB, 5.04 TB."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:,.3g} TB"
 
 
 @contextlib.contextmanager

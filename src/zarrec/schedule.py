@@ -65,6 +65,19 @@ class StepSchedule:
         """Whether ``step`` is kept."""
         return step == 0 or step % self._phase(step)[0] == 0
 
+    def count(self, after: int, through: int) -> int:
+        """How many of the steps ``after + 1 .. through`` the schedule keeps."""
+        kept, start = 0, 0
+        for every, until in self.phases:  # phase: steps start+1 .. until
+            end = through if until is None else min(until, through)
+            low = max(start, after)
+            if end > low:
+                kept += end // every - low // every
+            if until is None or until >= through:
+                break
+            start = until
+        return kept
+
     def next_after(self, step: int) -> int:
         """The first kept step after ``step``."""
         candidate = step + 1
