@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import errno
 import itertools
@@ -205,6 +206,25 @@ class FullDisk(WrapperStore):
             self.disk["refused"] = self.disk["refused"] or key
             raise OSError(errno.ENOSPC, "No space left on device", key)
         self.disk["writes"] += 1
+        await self._store.set(key, value)
+
+
+class SlowDisk(WrapperStore):
+    """A real local store whose every write takes ``delay`` seconds longer, as a slow disk's does."""
+
+    def __init__(self, path: Path, delay: float, store: LocalStore | None = None) -> None:
+        super().__init__(store or LocalStore(path))
+        self.path = path
+        self.delay = delay
+
+    def _with_store(self, store: LocalStore) -> SlowDisk:
+        return SlowDisk(self.path, self.delay, store)
+
+    def __repr__(self) -> str:
+        return f"SlowDisk({self.path})"
+
+    async def set(self, key: str, value) -> None:
+        await asyncio.sleep(self.delay)
         await self._store.set(key, value)
 
 

@@ -451,3 +451,30 @@ def test_mantissa_rounding_keeps_the_stated_bits_and_plain_float32(tmp_path):
     np.testing.assert_array_equal(stored[finite], rounded_to_bf16[finite])  # exactly what a cast to bfloat16 keeps
     with pytest.raises(RecordError, match="mantissa_bits must be between 1 and 22"):
         Recorder(tmp_path / "bad.zarr", mantissa_bits=23)
+
+
+def record_steps(recorder: Recorder, steps: int, seconds_a_step: float) -> None:
+    for step in range(steps):
+        time.sleep(seconds_a_step)  # the training step
+        recorder.record(step, x=torch.full((64, 64), float(step)), loss=float(step))
+
+
+def test_a_writer_that_cannot_keep_up_is_named_once_with_its_rates(tmp_path):
+    """A real store that is slow on purpose: the training thread waits, and says so, once."""
+    from conftest import SlowDisk
+
+    with pytest.warns(ZarrecWarning) as caught:
+        with Recorder(SlowDisk(tmp_path / "slow.zarr", delay=0.05), chunk_steps=2) as recorder:
+            record_steps(recorder, 16, seconds_a_step=0.001)
+    slow = [w for w in caught if "training waited for the writer" in str(w.message)]
+    assert len(slow) == 1
+    message = str(slow[0].message)
+    assert "SlowDisk(" in message and "/s, the run makes " in message and "every=N" in message and "mantissa_bits=7" in message
+    assert xr.open_zarr(tmp_path / "slow.zarr").step.size == 16  # nothing lost: it only waited
+
+
+def test_a_writer_that_keeps_up_says_nothing(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ZarrecWarning)
+        with Recorder(tmp_path / "fast.zarr", chunk_steps=2) as recorder:
+            record_steps(recorder, 16, seconds_a_step=0.05)

@@ -219,6 +219,10 @@ def inner_chunk_rows(chunk_steps: int, rows: int, row_bytes: int) -> int:
     return -(-rows // count)
 
 
+# The training thread may wait on the writer for this fraction of a chunk's time before the
+# recorder warns, once, that the writer cannot keep up (naming the rates and the levers).
+SLOW_WRITER_FRACTION = 0.05
+
 # A small per-step array (loss, lr, step, a logits vector) is sharded by its own size: as many
 # chunks' worth of steps as fit in this many bytes, not one file per chunk of the big arrays (a
 # GPT-2-sized run commits every step: 10,000 steps would be 10,000 one-value files of each).

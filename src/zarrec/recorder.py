@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import queue
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -208,6 +209,9 @@ class Recorder:
         self._handed_rows = 0  # rows given to the writer so far (committed ones included)
         self._converted: dict[str, np.ndarray] = {}  # float32 conversions, used by the writer thread only
         self._unflushed = 0
+        self._waited = 0.0  # seconds record() waited for a free buffer since the last chunk was handed over
+        self._chunk_began: float | None = None  # when the chunk being filled began
+        self._warned_slow = False
         self._stopped = False  # on_error="warn" after a failure
         self._closed = False
         with _writing(describe(out)), shutdown.signals_stay_with_the_main_thread():
@@ -305,7 +309,9 @@ class Recorder:
         self._unflushed += 1
         # Chunks end on chunk boundaries of the store, also after a flush or a resume.
         if (self._handed_rows + staging.rows) % self.chunk_steps == 0 or self._unflushed == self._flush_every:
+            rows = staging.rows  # (the writer resets them once written)
             self._submit()
+            self._check_the_writers_pace(rows)
 
     def flush(self, wait: bool = False) -> None:
         """Hand the partial chunk to the writer now; with ``wait``, return once it is committed."""
@@ -452,7 +458,11 @@ class Recorder:
             )
 
     def _take_free_buffer(self) -> _Staging | None:
+        start = time.perf_counter()
         self._current = self._free.get()  # blocks while every buffer is being written
+        self._waited += time.perf_counter() - start
+        if self._chunk_began is None:
+            self._chunk_began = start
         if self._writer_failed():
             self._current = None
         return self._current
@@ -476,6 +486,26 @@ class Recorder:
 
         chunk = Chunk(steps=staging.steps[:rows].copy(), values=values, release=lambda: self._release(staging))
         self._writer.submit(chunk)
+
+    def _check_the_writers_pace(self, rows: int) -> None:
+        """Warn once when, over the chunk just handed over, record() waited for the writer more
+        than :data:`~zarrec.contract.SLOW_WRITER_FRACTION` of the time: the writer cannot keep up."""
+        now = time.perf_counter()
+        elapsed, waited = now - (self._chunk_began or now), self._waited
+        self._chunk_began, self._waited = None, 0.0
+        if self._warned_slow or elapsed <= 0 or waited <= contract.SLOW_WRITER_FRACTION * elapsed:
+            return
+        self._warned_slow = True
+        produced = rows * (sum(4 * math.prod(shape) for shape in self._shapes.values()) + 8)
+        writer = self._writer
+        rate = writer.written_bytes / writer.writing_seconds if writer.writing_seconds else float("nan")
+        warnings.warn(
+            f"zarrec: training waited for the writer of {self.store_name} {waited / elapsed:.0%} of the last chunk's "
+            f"time: it writes {_size(rate)}/s, the run makes {_size(produced / max(elapsed - waited, 1e-9))}/s of "
+            "recorded values. Record less: every=N (a step in N), fewer params (params=[...]), or mantissa_bits=7 "
+            "(bfloat16's precision, smaller on disk)",
+            ZarrecWarning, stacklevel=4,
+        )
 
     def _release(self, staging: _Staging) -> None:
         staging.rows = 0

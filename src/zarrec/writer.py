@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,6 +40,8 @@ class ChunkWriter:
     def __init__(self, store: RunStore) -> None:
         self.store = store
         self.error: BaseException | None = None
+        self.written_bytes = 0  # of values (as float32), and the seconds spent writing them
+        self.writing_seconds = 0.0
         # Unbounded: the producer bounds memory by the number of staging buffers it owns.
         self._queue: queue.Queue[Chunk | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name=f"zarrec-writer[{store.name}]", daemon=True)
@@ -61,7 +64,11 @@ class ChunkWriter:
         while (chunk := self._queue.get()) is not None:
             try:
                 if self.error is None:
-                    self.store.append(chunk.steps, chunk.values())
+                    start = time.perf_counter()
+                    values = chunk.values()
+                    self.store.append(chunk.steps, values)
+                    self.writing_seconds += time.perf_counter() - start
+                    self.written_bytes += sum(v.nbytes for v in values.values())
             except BaseException as exc:  # kept for the producer thread, which raises it
                 self.error = exc
             finally:
