@@ -42,3 +42,11 @@ def test_quick_store_layout_benchmark_runs(tmp_path):
         assert all(run["bytes read"] > 0 for runs in reads["token history"].values() for run in runs)
     assert set(results["commit"]) == {"6", "112"}
     assert "| 5000x64 | token history" in result.stdout
+
+
+def test_quick_precision_benchmark_runs(tmp_path):
+    result, results = run_quick("precision.py", tmp_path)
+    exact, ten, seven = results["128x64"]
+    assert exact["max relative error"] == 0 and 0 < ten["max relative error"] <= 2**-11 and seven["max relative error"] <= 2**-8
+    assert seven["bytes on disk"] < ten["bytes on disk"] < exact["bytes on disk"]
+    assert "| 128x64 | 7 |" in result.stdout
