@@ -368,6 +368,9 @@ def test_the_whole_model_at_a_glance_matches_numpy(layers_run):
     partial = ds.drop_vars(f"{LAYER}.exp_avg_sq").zarrec.by_parameter()
     assert partial.realized_fraction.sel(param=LAYER).isnull().all()
     assert "no exp_avg_sq of transformer.h.0.attn.c_attn.weight" in partial.attrs["not_computed"][f"realized_fraction of {LAYER}"]
+    no_values = ds.drop_vars(LAYER).zarrec.by_parameter()  # its gradient and moments, but not the matrix itself
+    assert no_values.grad_norm.sel(param=LAYER).isnull().all() and no_values.grad_norm.notnull().any()
+    assert f"the store has no param of {LAYER}" in no_values.attrs["not_computed"][f"grad_norm of {LAYER}"]
 
 
 @pytest.mark.parametrize(("kind", "param"), [("lightning_run", "out.weight"), ("readme_stores", "1.weight")])

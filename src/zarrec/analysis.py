@@ -18,6 +18,7 @@ The ``ds.zarrec`` accessor (:mod:`zarrec.accessor`) forwards to these functions.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,7 +146,11 @@ def parameter(ds: xr.Dataset, param: str | None = None) -> xr.Dataset:
     state of another shape (Adafactor's factored moments) keeps its own. Attributes: ``name``,
     ``optimizer`` and ``hyperparameters``.
     """
-    found = find_parameter(ds, param)
+    return _view(ds, find_parameter(ds, param))
+
+
+def _view(ds: xr.Dataset, found: RecordedParameter) -> xr.Dataset:
+    """:func:`parameter` of a parameter already found."""
     found.require(W)
     dims = ds[found.variables[W]].dims[1:]
     plain = (ROW, COL) if len(dims) == 2 else (ROW, *(f"dim{i}" for i in range(1, len(dims))))
@@ -387,7 +392,10 @@ def realized_fraction(ds: xr.Dataset, param: str | None = None) -> xr.Dataset:
     over the whole parameter. Exactly 1 where every intended update landed; 0 where none did
     (as when bf16 parameters round a small update away).
     """
-    view = parameter(ds, param)
+    return _realized_fraction(parameter(ds, param))
+
+
+def _realized_fraction(view: xr.Dataset) -> xr.Dataset:
     actual, intended = _actual_and_intended(view)
     rows, features = _rows_and_features(view)
     fractions = {
@@ -431,37 +439,36 @@ def by_parameter(ds: xr.Dataset) -> xr.Dataset:
     ``not_computed`` says, per quantity, which parameters and why.
     """
     formulas = {
-        "realized_fraction": lambda ds, name: realized_fraction(ds, name)["overall"],
+        "realized_fraction": lambda view: _realized_fraction(view)["overall"],
         "update_to_weight": _update_to_weight,
         "grad_norm": _grad_norm,
     }
     columns: dict[str, list[xr.DataArray]] = {quantity: [] for quantity in formulas}
     reasons: dict[str, str] = {}
     nan = _from_second_row(xr.full_like(ds[contract.STEP], np.nan, dtype=float))
-    names = list(recorded_parameters(ds))
-    for name in names:
+    recorded = recorded_parameters(ds)
+    for name, found in recorded.items():
+        view = functools.cache(functools.partial(_view, ds, found))  # made once, on first use (a failure: each time)
         for quantity, formula in formulas.items():
             try:
-                column = formula(ds, name)
+                column = formula(view())
             except ConfigError as reason:
                 reasons[f"{quantity} of {name}"] = str(reason)
                 column = nan
             columns[quantity].append(column.drop_vars([c for c in column.coords if c != contract.STEP]))
-    index = pd.Index(names, name=PARAM_DIM)
+    index = pd.Index(list(recorded), name=PARAM_DIM)
     result = xr.Dataset({quantity: xr.concat(parts, dim=index) for quantity, parts in columns.items()})
     result.attrs["not_computed"] = reasons
     return result.transpose(contract.STEP, PARAM_DIM)
 
 
-def _update_to_weight(ds: xr.Dataset, param: str) -> xr.DataArray:
-    view = parameter(ds, param)
+def _update_to_weight(view: xr.Dataset) -> xr.DataArray:
     every = list(view[W].dims[1:])
     previous = _previous(view)
     return _from_second_row(_safe_ratio(_norm(view[W] - previous, every), _norm(previous, every)))
 
 
-def _grad_norm(ds: xr.Dataset, param: str) -> xr.DataArray:
-    view = parameter(ds, param)
+def _grad_norm(view: xr.Dataset) -> xr.DataArray:
     _require(view, GRAD)
     return _from_second_row(_norm(view[GRAD], list(view[W].dims[1:])))
 
