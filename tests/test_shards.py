@@ -10,7 +10,7 @@ from zarr.core.sync import sync
 
 from foreign_readers import tensorstore_read
 from zarrec import ConfigError
-from zarrec.shards import ShardWriter
+from zarrec.shards import AssemblyBuffer, ShardWriter
 
 
 @pytest.mark.parametrize("compressor", [BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), ZstdCodec(level=1),
@@ -23,8 +23,8 @@ def test_shards_cut_by_the_array_edge_decode_bit_for_bit(tmp_path, compressor):
     array = zarr.create_array(tmp_path / "x", shape=(7, 13, 5), chunks=(3, 4, 5), shards=(3, 16, 5), dtype="float32",
                               fill_value=np.nan, compressors=compressor)
     writer = ShardWriter(array._async_array.store_path, array.metadata)
-    sync(writer.write(0, values[:3]))
-    sync(writer.write(3, values[3:]))  # two shards in one call, the second one step long
+    sync(writer.write(0, values[:3], AssemblyBuffer()))
+    sync(writer.write(3, values[3:], AssemblyBuffer()))  # two shards in one call, the second one step long
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "x")[:], values)
     np.testing.assert_array_equal(tensorstore_read(tmp_path, "x"), values)
 
@@ -35,7 +35,7 @@ def test_a_store_that_keeps_buffers_gets_each_shard_its_own(tmp_path):
                               fill_value=np.nan)
     writer = ShardWriter(array._async_array.store_path, array.metadata)
     values = np.arange(32, dtype=np.float32).reshape(4, 8)
-    sync(writer.write(0, values))
+    sync(writer.write(0, values, AssemblyBuffer()))
     np.testing.assert_array_equal(array[:], values)
 
 

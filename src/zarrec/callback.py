@@ -59,8 +59,9 @@ class ZarrecCallback(TrainerCallback):
             checkpoint (``trainer.train(resume_from_checkpoint=...)``): steps recorded
             after the checkpoint are dropped first. The run must be the recorded one
             (hyperparameters, model, data, selection); a difference is refused, naming it.
-        mantissa_bits, flush_every, on_error: as for :class:`~zarrec.Recorder` (``mantissa_bits=7``: every
-            recorded tensor rounded to bfloat16's precision, stored as float32; default exact).
+        mantissa_bits, staging_bytes, flush_every, on_error: as for :class:`~zarrec.Recorder`
+            (``mantissa_bits=7``: every recorded tensor rounded to bfloat16's precision, stored as
+            float32, default exact; ``staging_bytes``: host memory for staging, default 512 MiB).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class ZarrecCallback(TrainerCallback):
         overwrite: bool = False,
         resume: bool = False,
         mantissa_bits: int | None = None,
+        staging_bytes: int | None = None,
         flush_every: int | None = None,
         on_error: str = "raise",
     ) -> None:
@@ -93,6 +95,7 @@ class ZarrecCallback(TrainerCallback):
         self.overwrite = overwrite
         self.resume = resume
         self.mantissa_bits = mantissa_bits
+        self.staging_bytes = staging_bytes
         self.flush_every = flush_every
         self.on_error = on_error
         self.capture: ModelRecorder | None = None
@@ -109,7 +112,7 @@ class ZarrecCallback(TrainerCallback):
             coords=self.token_coords, attrs={**run_attributes(args, state, model, optimizer), **self.attrs},
             chunk_steps=self.chunk_steps, overwrite=self.overwrite, initial_step=state.global_step, steps=state.max_steps,
             resume_from=state.global_step if resuming else None, mantissa_bits=self.mantissa_bits,
-            flush_every=self.flush_every, on_error=self.on_error,
+            staging_bytes=self.staging_bytes, flush_every=self.flush_every, on_error=self.on_error,
         )
         self._hook = model.register_forward_hook(self._capture_forward, with_kwargs=True)
         if args.world_size == 1:  # across processes each would see only its own gradients

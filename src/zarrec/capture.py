@@ -105,7 +105,8 @@ class ModelRecorder:
             recorded step (logger ``zarrec``) then projects the store's size and files.
         resume_from: continue the store at ``out`` after this step (where training resumes;
             0: from the start): steps recorded after it are dropped. The run must be the recorded one.
-        chunk_steps, overwrite, mantissa_bits, flush_every, on_error: as for :class:`~zarrec.Recorder`.
+        chunk_steps, overwrite, mantissa_bits, staging_bytes, flush_every, on_error: as for
+            :class:`~zarrec.Recorder`.
     """
 
     def __init__(
@@ -129,6 +130,7 @@ class ModelRecorder:
         steps: int | None = None,
         resume_from: int | None = None,
         mantissa_bits: int | None = None,
+        staging_bytes: int | None = None,
         flush_every: int | None = None,
         on_error: str = "raise",
     ) -> None:
@@ -148,7 +150,7 @@ class ModelRecorder:
         self.recorder = Recorder(
             out, chunk_steps=chunk_steps, coords=all_coords, attrs=run_attrs, overwrite=overwrite,
             resume_from=(resume_from or -1) if resume_from is not None else None,  # from step 0 nothing is kept
-            mantissa_bits=mantissa_bits, flush_every=flush_every, on_error=on_error,
+            mantissa_bits=mantissa_bits, staging_bytes=staging_bytes, flush_every=flush_every, on_error=on_error,
         )
         self.last_step = initial_step
         self.steps = steps

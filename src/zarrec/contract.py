@@ -189,16 +189,21 @@ RESUME_MAY_DIFFER = (
 TARGET_CHUNK_BYTES = 16 * 2**20
 STAGING_BUFFER_BYTES = 64 * 2**20
 MAX_CHUNK_STEPS = 512
+# Host memory for staging, by default: three slabs of a chunk (or of a part of one). A GPT-2-small
+# embedding with its gradient and Adam moments is 618 MB a step: staged a part at a time.
+STAGING_BYTES = 512 * 2**20
 
 
-def auto_chunk_steps(sizes: Sequence[int], staged_itemsizes: Sequence[int]) -> int:
+def auto_chunk_steps(sizes: Sequence[int], staged_itemsizes: Sequence[int], slab_bytes: int = STAGING_BUFFER_BYTES) -> int:
     """Steps per chunk for variables of ``sizes`` elements a step, staged at ``staged_itemsizes``
     bytes an element (their source dtype): the largest power of two that keeps a chunk of the
-    largest variable (as float32) within ``TARGET_CHUNK_BYTES``, one staging buffer (a step of
-    every variable) within ``STAGING_BUFFER_BYTES``, and at most ``MAX_CHUNK_STEPS``; at least 1."""
+    largest variable (as float32) within ``TARGET_CHUNK_BYTES``, a chunk of every variable as
+    staged within ``STAGING_BUFFER_BYTES`` and ``slab_bytes``, and at most ``MAX_CHUNK_STEPS``;
+    at least 1."""
     stored_row = 4 * max(sizes, default=1)
     staged_row = sum(n * itemsize for n, itemsize in zip(sizes, staged_itemsizes))
-    fit = min(TARGET_CHUNK_BYTES // max(stored_row, 1), STAGING_BUFFER_BYTES // max(staged_row, 1), MAX_CHUNK_STEPS)
+    staged_fit = min(STAGING_BUFFER_BYTES, slab_bytes) // max(staged_row, 1)
+    fit = min(TARGET_CHUNK_BYTES // max(stored_row, 1), staged_fit, MAX_CHUNK_STEPS)
     return 1 << (max(1, fit).bit_length() - 1)
 
 

@@ -8,8 +8,8 @@ write each, so no reader ever sees part of one and zarr-python's partial-shard w
 (zarr-python#3560, #3682) are never used.
 
 Inner chunks are compressed in parallel on :data:`_POOL`, a group of them per worker, each
-group straight into its own region of a buffer that the array keeps from shard to shard; the
-groups are then moved together. Fresh memory is what made many small compressor calls slow:
+group straight into its own region of an :class:`AssemblyBuffer` that the store reuses from
+shard to shard; the groups are then moved together. Fresh memory is what made many small compressor calls slow:
 numcodecs allocates each output anew (page faults, and unmapping it again costs every thread),
 and a fresh buffer of a GPT-2 embedding's size costs more in page faults than the copy itself.
 So Blosc, the default, is called through c-blosc's ``blosc_compress_ctx`` (the one numcodecs
@@ -59,8 +59,24 @@ def numcodecs_compressor(codec: object) -> Codec:
     )
 
 
+class AssemblyBuffer:
+    """Memory a shard is assembled in, grown as needed and reused (one shard at a time)."""
+
+    def __init__(self) -> None:
+        self.memory = np.empty(0, dtype=np.uint8)
+
+    def reserve(self, size: int) -> np.ndarray:
+        """At least ``size`` bytes (the contents are left over)."""
+        if size > self.memory.size:
+            self.memory = np.empty(0, dtype=np.uint8)  # the old one goes before the new one comes
+            self.memory = np.empty(size, dtype=np.uint8)
+        return self.memory
+
+
 class ShardWriter:
-    """Writes whole shards of one array: ``write(first_row, block)`` with ``first_row`` on a shard boundary."""
+    """Writes whole shards of one array: ``write(first_row, block, buffer)`` with ``first_row``
+    on a shard boundary along ``step``, and the block's first row along the next dim (``start``)
+    on one along that dim."""
 
     def __init__(self, path: StorePath, metadata: ArrayV3Metadata) -> None:
         (sharding,) = metadata.codecs
@@ -72,7 +88,6 @@ class ShardWriter:
             raise ConfigError(f"{path} is not sharded as zarrec writes its arrays; record into a new store")
         self.path = path
         self.metadata = metadata
-        self.memory = np.empty(0, dtype=np.uint8)  # where shards are assembled, reused
         self.shard = tuple(metadata.chunk_grid.chunk_shape)
         self.inner = tuple(sharding.chunk_shape)
         self.grid = tuple(s // i for s, i in zip(self.shard, self.inner))
@@ -82,27 +97,31 @@ class ShardWriter:
         # A store that keeps the buffer it is given (rather than writing it out) gets its own copy.
         self.keeps_buffers = isinstance(_innermost(path.store), MemoryStore)
 
-    async def write(self, first_row: int, block: np.ndarray) -> None:
+    async def write(self, first_row: int, block: np.ndarray, buffer: AssemblyBuffer, start: int = 0) -> None:
         """Write rows ``first_row ..`` of the array, ``block``, as whole shards, one after another
-        (the last one may hold fewer steps than a shard: the rest of it is beyond the array's shape)."""
+        (the last one may hold fewer steps than a shard: the rest of it is beyond the array's
+        shape); ``block`` begins at row ``start`` of the array's first non-step dim, and covers
+        whole shards along the other dims (an edge shard extends past the array)."""
         steps = self.shard[0]
-        assert first_row % steps == 0, "zarrec writes whole shards only"
+        assert first_row % steps == 0 and (len(self.shard) < 2 or start % self.shard[1] == 0), "whole shards only"
         block = np.asarray(block, dtype=self.dtype)
-        for start in range(0, len(block), steps):
-            part = block[start:start + steps]
-            # Along the other dims, a shard grid of more than one shard (none today) is covered whole.
+        origin = (start, *[0] * (block.ndim - 2))
+        for first in range(0, len(block), steps):
+            part = block[first:first + steps]
             ranges = [range(0, n, s) for n, s in zip(part.shape[1:], self.shard[1:])]
             for offsets in itertools.product(*ranges):
                 piece = part[(slice(None), *(slice(o, o + s) for o, s in zip(offsets, self.shard[1:])))]
-                coords = ((first_row + start) // steps, *(o // s for o, s in zip(offsets, self.shard[1:])))
-                shard = await self._encode(piece)
-                buffer = default_buffer_prototype().buffer
-                value = buffer.from_bytes(shard.tobytes()) if self.keeps_buffers else buffer.from_array_like(shard)
+                coords = (
+                    (first_row + first) // steps, *((b + o) // s for b, o, s in zip(origin, offsets, self.shard[1:]))
+                )
+                shard = await self._encode(piece, buffer)
+                prototype = default_buffer_prototype().buffer
+                value = prototype.from_bytes(shard.tobytes()) if self.keeps_buffers else prototype.from_array_like(shard)
                 await (self.path / self.metadata.encode_chunk_key(coords)).set(value)
 
-    async def _encode(self, piece: np.ndarray) -> np.ndarray:
+    async def _encode(self, piece: np.ndarray, buffer: AssemblyBuffer) -> np.ndarray:
         """The shard object of ``piece`` (a shard's values, possibly cut short at the array's edge),
-        in :attr:`memory`: a view valid until the next call.
+        in ``buffer``: a view valid until its next use.
 
         The inner chunks, in C order, are split into one group per worker; each group is
         compressed into its own region of the shard, sized for the worst case, and moved down
@@ -113,34 +132,29 @@ class ShardWriter:
         ]
         bound = _compress_bound(math.prod(self.inner) * self.dtype.itemsize)
         groups = [range(i * len(chunks) // _WORKERS, (i + 1) * len(chunks) // _WORKERS) for i in range(_WORKERS)]
-        self._reserve(bound * len(chunks) + 16 * len(chunks) + 4)  # the regions, then the index and its CRC32C
+        memory = buffer.reserve(bound * len(chunks) + 16 * len(chunks) + 4)  # the regions, the index, its CRC32C
         loop = asyncio.get_running_loop()
         compressing = [
-            loop.run_in_executor(_POOL, self._compress_group, [chunks[i] for i in group], group.start * bound, bound)
+            loop.run_in_executor(_POOL, self._compress_group, [chunks[i] for i in group], memory, group.start * bound, bound)
             for group in groups
         ]
         index = np.zeros((len(chunks), 2), dtype="<u8")
         end = 0
-        memory = memoryview(self.memory)
+        view = memoryview(memory)
         for group, compressed in zip(groups, compressing):
             lengths = np.array(await compressed, dtype="<u8")
             start, size = group.start * bound, int(lengths.sum())
-            memory[end:end + size] = memory[start:start + size]  # a no-op for the first group
+            view[end:end + size] = view[start:start + size]  # a no-op for the first group
             index[group, 0] = end + np.cumsum(lengths) - lengths
             index[group, 1] = lengths
             end += size
         index_bytes = index.tobytes()
         checksum = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
-        memory[end:end + len(index_bytes) + 4] = index_bytes + checksum
-        return self.memory[:end + len(index_bytes) + 4]
+        view[end:end + len(index_bytes) + 4] = index_bytes + checksum
+        return memory[:end + len(index_bytes) + 4]
 
-    def _reserve(self, size: int) -> None:
-        """Make :attr:`memory` hold at least ``size`` bytes."""
-        if size > self.memory.size:
-            self.memory = np.empty(size, dtype=np.uint8)
-
-    def _compress_group(self, chunks: list[np.ndarray], start: int, bound: int) -> list[int]:
-        """Compress inner chunks one after another into :attr:`memory` from ``start``; their
+    def _compress_group(self, chunks: list[np.ndarray], memory: np.ndarray, start: int, bound: int) -> list[int]:
+        """Compress inner chunks one after another into ``memory`` from ``start``; their
         lengths. Each is padded with the fill value where the array's edge cuts it; one that is
         not contiguous in memory (rows of a multi-step shard) is copied into this thread's scratch
         buffer first: reused, it costs no page faults."""
@@ -152,7 +166,7 @@ class ShardWriter:
                     scratch.fill(self.fill_value)
                 scratch[tuple(slice(0, n) for n in chunk.shape)] = chunk
                 chunk = scratch
-            lengths.append(_compress_into(self.compressor, chunk, self.memory[start:start + bound]))
+            lengths.append(_compress_into(self.compressor, chunk, memory[start:start + bound]))
             start += lengths[-1]
         return lengths
 

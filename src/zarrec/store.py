@@ -33,7 +33,7 @@ from zarr.errors import ContainsArrayError, ContainsGroupError
 from zarrec import contract
 from zarrec.errors import ConfigError, StoreExistsError
 from zarrec.lock import StoreLock
-from zarrec.shards import ShardWriter, numcodecs_compressor
+from zarrec.shards import AssemblyBuffer, ShardWriter, numcodecs_compressor
 
 StoreLike = str | os.PathLike | zarr.abc.store.Store
 
@@ -243,10 +243,12 @@ class RunStore:
         chunk_steps: int,
         attrs: Mapping[str, Any],
         compressor: Any,
+        shard_rows: int | None = None,
     ) -> None:
-        """Create an empty float32 array ``(step, *dims)`` in shards of every row and
-        ``chunk_steps`` steps (a small array: a multiple, :func:`zarrec.contract.shard_steps`),
-        split into inner chunks along its first non-step dim (:func:`zarrec.contract.inner_chunk_rows`).
+        """Create an empty float32 array ``(step, *dims)`` in shards of every row (or of
+        ``shard_rows`` rows, rounded down to whole inner chunks) and ``chunk_steps`` steps (a
+        small array: a multiple, :func:`zarrec.contract.shard_steps`), split into inner chunks
+        along its first non-step dim (:func:`zarrec.contract.inner_chunk_rows`).
 
         The first variable also creates the ``step`` coordinate.
         """
@@ -270,7 +272,12 @@ class RunStore:
             rows, *rest = item_shape
             inner_rows = contract.inner_chunk_rows(steps, rows, 4 * math.prod(rest))
             inner = (steps, inner_rows, *rest)
-            shard = (steps, -(-rows // inner_rows) * inner_rows, *rest)  # the array's edge may lie inside it
+            if shard_rows is not None and shard_rows < rows:
+                inner_rows = min(inner_rows, shard_rows)
+                inner = (steps, inner_rows, *rest)
+                shard = (steps, shard_rows // inner_rows * inner_rows, *rest)
+            else:
+                shard = (steps, -(-rows // inner_rows) * inner_rows, *rest)  # the array's edge may lie inside it
         self.group.create_array(
             name,
             shape=(0, *item_shape),
@@ -304,7 +311,18 @@ class RunStore:
 
     def append(self, steps: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
         """Append rows to every step-dimensioned array, then commit them (see :class:`_Appender`)."""
-        sync(self._open_appender().append(steps, values))
+        self.write(values)
+        self.commit(steps)
+
+    def write(self, values: Mapping[str, np.ndarray], starts: Mapping[str, int] | None = None) -> None:
+        """Write the next rows (after the committed ones) of some arrays, as whole shards, without
+        committing them: ``values[name]`` begins at row ``starts[name]`` (default 0) of the array's
+        first non-step dim, on a shard boundary (a large step is written a part at a time)."""
+        sync(self._open_appender().write(values, starts or {}))
+
+    def commit(self, steps: np.ndarray) -> None:
+        """Write ``steps`` and commit them: every array's rows written since the last commit."""
+        sync(self._open_appender().commit_steps(steps))
         self.last_step = int(steps[-1])
 
     def set_status(
@@ -359,6 +377,7 @@ class _Appender:
         self.metadata = {name: array.metadata for name, array in arrays.items()}
         self.growing = [name for name, array in arrays.items() if contract.along_step(array.metadata.dimension_names)]
         self.writers = {name: ShardWriter(root.store_path / name, self.metadata[name]) for name in self.growing}
+        self.buffers: list[AssemblyBuffer] = []  # free ones, reused by whichever array writes next
         self.rows = rows
         self.shapes_rows = {name: arrays[name].shape[0] for name in self.growing}  # as in their own zarr.json
         # The root document with every array's metadata consolidated (what zarr.consolidate_metadata
@@ -378,25 +397,40 @@ class _Appender:
             arrays = {name: array async for name, array in root.arrays()}
         return cls(root, arrays, rows)
 
-    async def append(self, steps: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
+    async def write(self, values: Mapping[str, np.ndarray], starts: Mapping[str, int]) -> None:
+        """Write blocks after the committed rows, concurrently, each in an assembly buffer of
+        :attr:`buffers` (the largest block gets the largest buffer: the memory held is that of
+        the most blocks ever written at once, not of every array)."""
         if not await (self.root.store_path / ZARR_JSON).exists():
             # A local store recreates missing directories on write: without this check, a store
             # deleted while recording would silently become chunks without metadata.
             raise FileNotFoundError("its zarr.json is gone: the store was deleted or moved while recording")
-        blocks = {**values, contract.STEP: steps}
-        await asyncio.gather(*(self._write(name, block) for name, block in blocks.items()))
+        names = sorted(values, key=lambda name: values[name].nbytes, reverse=True)
+        self.buffers.sort(key=lambda buffer: buffer.memory.size, reverse=True)
+        taken = [self.buffers.pop(0) if self.buffers else AssemblyBuffer() for _ in names]
+        try:
+            await asyncio.gather(*(self._write(name, values[name], starts.get(name, 0), b) for name, b in zip(names, taken)))
+        finally:
+            self.buffers.extend(taken)
+
+    async def commit_steps(self, steps: np.ndarray) -> None:
+        """Write ``steps`` after the committed rows, and commit them in every array."""
+        buffer = self.buffers[-1] if self.buffers else AssemblyBuffer()
+        await self._write(contract.STEP, steps, 0, buffer)
         await self.commit(self.rows + len(steps))
 
-    async def _write(self, name: str, block: np.ndarray) -> None:
-        """Write ``block`` after the committed rows of ``name``, as whole shards."""
+    async def _write(self, name: str, block: np.ndarray, start: int, buffer: AssemblyBuffer) -> None:
+        """Write ``block`` after the committed rows of ``name``, from row ``start`` of its first
+        non-step dim, as whole shards."""
         first = self.rows - self.rows % self.writers[name].shard[0]
         if first < self.rows:  # the first shard holds committed rows (after a flush or a resume): rewrite them too
-            block = np.concatenate([await self._read(name, first, self.rows), block])
-        await self.writers[name].write(first, block)
+            rows = slice(start, start + block.shape[1]) if block.ndim > 1 else slice(None)
+            block = np.concatenate([await self._read(name, first, self.rows, rows), block])
+        await self.writers[name].write(first, block, buffer, start)
 
-    async def _read(self, name: str, start: int, stop: int) -> np.ndarray:
+    async def _read(self, name: str, start: int, stop: int, rows: slice) -> np.ndarray:
         array = AsyncArray(self._with_rows(name, stop), self.root.store_path / name)
-        return await array.getitem(slice(start, stop))
+        return await array.getitem((slice(start, stop), rows) if array.ndim > 1 else slice(start, stop))
 
     def _with_rows(self, name: str, rows: int) -> ArrayV3Metadata:
         """The metadata of array ``name`` with ``rows`` rows along step."""

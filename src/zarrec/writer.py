@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,12 +26,16 @@ class Chunk:
     """Rows to write: ``values()[name][i]`` belongs to step ``steps[i]``.
 
     ``values`` is called in the writer thread, so the producer can leave work to it
-    (waiting for an accelerator's copies, converting to float32).
+    (waiting for an accelerator's copies, converting to float32). A large step-chunk comes
+    in parts: ``values()[name]`` then begins at row ``starts[name]`` of the array's first
+    non-step dim, and only the last part ``commits`` the steps.
     """
 
     steps: np.ndarray
     values: Callable[[], dict[str, np.ndarray]]
     release: Callable[[], None] = lambda: None  # hands the staging memory back to the producer
+    starts: dict[str, int] = field(default_factory=dict)
+    commits: bool = True
 
 
 class ChunkWriter:
@@ -66,7 +70,9 @@ class ChunkWriter:
                 if self.error is None:
                     start = time.perf_counter()
                     values = chunk.values()
-                    self.store.append(chunk.steps, values)
+                    self.store.write(values, chunk.starts)
+                    if chunk.commits:
+                        self.store.commit(chunk.steps)
                     self.writing_seconds += time.perf_counter() - start
                     self.written_bytes += sum(v.nbytes for v in values.values())
             except BaseException as exc:  # kept for the producer thread, which raises it
