@@ -92,3 +92,70 @@ def test_the_cost_line_at_the_first_recorded_step_projects_the_store(tmp_path, c
     assert line.startswith("zarrec: 12 variables, ") and "2 steps a chunk" in line  # 2 × (W, grad, 2 moments), 4 scalars
     assert f"; {ds.step.size} recorded steps: " in line and f", {shard_files} shard files" in line
     assert ds.step.size == 10 and shard_files > 9  # the big arrays: a shard a chunk; the small ones: one
+
+
+class TinyLanguageModel(torch.nn.Module):
+    def __init__(self, vocab: int = 16, width: int = 4) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, width)
+        self.head = torch.nn.Linear(width, vocab)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.embed
+
+    def forward(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.head(self.embed(ids[:, :-1]))
+        return {"loss": torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()), "logits": logits}
+
+
+def test_rows_record_the_chosen_rows_of_the_live_tensors_and_label_them(tmp_path):
+    torch.manual_seed(0)
+    model = TinyLanguageModel()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    live_mask = np.arange(16) % 2 == 1
+    chosen = [11, 3, 7, 3]  # any order, repeats: recorded sorted, once
+    live = {}
+    with zarrec.ModelRecorder(
+        tmp_path / "run.zarr", model, optimizer, params=["embed.weight", "head.weight"],
+        rows={"embed.weight": chosen, "head.weight": slice(2, 5)}, coords={"live": ("token", live_mask)},
+    ) as recorder:
+        for step in range(1, 4):
+            output = model(torch.randint(0, 16, (2, 6)))
+            recorder.add_output(output)
+            output["loss"].backward()
+            grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+            optimizer.step()
+            recorder.step()
+            state = {name: {k: v.clone() for k, v in optimizer.state[p].items()} for name, p in model.named_parameters()}
+            live[step] = ({n: p.detach().clone() for n, p in model.named_parameters()}, grads, state,
+                          output["logits"].detach()[0, -1].clone())
+            optimizer.zero_grad()
+    ds = xr.open_zarr(tmp_path / "run.zarr")
+    np.testing.assert_array_equal(ds.token, [3, 7, 11])
+    np.testing.assert_array_equal(ds.live, live_mask[[3, 7, 11]])
+    np.testing.assert_array_equal(ds.head_weight_row, [2, 3, 4])
+    assert ds.attrs[contract.ROWS_ATTR] == {"token": 16, "head_weight_row": 16}
+    for step in (1, 2, 3):
+        params, grads, state, logits = live[step]
+        row = ds.sel(step=step)
+        for name, rows in (("embed.weight", [3, 7, 11]), ("head.weight", [2, 3, 4])):
+            stored = "embeddings" if name == "embed.weight" else name
+            np.testing.assert_array_equal(row[stored].values, params[name][rows].numpy())
+            grad = "grads" if name == "embed.weight" else f"{name}.grad"
+            np.testing.assert_array_equal(row[grad].values, grads[name][rows].numpy())
+            moment = "momentum" if name == "embed.weight" else f"{name}.exp_avg"
+            np.testing.assert_array_equal(row[moment].values, state[name]["exp_avg"][rows].numpy())
+        np.testing.assert_array_equal(row.embeddings.sel(token=7).values, params["embed.weight"][7].numpy())
+        np.testing.assert_array_equal(row.logits.values, logits[[3, 7, 11]].numpy())
+    assert float(ds.zarrec.update_residual().max()) < 1e-6 * float(abs(ds.embeddings).max())  # the identity holds row by row
+    with pytest.raises(ConfigError, match="3 of 16 tokens"):
+        ds.zarrec.logit_stats()
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ([16], "row ids in 0..15"), ([], "non-empty"), ({"nothing.*": [1]}, "names no recorded parameter"),
+])
+def test_rows_that_do_not_fit_are_refused_with_the_fix(tmp_path, rows, message):
+    model = TinyLanguageModel()
+    with pytest.raises(ConfigError, match=message):
+        zarrec.ModelRecorder(tmp_path / "run.zarr", model, torch.optim.AdamW(model.parameters()), rows=rows)

@@ -33,6 +33,18 @@ def test_train_records_and_summarises(tmp_path, small_corpus):
     assert ds.attrs["corpus_name"] == small_corpus.name
 
 
+def test_train_records_the_live_tokens_only(tmp_path, small_corpus):
+    out = tmp_path / "run.zarr"
+    result = zarrec("train", "--out", str(out), "--corpus", str(small_corpus), "--rows", "live", *TINY)
+    assert result.returncode == 0, result.stderr
+    ds = xr.open_zarr(out)
+    live = np.flatnonzero(np.bincount(np.frombuffer(small_corpus.read_bytes(), np.uint8), minlength=128) > 0)
+    assert 0 < ds.sizes["token"] == len(live) < 128
+    np.testing.assert_array_equal(ds.token, live)
+    assert ds.live.all() and ds.attrs["recorded_rows_of"] == {"token": 128}
+    assert ds.logits.sizes["token"] == len(live)
+
+
 def test_existing_out_is_refused_then_overwritten(tmp_path, small_corpus):
     out = tmp_path / "run.zarr"
     args = ["train", "--out", str(out), "--corpus", str(small_corpus), *TINY]

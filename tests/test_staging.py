@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import xarray as xr
 import zarr
-
 from foreign_readers import tensorstore_read
+
 from zarrec import Recorder
 from zarrec.staging import plan_parts
 

@@ -488,8 +488,13 @@ def logit_stats(ds: xr.Dataset) -> xr.Dataset:
     """
     if contract.LOGITS not in ds:
         raise ConfigError("this dataset has no 'logits'; they are recorded by the zarrec callbacks when the model's output has them")
-    z = ds[contract.LOGITS]
     token = contract.TOKEN
+    if token in ds.attrs.get(contract.ROWS_ATTR, {}):
+        raise ConfigError(
+            f"logit_stats needs every token's logit, and this run recorded {ds.sizes[token]:,} of "
+            f"{ds.attrs[contract.ROWS_ATTR][token]:,} tokens (rows=...); record without rows for the logits' spread"
+        )
+    z = ds[contract.LOGITS]
     shifted = z - z.max(token, skipna=False)
     log_p = shifted - np.log(np.exp(shifted).sum(token, skipna=False))
     p = np.exp(log_p)

@@ -27,6 +27,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from zarrec import contract
@@ -90,6 +91,10 @@ class ModelRecorder:
             ``<name>``, ``<name>.grad``, ``<name>.<optimizer state key>``.
         quantities: of each parameter, from ``"param"``, ``"grad"`` and the optimizer's state
             keys (``"exp_avg"``, ``"momentum_buffer"``, ...); default: all of them.
+        rows: record only these rows of the input embedding (token ids, a ``slice``, e.g. the
+            corpus's live tokens), or of the parameters named (``{glob: ids}``); the row dim's
+            coordinate holds the ids (:class:`~zarrec.selection.ParameterSelection`). Chosen
+            tokens also choose what is recorded along ``token`` (logits, probe logits, ``coords``).
         every: which steps to record: every N-th, or a schedule such as ``"1:1000,10"``
             (:class:`~zarrec.schedule.StepSchedule`); step 0 always.
         probe: a fixed input (text, or token ids) whose logits are evaluated with the current
@@ -117,6 +122,7 @@ class ModelRecorder:
         *,
         params: Sequence[str] | None = None,
         quantities: Sequence[str] | None = None,
+        rows: Sequence[int] | slice | Mapping[str, Sequence[int] | slice] | None = None,
         every: int | str | StepSchedule = 1,
         probe: str | Sequence[int] | None = None,
         probe_positions: Sequence[int] | None = None,
@@ -135,7 +141,7 @@ class ModelRecorder:
         on_error: str = "raise",
     ) -> None:
         self.model = model
-        self.selection = ParameterSelection(model, optimizer, params, quantities)
+        self.selection = ParameterSelection(model, optimizer, params, quantities, rows)
         self.schedule = StepSchedule.parse(every)
         self.probe = _make_probe(model, tokenizer, probe, probe_positions, probe_every) if probe is not None else None
         run_attrs = {
@@ -143,10 +149,17 @@ class ModelRecorder:
             contract.QUANTITIES_ATTR: None if quantities is None else list(dict.fromkeys(quantities)),
             contract.SCHEDULE_ATTR: str(self.schedule),
             "dtype": str(self.selection.dtype).removeprefix("torch."),
+            **({contract.ROWS_ATTR: self.selection.rows_of()} if self.selection.rows else {}),
             **(self.probe.attrs() if self.probe is not None else {}),
             **(attrs or {}),
         }
-        all_coords = {**(coords or {}), **(self.probe.coords() if self.probe is not None else {})}
+        chosen = {dim: ids for dim, (_, ids) in self.selection.row_coords().items()}
+        self._token_rows = self.selection.rows.get(self.selection.embedding_name) if contract.TOKEN in chosen else None
+        all_coords = {
+            name: (dim, np.asarray(values)[chosen[dim]] if dim in chosen else values)
+            for name, (dim, values) in {**(coords or {}), **(self.probe.coords() if self.probe is not None else {})}.items()
+        }
+        all_coords.update(self.selection.row_coords())
         self.recorder = Recorder(
             out, chunk_steps=chunk_steps, coords=all_coords, attrs=run_attrs, overwrite=overwrite,
             resume_from=(resume_from or -1) if resume_from is not None else None,  # from step 0 nothing is kept
@@ -186,7 +199,7 @@ class ModelRecorder:
             self._step.loss_is_token_share = token_share
         logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
         if self._step.logits is None and isinstance(logits, torch.Tensor) and logits.ndim == 3:
-            self._step.logits = logits.detach()[0, -1].clone()
+            self._step.logits = self._at_token_rows(logits.detach()[0, -1]).clone()
 
     def track_norms_before_clipping(self) -> None:
         """For a framework with no event between the last backward and clipping (the HF
@@ -228,7 +241,7 @@ class ModelRecorder:
         if self._step.logits is not None:
             captured[contract.LOGITS] = self._step.logits
         if self.probe is not None and self.probe.evaluates(step) and self.schedule.records(step):
-            captured[contract.PROBE_LOGITS] = self.probe.logits(self.model)
+            captured[contract.PROBE_LOGITS] = self._at_token_rows(self.probe.logits(self.model))
         if not self._started:
             self._start({**captured, **values})
         if self.schedule.records(step):
@@ -280,7 +293,7 @@ class ModelRecorder:
         changes them: step 0, recorded with the first step."""
         self._initial = self.selection.snapshot()
         if self.probe is not None:
-            self._initial_values = {contract.PROBE_LOGITS: self.probe.logits(self.model)}
+            self._initial_values = {contract.PROBE_LOGITS: self._at_token_rows(self.probe.logits(self.model))}
 
     def _start(self, values: Mapping[str, Value]) -> None:
         """At the first step: fix the recorded variables (optimizers create their state at their
@@ -298,6 +311,10 @@ class ModelRecorder:
             not_yet = {name: _nan_like(value) for name, value in values.items()}
             self.recorder.record(0, **{**self.selection.initial_values(self._initial), **not_yet, **self._initial_values})
             self._initial = None
+
+    def _at_token_rows(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits along the vocabulary (last dim) at the chosen tokens, when tokens are chosen."""
+        return logits if self._token_rows is None else logits.index_select(-1, self._token_rows.to(logits.device))
 
     def _keep_norm(self, parameter: torch.nn.Parameter) -> None:
         if self.wants(self.last_step + 1):

@@ -44,6 +44,9 @@ def _train_parser(subparsers) -> None:
     run.add_argument("--quantities", nargs="+", metavar="NAME",
                      help="of each parameter: param, grad and optimizer state keys such as exp_avg, exp_avg_sq, "
                      "momentum_buffer (default: all)")
+    run.add_argument("--rows", metavar="TOKENS",
+                     help="record only these rows of the embedding: 'live' (the corpus's tokens), a range such as "
+                     "0:64, or ids such as 10,32,101 (default: all)")
     run.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {defaults.optimizer}")
     run.add_argument("--probe", metavar="TEXT",
                      help="a fixed text whose logits are evaluated with the current weights at recorded steps")

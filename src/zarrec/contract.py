@@ -101,6 +101,9 @@ LR_RATIO = "lr_ratio"
 PARAMS_ATTR = "recorded_params"
 QUANTITIES_ATTR = "recorded_quantities"
 SCHEDULE_ATTR = "recorded_every"
+# Run attribute: for each dim recorded at chosen rows only (the rows lever), how many rows the
+# parameter has; the dim's index coordinate holds the chosen ids.
+ROWS_ATTR = "recorded_rows_of"
 
 
 def variable_name(param: str, quantity: str, input_embedding: bool = False) -> str:

@@ -24,7 +24,17 @@ import torch
 
 from zarrec import contract, shutdown
 from zarrec.errors import ConfigError, RecordError, WriterError, ZarrecWarning
-from zarrec.staging import ALIGNMENT, SLABS, Float32Scratch, Piece, Slab, aligned, copy_row, plan_parts, slab_bytes
+from zarrec.staging import (
+    ALIGNMENT,
+    SLABS,
+    Float32Scratch,
+    Piece,
+    Slab,
+    aligned,
+    copy_row,
+    plan_parts,
+    slab_bytes,
+)
 from zarrec.store import RunStore, StoreLike, describe
 from zarrec.writer import Chunk, ChunkWriter
 

@@ -4,8 +4,9 @@ A quantity is the parameter itself (``"param"``), its gradient (``"grad"``), or 
 the optimizer keeps per parameter, found by its state key: AdamW's ``exp_avg`` and
 ``exp_avg_sq``, SGD's ``momentum_buffer``, Adafactor's factored ``exp_avg_sq_row`` and
 ``exp_avg_sq_col``. Optimizers create their state lazily, so the state is looked up after
-the first optimizer step (:meth:`ParameterSelection.targets`). Framework-free: the HF
-callback and a plain PyTorch loop use it alike.
+the first optimizer step (:meth:`ParameterSelection.targets`). A parameter may be recorded
+at chosen rows only (``rows``: token ids of an embedding, say), gathered on its device.
+Framework-free: the HF callback and a plain PyTorch loop use it alike.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from zarrec import contract
@@ -30,6 +32,7 @@ class Target:
     dims: tuple[str, ...]
     optimizer: str = ""
     hyperparameters: Mapping[str, object] = field(default_factory=dict, compare=False)
+    at_rows: bool = False  # recorded at the parameter's chosen rows only
 
     @property
     def attrs(self) -> dict[str, object]:
@@ -68,6 +71,10 @@ class ParameterSelection:
             its gradient and every tensor the optimizer keeps for it (scalars such as Adam's
             ``step`` counter only when asked for). A quantity the optimizer does not keep is
             an error naming what it keeps.
+        rows: record only these rows (first-dim indices: token ids of an embedding) of the
+            input embedding (ids or a ``slice``), or of each parameter named (``{glob: ids}``);
+            its quantities of the parameter's shape are gathered at them, its row dim's index
+            coordinate holds them (sorted), so ``.sel(token=t)`` still means token t.
     """
 
     def __init__(
@@ -76,6 +83,7 @@ class ParameterSelection:
         optimizer: torch.optim.Optimizer,
         params: Sequence[str] | None = None,
         quantities: Sequence[str] | None = None,
+        rows: Sequence[int] | slice | Mapping[str, Sequence[int] | slice] | None = None,
     ) -> None:
         self.optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
         embedding = _input_embedding(model)
@@ -88,7 +96,7 @@ class ParameterSelection:
             params = [name for name, p in model.named_parameters() if p is embedding]
         self.parameters = select_parameters(model.named_parameters(), params)
         self.quantities = None if quantities is None else tuple(dict.fromkeys(quantities))
-        self._embedding_name = next((name for name, p in self.parameters.items() if p is embedding), None)
+        self.embedding_name = next((name for name, p in self.parameters.items() if p is embedding), None)
         groups = {id(p): group for group in self.optimizer.param_groups for p in group["params"]}
         self._trained = {name: id(p) in groups for name, p in self.parameters.items()}
         asked_to_train = [q for q in self.quantities or () if q != contract.PARAM]
@@ -101,11 +109,24 @@ class ParameterSelection:
         first_trained = next((p for p in self.parameters.values() if id(p) in groups), None)
         self.group = groups[id(first_trained)] if first_trained is not None else self.optimizer.param_groups[0]
         self._groups = {name: groups.get(id(p)) for name, p in self.parameters.items()}
+        self.rows = self._chosen_rows(rows)
         self._targets: list[Target] | None = None
 
     @property
     def names(self) -> list[str]:
         return list(self.parameters)
+
+    def dims(self, name: str) -> tuple[str, ...]:
+        """The dims of parameter ``name`` (and of its gradient and same-shaped state)."""
+        return contract.parameter_dims(name, self.parameters[name].ndim, name == self.embedding_name)
+
+    def row_coords(self) -> dict[str, tuple[str, np.ndarray]]:
+        """The index coordinate of each row dim recorded at chosen rows: the chosen ids."""
+        return {self.dims(name)[0]: (self.dims(name)[0], ids.cpu().numpy()) for name, ids in self.rows.items()}
+
+    def rows_of(self) -> dict[str, int]:
+        """For each row dim recorded at chosen rows, the parameter's number of rows (a run attribute)."""
+        return {self.dims(name)[0]: self.parameters[name].shape[0] for name in self.rows}
 
     @property
     def dtype(self) -> torch.dtype:
@@ -140,11 +161,12 @@ class ParameterSelection:
         for target in self.targets():
             parameter = snapshot[target.param]
             if target.quantity == contract.PARAM:
-                values[target.variable] = parameter
+                value = parameter
             elif target.quantity == contract.GRAD:
-                values[target.variable] = torch.full_like(parameter, float("nan"))
+                value = torch.full_like(parameter, float("nan"))
             else:
-                values[target.variable] = torch.zeros_like(self._state(target.param)[target.quantity])
+                value = torch.zeros_like(self._state(target.param)[target.quantity])
+            values[target.variable] = self._at_rows(target, value)
         return values
 
     def values(self, grads: Mapping[str, torch.Tensor | None]) -> dict[str, torch.Tensor]:
@@ -159,16 +181,49 @@ class ParameterSelection:
             else:
                 value = self._state(target.param).get(target.quantity)
             if value is not None:
-                values[target.variable] = value
+                values[target.variable] = self._at_rows(target, value)
         return values
+
+    def _at_rows(self, target: Target, value: torch.Tensor) -> torch.Tensor:
+        """``value`` at the parameter's chosen rows (gathered on its device), or all of it."""
+        return value.detach().index_select(0, self.rows[target.param]) if target.at_rows else value
+
+    def _chosen_rows(self, rows) -> dict[str, torch.Tensor]:
+        """``rows`` as sorted unique ids per selected parameter, on its device; refused with the fix."""
+        if rows is None:
+            return {}
+        if not isinstance(rows, Mapping):
+            if self.embedding_name is None:
+                raise ConfigError(
+                    "rows=[...] chooses rows of the input embedding, which is not recorded; "
+                    "name the parameter: rows={'<parameter name or glob>': ids}"
+                )
+            rows = {self.embedding_name: rows}
+        chosen = {}
+        for pattern, ids in rows.items():
+            names = [name for name in self.parameters if fnmatch.fnmatchcase(name, pattern)]
+            if not names:
+                raise ConfigError(f"rows={{{pattern!r}: ...}} names no recorded parameter; recorded are {', '.join(self.parameters)}")
+            for name in names:
+                parameter = self.parameters[name]
+                count = parameter.shape[0] if parameter.ndim else 0
+                index = np.arange(count)[ids] if isinstance(ids, slice) else np.asarray(ids)
+                if index.ndim != 1 or index.size == 0 or index.dtype.kind not in "iu" or not (
+                    (0 <= index).all() and (index < count).all()
+                ):
+                    raise ConfigError(
+                        f"rows of {name} must be a non-empty list of row ids in 0..{count - 1} (or a slice), got {ids!r:.80}"
+                    )
+                chosen[name] = torch.from_numpy(np.unique(index).astype(np.int64)).to(parameter.device)
+        return chosen
 
     def _state(self, name: str) -> Mapping[str, object]:
         return self.optimizer.state.get(self.parameters[name], {})
 
     def _targets_of(self, name: str) -> list[Target]:
         parameter = self.parameters[name]
-        embedding = name == self._embedding_name
-        dims = contract.parameter_dims(name, parameter.ndim, embedding)
+        embedding = name == self.embedding_name
+        dims = self.dims(name)
         state = {key: value for key, value in self._state(name).items() if isinstance(value, torch.Tensor)}
         if self.quantities is None:
             kept = [key for key, value in state.items() if value.ndim > 0]
@@ -188,7 +243,8 @@ class ParameterSelection:
             shape = state[quantity].shape if quantity in state else parameter.shape
             same_shape = tuple(shape) == tuple(parameter.shape)
             variable_dims = dims if same_shape else contract.dims_of(variable, len(shape))
-            targets.append(Target(variable, name, quantity, variable_dims, optimizer, hyperparameters))
+            at_rows = same_shape and name in self.rows
+            targets.append(Target(variable, name, quantity, variable_dims, optimizer, hyperparameters, at_rows))
         return targets
 
     def _hyperparameters(self, name: str) -> dict[str, object]:

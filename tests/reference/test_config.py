@@ -22,8 +22,16 @@ def test_defaults_are_the_reference_experiment():
 @pytest.mark.parametrize(
     "change, message",
     [({"dtype": "float16"}, "dtype"), ({"init": "xavier"}, "init"), ({"steps": 0}, "steps"),
-     ({"n_embd": 10, "n_head": 4}, "divisible"), ({"device": "tpu"}, "device")],
+     ({"n_embd": 10, "n_head": 4}, "divisible"), ({"device": "tpu"}, "device"), ({"rows": "a:b"}, "rows must be")],
 )
 def test_bad_configs_are_refused(change, message):
     with pytest.raises(ConfigError, match=message):
         dataclasses.replace(TrainConfig(), **change).validate()
+
+
+def test_rows_are_the_live_tokens_a_range_or_ids():
+    live = [False, True, True, False]
+    assert dataclasses.replace(TrainConfig(), rows="live").token_rows(live) == [1, 2]
+    assert dataclasses.replace(TrainConfig(), rows="2:").token_rows(live) == slice(2, None)
+    assert dataclasses.replace(TrainConfig(), rows="3,1").token_rows(live) == [3, 1]
+    assert TrainConfig().token_rows(live) is None

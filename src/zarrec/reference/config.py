@@ -5,6 +5,7 @@ Kept free of torch so the command line starts quickly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from zarrec.errors import ConfigError
@@ -49,6 +50,7 @@ class TrainConfig:
     mantissa_bits: int | None = None  # round recorded tensors to this many mantissa bits; None: exact
     params: tuple[str, ...] | None = None  # glob patterns over parameter names; None: the input embedding
     quantities: tuple[str, ...] | None = None  # param, grad, optimizer state keys; None: all
+    rows: str | None = None  # tokens of the embedding to record: "live", "A:B" or "i,j,..."; None: all
     probe: str | None = None  # a fixed text whose logits are evaluated every probe_every recorded steps
     probe_positions: tuple[int, ...] | None = None  # None: every position of the probe
     probe_every: int = 1
@@ -71,7 +73,22 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.mantissa_bits is not None and not 1 <= self.mantissa_bits <= 22:
             raise ConfigError(f"mantissa_bits must be between 1 and 22 (float32 keeps 23), got {self.mantissa_bits}")
+        self.token_rows([True] * self.vocab_size)
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0 < self.vocab_size <= 256:
             raise ConfigError(f"vocab_size must be between 1 and 256 for a byte-level model, got {self.vocab_size}")
+
+    def token_rows(self, live: Sequence[bool]) -> list[int] | slice | None:
+        """:attr:`rows` as the recorder takes them: the ``live`` tokens, a slice, or ids."""
+        if self.rows is None:
+            return None
+        if self.rows == "live":
+            return [token for token, is_live in enumerate(live) if is_live]
+        try:
+            if ":" in self.rows:
+                start, stop = (int(part) if part else None for part in self.rows.split(":"))
+                return slice(start, stop)
+            return [int(token) for token in self.rows.split(",")]
+        except ValueError:
+            raise ConfigError(f"rows must be 'live', a range such as 0:64 or ids such as 1,5,9; got {self.rows!r}") from None

@@ -218,6 +218,7 @@ def train(
         out,
         params=config.params,
         quantities=config.quantities,
+        rows=config.token_rows(corpus.counts(config.vocab_size) > 0),
         every=config.every,
         probe=config.probe,
         probe_positions=config.probe_positions,
