@@ -159,3 +159,52 @@ def test_rows_that_do_not_fit_are_refused_with_the_fix(tmp_path, rows, message):
     model = TinyLanguageModel()
     with pytest.raises(ConfigError, match=message):
         zarrec.ModelRecorder(tmp_path / "run.zarr", model, torch.optim.AdamW(model.parameters()), rows=rows)
+
+
+def train_tiny(path, steps: int = 6, **options) -> None:
+    torch.manual_seed(0)
+    model = TinyLanguageModel()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
+    with zarrec.ModelRecorder(path, model, optimizer, params=["embed.weight", "head.*"], summaries=True, **options) as recorder:
+        for _ in range(steps):
+            output = model(torch.randint(0, 16, (2, 6)))
+            recorder.add_output(output)
+            output["loss"].backward()
+            optimizer.step()
+            recorder.step()
+            optimizer.zero_grad()
+
+
+def computed_from_the_full_state(ds: xr.Dataset, param: str) -> xr.Dataset:
+    without_source = ds.copy()
+    without_source.encoding = {}  # row_statistics cannot find the summaries group: it computes them
+    return without_source.zarrec.row_statistics(param)
+
+
+def test_summaries_of_every_step_equal_their_formula_on_the_full_state(tmp_path):
+    train_tiny(tmp_path / "run.zarr")
+    ds = xr.open_zarr(tmp_path / "run.zarr")
+    summaries = xr.open_zarr(tmp_path / "run.zarr" / "summaries")
+    np.testing.assert_array_equal(summaries.step, np.arange(7))
+    assert summaries["embed.weight.param_norm"].dims == ("step", "token")
+    for param in ("embed.weight", "head.weight", "head.bias"):
+        recorded, computed = ds.zarrec.row_statistics(param), computed_from_the_full_state(ds, param)
+        assert set(recorded.data_vars) == {"param_norm", "grad_norm", "update_norm", "cos_grad_momentum"}
+        assert recorded.param_norm.dims == computed.param_norm.dims
+        for name in recorded.data_vars:
+            assert recorded[name].notnull().sum() > 0
+            xr.testing.assert_allclose(recorded[name], computed[name], rtol=1e-5, atol=1e-7)
+
+
+def test_summaries_every_step_while_the_full_state_follows_every(tmp_path):
+    train_tiny(tmp_path / "run.zarr", every=3, rows=[1, 4, 9])
+    ds = xr.open_zarr(tmp_path / "run.zarr")
+    np.testing.assert_array_equal(ds.step, [0, 3, 6])
+    recorded = ds.zarrec.row_statistics()  # the input embedding's, from the summaries group
+    np.testing.assert_array_equal(recorded.step, np.arange(7))
+    np.testing.assert_array_equal(recorded.token, [1, 4, 9])
+    computed = computed_from_the_full_state(ds, "embed.weight")
+    assert computed.update_norm.isnull().all()  # the full state has no consecutive steps
+    for name in ("param_norm", "grad_norm", "cos_grad_momentum"):
+        xr.testing.assert_allclose(recorded[name].sel(step=[3, 6]), computed[name].sel(step=[3, 6]), rtol=1e-5, atol=1e-7)
+    assert recorded.update_norm.sel(step=slice(1, None)).notnull().all()

@@ -33,6 +33,9 @@ class ZarrecAccessor:
     def by_parameter(self) -> xr.Dataset:
         return analysis.by_parameter(self._ds)
 
+    def row_statistics(self, param: str | None = None) -> xr.Dataset:
+        return analysis.row_statistics(self._ds, param)
+
     def live(self) -> xr.Dataset:
         return analysis.live(self._ds)
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import xarray as xr
+import zarr
 
 from zarrec import contract
 from zarrec.errors import ConfigError
@@ -270,6 +271,54 @@ def _previous(view: xr.Dataset) -> xr.DataArray:
     steps = view[contract.STEP]
     consecutive = (steps - steps.shift({contract.STEP: 1})) == 1
     return view[W].shift({contract.STEP: 1}).where(consecutive)
+
+
+def row_statistics(ds: xr.Dataset, param: str | None = None) -> xr.Dataset:
+    """Per step and row r of ``param`` (``W``, gradient ``g``, momentum ``m``: the optimizer's
+    ``exp_avg`` or ``momentum_buffer`` after step t), the other dims reduced:
+
+    - ``param_norm[t, r] = ‖W[t, r]‖``, ``grad_norm[t, r] = ‖g[t, r]‖``
+    - ``update_norm[t, r] = ‖W[t, r] − W[t−1, r]‖`` (NaN where step t − 1 is not at hand)
+    - ``cos_grad_momentum[t, r] = ⟨g[t, r], m[t, r]⟩ / (‖g[t, r]‖ ‖m[t, r]‖)``
+
+    Read from the store's ``summaries`` group when the run recorded them (``summaries=True``:
+    every step, whatever ``every`` kept of the full state); else computed from the full state
+    (a missing quantity gives NaN). Dims as in :func:`parameter`: ``step`` and the row dim.
+    """
+    view = parameter(ds, param)
+    rows, features = _rows_and_features(view)
+    recorded = _recorded_row_statistics(ds, view.attrs["name"])
+    if recorded is not None:
+        dim = recorded[next(iter(recorded.data_vars))].dims[1]
+        return recorded.rename({dim: rows} if dim != rows else {})
+    nan = xr.full_like(view[W].isel({f: 0 for f in features}, drop=True), np.nan)
+    grad = view.get("grad")
+    momentum = next((view[key] for key in contract.MOMENTUM_KEYS if key in view), None)
+    grad_norm = _norm(grad, features) if grad is not None else nan
+    cos = nan
+    if grad is not None and momentum is not None:
+        cos = _safe_ratio(_sum(grad * momentum, features), grad_norm * _norm(momentum, features))
+    return xr.Dataset({
+        "param_norm": _norm(view[W], features),
+        "grad_norm": grad_norm,
+        "update_norm": _norm(view[W] - _previous(view), features),
+        "cos_grad_momentum": cos,
+    })
+
+
+def _recorded_row_statistics(ds: xr.Dataset, name: str) -> xr.Dataset | None:
+    """The ``summaries`` group's statistics of parameter ``name`` under their plain names, if recorded."""
+    source = ds.encoding.get("source")
+    if source is None:
+        return None
+    try:
+        summaries = xr.open_zarr(f"{str(source).rstrip('/')}/{contract.SUMMARIES_GROUP}")
+    except (FileNotFoundError, KeyError, ValueError, OSError, zarr.errors.GroupNotFoundError):
+        return None
+    variables = {contract.summary_variable(name, s): s for s in contract.STATISTICS}
+    if not all(v in summaries for v in variables):
+        return None
+    return summaries[list(variables)].rename(variables)
 
 
 def _hyperparameter(view: xr.Dataset, key: str) -> Any:

@@ -24,6 +24,7 @@ there are. Step 0, kept when recording starts, is the initial state. Nothing her
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ from zarrec import contract
 from zarrec.errors import ConfigError
 from zarrec.probe import Probe
 from zarrec.recorder import Recorder, Value
+from zarrec.row_statistics import RowStatistics
 from zarrec.schedule import StepSchedule
 from zarrec.selection import ParameterSelection
 from zarrec.store import StoreLike
@@ -97,6 +99,11 @@ class ModelRecorder:
             tokens also choose what is recorded along ``token`` (logits, probe logits, ``coords``).
         every: which steps to record: every N-th, or a schedule such as ``"1:1000,10"``
             (:class:`~zarrec.schedule.StepSchedule`); step 0 always.
+        summaries: also record, at every step, per-row statistics of each parameter (norms of
+            its rows, of its gradient's and its update's, the cosine of gradient and momentum),
+            computed on the device, into the store's ``summaries`` group
+            (:mod:`zarrec.row_statistics`); the full tensors follow ``every``. Keeps a device
+            copy of each parameter (its previous value) for the update's norm.
         probe: a fixed input (text, or token ids) whose logits are evaluated with the current
             weights at recorded steps divisible by ``probe_every``, at ``probe_positions``
             (default: all), as ``probe_logits`` (:class:`~zarrec.probe.Probe`). A text is
@@ -124,6 +131,7 @@ class ModelRecorder:
         quantities: Sequence[str] | None = None,
         rows: Sequence[int] | slice | Mapping[str, Sequence[int] | slice] | None = None,
         every: int | str | StepSchedule = 1,
+        summaries: bool = False,
         probe: str | Sequence[int] | None = None,
         probe_positions: Sequence[int] | None = None,
         probe_every: int = 1,
@@ -177,6 +185,10 @@ class ModelRecorder:
             self._keep_initial_state()
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._step = _Step()
+        self.statistics: RowStatistics | None = None
+        self.summary_recorder: Recorder | None = None
+        if summaries:
+            self._start_summaries(out, all_coords, overwrite, resume_from, flush_every, on_error)
 
     # Events, in the order a step sees them.
 
@@ -229,8 +241,12 @@ class ModelRecorder:
         self._keep_lr()
 
     def end_step(self, step: int, **values: Value) -> None:
-        """Optimizer step ``step`` is done: record it if the schedule keeps it, with ``values``."""
+        """Optimizer step ``step`` is done: record it if the schedule keeps it, with ``values``
+        (and its row statistics, with ``summaries``: the gradients are still there)."""
         self.last_step = step
+        if self.statistics is not None:
+            grads = {name: p.grad for name, p in self.selection.parameters.items()}
+            self.summary_recorder.record(step, **self.statistics.of_step(grads))
         if not self.wants(step):
             return
         captured = {
@@ -270,19 +286,45 @@ class ModelRecorder:
         """Write every recorded step and detach from the model; a ``reason`` marks the store
         interrupted (see :meth:`Recorder.close`)."""
         self._remove_hooks()
-        self.recorder.close(reason)
+        try:
+            self.recorder.close(reason)
+        finally:
+            if self.summary_recorder is not None:
+                self.summary_recorder.close(reason)
 
     def __enter__(self) -> ModelRecorder:
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
         self._remove_hooks()
-        self.recorder.__exit__(exc_type, exc, traceback)
+        try:
+            self.recorder.__exit__(exc_type, exc, traceback)
+        finally:
+            if self.summary_recorder is not None:
+                self.summary_recorder.__exit__(exc_type, exc, traceback)
 
     def _remove_hooks(self) -> None:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+
+    def _start_summaries(self, out, coords, overwrite, resume_from, flush_every, on_error) -> None:
+        """The second recorder, of the ``summaries`` group: its variables labelled, step 0 recorded."""
+        if not isinstance(out, (str, os.PathLike)):
+            self.recorder.close("refused to record: summaries need a path")
+            raise ConfigError("summaries=True records into the store's summaries group, so out must be a path or URL")
+        self.statistics = RowStatistics(self.selection)
+        rows = {self.selection.dims(name)[0] for name in self.statistics.params}
+        self.summary_recorder = Recorder(
+            f"{os.fspath(out).rstrip('/')}/{contract.SUMMARIES_GROUP}", overwrite=overwrite,
+            coords={name: (dim, values) for name, (dim, values) in coords.items() if dim in rows},
+            attrs={"description": "per-row statistics of the recorded parameters at every optimizer step"},
+            resume_from=(resume_from or -1) if resume_from is not None else None, flush_every=flush_every, on_error=on_error,
+        )
+        for name, (dims, attrs) in self.statistics.labels().items():
+            self.summary_recorder.label(name, dims, **attrs)
+        if self._initial is not None:
+            self.summary_recorder.record(0, **self.statistics.initial(self._initial))
 
     def _keep_lr(self) -> None:
         if self._step.lr is None:

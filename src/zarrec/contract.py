@@ -101,6 +101,18 @@ LR_RATIO = "lr_ratio"
 PARAMS_ATTR = "recorded_params"
 QUANTITIES_ATTR = "recorded_quantities"
 SCHEDULE_ATTR = "recorded_every"
+# The group of per-row statistics at every step (summaries=True, zarrec.row_statistics): for
+# each parameter P, variables "P.<statistic>" along (step, P's row dim).
+SUMMARIES_GROUP = "summaries"
+STATISTICS = ("param_norm", "grad_norm", "update_norm", "cos_grad_momentum")
+MOMENTUM_KEYS = ("exp_avg", "momentum_buffer")  # the optimizer state cos_grad_momentum uses
+
+
+def summary_variable(param: str, statistic: str) -> str:
+    """The summaries group's variable of ``statistic`` of parameter ``param``."""
+    return f"{param}.{statistic}"
+
+
 # Run attribute: for each dim recorded at chosen rows only (the rows lever), how many rows the
 # parameter has; the dim's index coordinate holds the chosen ids.
 ROWS_ATTR = "recorded_rows_of"

@@ -185,8 +185,12 @@ class ParameterSelection:
         return values
 
     def _at_rows(self, target: Target, value: torch.Tensor) -> torch.Tensor:
-        """``value`` at the parameter's chosen rows (gathered on its device), or all of it."""
-        return value.detach().index_select(0, self.rows[target.param]) if target.at_rows else value
+        return self.at_rows(target.param, value) if target.at_rows else value
+
+    def at_rows(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """``value`` (of parameter ``name``'s shape) at its chosen rows, gathered on its device;
+        all of it when no rows are chosen."""
+        return value.detach().index_select(0, self.rows[name]) if name in self.rows else value.detach()
 
     def _chosen_rows(self, rows) -> dict[str, torch.Tensor]:
         """``rows`` as sorted unique ids per selected parameter, on its device; refused with the fix."""

@@ -185,11 +185,12 @@ class RunStore:
 
     def variables(self) -> dict[str, zarr.Array]:
         """The step-dimensioned data arrays (``step`` itself excluded), by name."""
-        return {
-            name: array
-            for name, array in self.group.arrays()
-            if name != contract.STEP and contract.along_step(array.metadata.dimension_names)
-        }
+        with _quiet_zarr():  # (a summaries group's lock file is no Zarr node)
+            return {
+                name: array
+                for name, array in self.group.arrays()
+                if name != contract.STEP and contract.along_step(array.metadata.dimension_names)
+            }
 
     @property
     def attrs(self) -> dict[str, Any]:
