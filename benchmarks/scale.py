@@ -202,7 +202,7 @@ def table(rows: list[dict]) -> str:
 
 
 PLANS = {
-    "full": {"repeats": 2, "steps": 14, "vocab": 50257, "n_embd": 768, "pairs": 4, "fast_steps": 160},
+    "full": {"repeats": 2, "steps": 40, "vocab": 50257, "n_embd": 768, "pairs": 4, "fast_steps": 160},
     "quick": {"repeats": 1, "steps": 12, "vocab": 2000, "n_embd": 96, "pairs": 1, "fast_steps": 20},
 }
 

@@ -58,7 +58,6 @@ class _Step:
         self.grads: Mapping[str, torch.Tensor | None] = {}
         self.grad_norm: torch.Tensor = _NAN
         self.grad_norm_before_clipping: torch.Tensor = _NAN
-        self.norms_before_clipping: dict[torch.nn.Parameter, torch.Tensor] = {}
         self.lr: float | torch.Tensor | None = None
 
     def loss_description(self) -> str:
@@ -184,6 +183,7 @@ class ModelRecorder:
         if initial_step == 0:
             self._keep_initial_state()
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._norm_queued = False  # a backward's norm before clipping is queued on the autograd engine
         self._step = _Step()
         self.statistics: RowStatistics | None = None
         self.summary_recorder: Recorder | None = None
@@ -215,10 +215,12 @@ class ModelRecorder:
 
     def track_norms_before_clipping(self) -> None:
         """For a framework with no event between the last backward and clipping (the HF
-        Trainer): each trained parameter's gradient norm is taken as its accumulation ends
-        (a post-accumulate-grad hook; the step's last micro-batch's value stands)."""
+        Trainer): the global gradient norm is taken at the end of each backward (the step's
+        last micro-batch's value stands), from a callback that the first parameter to finish
+        accumulating queues on the autograd engine: one fused norm a backward, not one a
+        parameter."""
         for parameter in _trained(self.model):
-            self._hooks.append(parameter.register_post_accumulate_grad_hook(self._keep_norm))
+            self._hooks.append(parameter.register_post_accumulate_grad_hook(self._queue_norm_before_clipping))
 
     def before_clipping(self) -> None:
         """The gradients are accumulated, not yet clipped: keep their global norm, and the
@@ -229,15 +231,13 @@ class ModelRecorder:
 
     def gradients_used(self) -> None:
         """The gradients are those the optimizer uses (after clipping, before ``zero_grad``):
-        keep a device copy of the selected ones, their global norm, and the learning rate (if
+        keep the selected ones (:meth:`~zarrec.selection.ParameterSelection.grads`), their global norm, and the learning rate (if
         :meth:`before_clipping` did not: before the scheduler steps)."""
         if not self.wants(self.last_step + 1):
             return
         if self.selection.wants_grads():
             self._step.grads = self.selection.grads()
         self._step.grad_norm = _global_norm([p.grad for p in _trained(self.model)])
-        if self._step.norms_before_clipping:
-            self._step.grad_norm_before_clipping = _global_norm(list(self._step.norms_before_clipping.values()))
         self._keep_lr()
 
     def end_step(self, step: int, **values: Value) -> None:
@@ -358,9 +358,14 @@ class ModelRecorder:
         """Logits along the vocabulary (last dim) at the chosen tokens, when tokens are chosen."""
         return logits if self._token_rows is None else logits.index_select(-1, self._token_rows.to(logits.device))
 
-    def _keep_norm(self, parameter: torch.nn.Parameter) -> None:
-        if self.wants(self.last_step + 1):
-            self._step.norms_before_clipping[parameter] = torch.linalg.vector_norm(parameter.grad.detach())
+    def _queue_norm_before_clipping(self, parameter: torch.nn.Parameter) -> None:
+        if self.wants(self.last_step + 1) and not self._norm_queued:
+            self._norm_queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._norm_before_clipping)
+
+    def _norm_before_clipping(self) -> None:
+        self._norm_queued = False
+        self._step.grad_norm_before_clipping = _global_norm([p.grad for p in _trained(self.model)])
 
     def _refuse_a_gap(self, resume_step: int) -> None:
         """Refuse to resume after a checkpoint that is newer than the store's last commit."""
