@@ -159,16 +159,17 @@ class ParameterSelection:
 
     def initial_values(self, snapshot: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Step 0: the parameters as they were before training, no gradient (NaN) and the
-        optimizer state as it starts (zeros)."""
+        optimizer state as it starts (zeros); the constants as one value expanded to the shape
+        (no memory: a GPT-2 embedding's NaN gradient and zero moments would be 462 MB)."""
         values = {}
         for target in self.targets():
             parameter = snapshot[target.param]
             if target.quantity == contract.PARAM:
                 value = parameter
             elif target.quantity == contract.GRAD:
-                value = torch.full_like(parameter, float("nan"))
+                value = _constant(float("nan"), parameter)
             else:
-                value = torch.zeros_like(self._state(target.param)[target.quantity])
+                value = _constant(0.0, self._state(target.param)[target.quantity])
             values[target.variable] = self._at_rows(target, value)
         return values
 
@@ -269,6 +270,11 @@ class ParameterSelection:
         if isinstance(group.get("lr"), (int, float)) and self.group.get("lr"):
             kept[contract.LR_RATIO] = group["lr"] / self.group["lr"]
         return kept
+
+
+def _constant(value: float, like: torch.Tensor) -> torch.Tensor:
+    """``value`` in the shape, dtype and device of ``like``, as a stride-0 view of one element."""
+    return torch.full((), value, dtype=like.dtype, device=like.device).expand(like.shape)
 
 
 # Optimizers whose step reads the gradients and never writes them (their single-tensor and
