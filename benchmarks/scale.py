@@ -120,7 +120,7 @@ def case_fast_step(variant: str, steps: int, device: str, out: str) -> dict:
     from transformers import Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
 
-    from zarrec import ZarrecCallback
+    from zarrec import ZarrecCallback, ZarrecWarning
     from zarrec.reference.config import TrainConfig
     from zarrec.reference.corpus import load_corpus
     from zarrec.reference.model import build_model
@@ -137,9 +137,12 @@ def case_fast_step(variant: str, steps: int, device: str, out: str) -> dict:
                                  logging_steps=steps, disable_tqdm=True, use_cpu=device == "cpu", dataloader_num_workers=0)
         trainer = Trainer(model=build_model(config), args=args, train_dataset=ByteDataset(corpus, config.context),
                           callbacks=callbacks)
-        trainer.train()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ZarrecWarning)
+            trainer.train()
     warm = timer.times[10:]
-    return {"mean_step_ms": 1000 * statistics.fmean(warm), "peak_rss_mb": peak_rss_mb()}
+    return {"mean_step_ms": 1000 * statistics.fmean(warm), "peak_rss_mb": peak_rss_mb(),
+            "slow_writer_warning": any("waited for the writer" in str(w.message) for w in caught)}
 
 
 CASES = {"gpt2": case_gpt2, "fast_step": case_fast_step}
@@ -189,7 +192,8 @@ def section_fast_step(plan: dict, device: str) -> list[dict]:
     ratios = [p["zarrec"]["mean_step_ms"] / p["none"]["mean_step_ms"] for p in pairs]
     return [{"none_mean_step_ms": statistics.median(p["none"]["mean_step_ms"] for p in pairs),
              "zarrec_mean_step_ms": statistics.median(p["zarrec"]["mean_step_ms"] for p in pairs),
-             "ratio": statistics.median(ratios), "pair_ratios": ", ".join(f"{r:.3f}" for r in ratios)}]
+             "ratio": statistics.median(ratios), "pair_ratios": ", ".join(f"{r:.3f}" for r in ratios),
+             "slow_writer_warning": any(p["zarrec"].get("slow_writer_warning") for p in pairs)}]
 
 
 def table(rows: list[dict]) -> str:

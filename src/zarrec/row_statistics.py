@@ -75,8 +75,12 @@ class RowStatistics:
             nan = torch.full_like(norms, float("nan"))
             values[summary_variable(name, "param_norm")] = norms
             previous = self._previous.get(name)
-            values[summary_variable(name, "update_norm")] = _row_norms(weights - previous) if previous is not None else nan
-            self._previous[name] = weights.clone() if previous is None else previous.copy_(weights)
+            if previous is None:
+                values[summary_variable(name, "update_norm")] = nan
+                self._previous[name] = weights.clone()
+            else:  # in place: no step-sized temporary
+                values[summary_variable(name, "update_norm")] = _row_norms(previous.sub_(weights))
+                previous.copy_(weights)
             grad = grads.get(name)
             grad = self.selection.at_rows(name, grad) if grad is not None else None
             values[summary_variable(name, "grad_norm")] = _row_norms(grad) if grad is not None else nan
@@ -97,5 +101,8 @@ def _row_norms(x: torch.Tensor) -> torch.Tensor:
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    product = a.float() * b.float()
-    return product.sum(dim=tuple(range(1, a.ndim))) if a.ndim > 1 else product
+    """⟨a[r], b[r]⟩ for every row r, as a batched matrix product: no product-sized temporary."""
+    if a.ndim == 1:
+        return a.float() * b.float()
+    rows = a.float().reshape(len(a), 1, -1)
+    return torch.bmm(rows, b.float().reshape(len(b), -1, 1)).reshape(len(a))
