@@ -12,9 +12,11 @@ Sections:
              full state every 10th, mantissa_bits=7, and the README's large-model recipe.
              Median step and wall clock vs none, peak RSS over none, bytes on disk per step,
              shard files per 1,000 steps, and whether the slow-writer warning fired.
-  fast_step  the reference model (128 x 64) under bf16 autocast, ~60 ms a step, zarrec with
+  fast_step  the reference model (128 x 64) under bf16 autocast, ~110 ms a step, zarrec with
              chunk_steps=32 so the writer works during training: mean step vs none, in
-             interleaved pairs, the median of the pair ratios.
+             interleaved rounds, the median of the ratios. A third variant records nothing but
+             runs a separate process that compresses as much as zarrec's writer, as often: what
+             the same work costs outside the training process.
 """
 
 from __future__ import annotations
@@ -115,6 +117,25 @@ def case_gpt2(variant: str, steps: int, vocab: int, n_embd: int, device: str, ou
             "slow_writer_warning": any("waited for the writer" in str(w.message) for w in caught)}
 
 
+def compress_like_the_writer(period_s: float) -> None:
+    """Every ``period_s``: compress a chunk of 32 reference steps (four 128 x 64 float32 arrays)
+    with zarrec's codec on two threads and write 20 small files, as zarrec's writer does."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numcodecs
+    import numpy as np
+
+    codec = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=2)
+    chunks = [np.random.default_rng(i).normal(size=(32, 128, 64)).astype(np.float32) for i in range(4)]
+    pool = ThreadPoolExecutor(2)
+    with tempfile.TemporaryDirectory() as scratch:
+        while True:
+            time.sleep(period_s)
+            list(pool.map(codec.encode, chunks))
+            for i in range(20):
+                Path(scratch, str(i)).write_bytes(b"x" * 1000)
+
+
 def case_fast_step(variant: str, steps: int, device: str, out: str) -> dict:
     """The reference model, float32 parameters under bf16 autocast: the mean step after warm-up."""
     from transformers import Trainer, TrainingArguments
@@ -131,6 +152,11 @@ def case_fast_step(variant: str, steps: int, device: str, out: str) -> dict:
     corpus = load_corpus(None, config.vocab_size)
     timer = step_timer(device)
     callbacks = [timer] + ([ZarrecCallback(out, chunk_steps=32)] if variant == "zarrec" else [])
+    background = None
+    if variant == "compressing_process":  # 32 steps of ~110 ms: a chunk every 3.5 s
+        command = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE.parent)!r}); "
+                   "import scale; scale.compress_like_the_writer(3.5)"]
+        background = subprocess.Popen(command)
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(output_dir=scratch, max_steps=steps, per_device_train_batch_size=config.batch_size,
                                  learning_rate=config.learning_rate, bf16=True, report_to="none", save_strategy="no",
@@ -140,6 +166,8 @@ def case_fast_step(variant: str, steps: int, device: str, out: str) -> dict:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ZarrecWarning)
             trainer.train()
+    if background is not None:
+        background.kill()
     warm = timer.times[10:]
     return {"mean_step_ms": 1000 * statistics.fmean(warm), "peak_rss_mb": peak_rss_mb(),
             "slow_writer_warning": any("waited for the writer" in str(w.message) for w in caught)}
@@ -182,18 +210,21 @@ def section_gpt2(plan: dict, device: str) -> list[dict]:
 
 
 def section_fast_step(plan: dict, device: str) -> list[dict]:
-    """Pairs none/zarrec, the order alternating (ABBA): the median of the pair ratios."""
-    pairs = []
+    """Rounds of none, zarrec and the compressing process, the order reversed every other round:
+    each variant's ratio to the none of its round, the median of those."""
+    variants = ["none", "zarrec", "compressing_process"]
+    rounds = []
     for repeat in range(plan["pairs"]):
-        order = ["none", "zarrec"] if repeat % 2 == 0 else ["zarrec", "none"]
-        pair = {v: run_child("fast_step", variant=v, steps=plan["fast_steps"], device=device) for v in order}
-        pairs.append(pair)
-        print(f"  fast step pair {repeat}: {pair}", file=sys.stderr)
-    ratios = [p["zarrec"]["mean_step_ms"] / p["none"]["mean_step_ms"] for p in pairs]
-    return [{"none_mean_step_ms": statistics.median(p["none"]["mean_step_ms"] for p in pairs),
-             "zarrec_mean_step_ms": statistics.median(p["zarrec"]["mean_step_ms"] for p in pairs),
-             "ratio": statistics.median(ratios), "pair_ratios": ", ".join(f"{r:.3f}" for r in ratios),
-             "slow_writer_warning": any(p["zarrec"].get("slow_writer_warning") for p in pairs)}]
+        order = variants if repeat % 2 == 0 else variants[::-1]
+        rounds.append({v: run_child("fast_step", variant=v, steps=plan["fast_steps"], device=device) for v in order})
+        print(f"  fast step round {repeat}: {rounds[-1]}", file=sys.stderr)
+    rows = []
+    for variant in variants:
+        ratios = [r[variant]["mean_step_ms"] / r["none"]["mean_step_ms"] for r in rounds]
+        rows.append({"variant": variant, "mean_step_ms": statistics.median(r[variant]["mean_step_ms"] for r in rounds),
+                     "vs_none": statistics.median(ratios), "ratios": ", ".join(f"{x:.3f}" for x in ratios),
+                     "slow_writer_warning": any(r[variant]["slow_writer_warning"] for r in rounds)})
+    return rows
 
 
 def table(rows: list[dict]) -> str:
