@@ -208,3 +208,15 @@ def test_summaries_every_step_while_the_full_state_follows_every(tmp_path):
     for name in ("param_norm", "grad_norm", "cos_grad_momentum"):
         xr.testing.assert_allclose(recorded[name].sel(step=[3, 6]), computed[name].sel(step=[3, 6]), rtol=1e-5, atol=1e-7)
     assert recorded.update_norm.sel(step=slice(1, None)).notnull().all()
+
+
+def test_resuming_with_summaries_a_run_recorded_without_them_is_refused_and_releases_the_store(tmp_path):
+    model = TinyLanguageModel()
+    optimizer = torch.optim.AdamW(model.parameters())
+    with zarrec.ModelRecorder(tmp_path / "run.zarr", model, optimizer) as recorder:
+        model(torch.randint(0, 16, (2, 6)))["loss"].backward()
+        optimizer.step()
+        recorder.step()
+    with pytest.raises(ConfigError, match="no recording to resume at .*summaries"):
+        zarrec.ModelRecorder(tmp_path / "run.zarr", model, optimizer, summaries=True, resume_from=1, initial_step=1)
+    zarrec.ModelRecorder(tmp_path / "run.zarr", model, optimizer, resume_from=1, initial_step=1).close()  # not locked

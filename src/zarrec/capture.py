@@ -315,12 +315,17 @@ class ModelRecorder:
             raise ConfigError("summaries=True records into the store's summaries group, so out must be a path or URL")
         self.statistics = RowStatistics(self.selection)
         rows = {self.selection.dims(name)[0] for name in self.statistics.params}
-        self.summary_recorder = Recorder(
-            f"{os.fspath(out).rstrip('/')}/{contract.SUMMARIES_GROUP}", overwrite=overwrite,
-            coords={name: (dim, values) for name, (dim, values) in coords.items() if dim in rows},
-            attrs={"description": "per-row statistics of the recorded parameters at every optimizer step"},
-            resume_from=(resume_from or -1) if resume_from is not None else None, flush_every=flush_every, on_error=on_error,
-        )
+        try:
+            self.summary_recorder = Recorder(
+                f"{os.fspath(out).rstrip('/')}/{contract.SUMMARIES_GROUP}", overwrite=overwrite,
+                coords={name: (dim, values) for name, (dim, values) in coords.items() if dim in rows},
+                attrs={"description": "per-row statistics of the recorded parameters at every optimizer step"},
+                resume_from=(resume_from or -1) if resume_from is not None else None, flush_every=flush_every,
+                on_error=on_error,
+            )
+        except BaseException as error:
+            self.recorder.close(f"refused to record: {error}")  # the run's store is released, as it was
+            raise
         for name, (dims, attrs) in self.statistics.labels().items():
             self.summary_recorder.label(name, dims, **attrs)
         if self._initial is not None:
