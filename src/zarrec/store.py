@@ -379,6 +379,11 @@ class _Appender:
         self.growing = [name for name, array in arrays.items() if contract.along_step(array.metadata.dimension_names)]
         self.writers = {name: ShardWriter(root.store_path / name, self.metadata[name]) for name in self.growing}
         self.buffers: list[AssemblyBuffer] = []  # free ones, reused by whichever array writes next
+        # A small array's committed rows in its last shard, when that shard is partial: kept as
+        # written, so that the next commit, which rewrites the shard whole, need not read them back
+        # (read once after a resume). Those of the writes not yet committed wait in _written_tails.
+        self.tails: dict[str, np.ndarray] = {}
+        self._written_tails: dict[str, np.ndarray] = {}
         self.rows = rows
         self.shapes_rows = {name: arrays[name].shape[0] for name in self.growing}  # as in their own zarr.json
         # The root document with every array's metadata consolidated (what zarr.consolidate_metadata
@@ -423,11 +428,19 @@ class _Appender:
     async def _write(self, name: str, block: np.ndarray, start: int, buffer: AssemblyBuffer) -> None:
         """Write ``block`` after the committed rows of ``name``, from row ``start`` of its first
         non-step dim, as whole shards."""
-        first = self.rows - self.rows % self.writers[name].shard[0]
+        steps = self.writers[name].shard[0]
+        first = self.rows - self.rows % steps
+        whole = start == 0 and block.shape[1:] == self.metadata[name].shape[1:]
         if first < self.rows:  # the first shard holds committed rows (after a flush or a resume): rewrite them too
-            rows = slice(start, start + block.shape[1]) if block.ndim > 1 else slice(None)
-            block = np.concatenate([await self._read(name, first, self.rows, rows), block])
+            tail = self.tails.get(name) if whole else None
+            if tail is None or len(tail) != self.rows - first:
+                rows = slice(start, start + block.shape[1]) if block.ndim > 1 else slice(None)
+                tail = await self._read(name, first, self.rows, rows)
+            block = np.concatenate([tail, block])
         await self.writers[name].write(first, block, buffer, start)
+        last_shard = (first + len(block)) // steps * steps - first  # where the last, partial shard begins
+        if whole and block[last_shard:].nbytes <= contract.SMALL_SHARD_BYTES:
+            self._written_tails[name] = np.array(block[last_shard:])  # a copy: block may be staging memory
 
     async def _read(self, name: str, start: int, stop: int, rows: slice) -> np.ndarray:
         array = AsyncArray(self._with_rows(name, stop), self.root.store_path / name)
@@ -449,6 +462,11 @@ class _Appender:
             shape[0] = rows
         text = json.dumps(self.document, indent=zarr.config.get("json_indent"), allow_nan=True)
         await (self.root.store_path / ZARR_JSON).set(default_buffer_prototype().buffer.from_bytes(text.encode()))
+        if rows > self.rows:
+            self.tails.update(self._written_tails)
+        elif rows < self.rows:  # a rollback: the kept shard is read back when next written
+            self.tails.clear()
+        self._written_tails.clear()
         self.rows = rows
 
     async def _set_shape(self, name: str, rows: int) -> None:
