@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from zarrec.shards import AssemblyBuffer
+
 # Slabs per recording: one being filled, two being written (or queued).
 SLABS = 3
 ALIGNMENT = 64  # bytes; each piece starts on this boundary in its slab
@@ -118,19 +120,18 @@ class Slab:
 
 
 class Float32Scratch:
-    """One float32 buffer, reused part after part by the writer thread (a fresh array per part
-    costs more in page faults than the conversion itself)."""
+    """Float32 arrays in one :class:`~zarrec.shards.AssemblyBuffer`, reused part after part by
+    the writer thread (a fresh array per part costs more in page faults than the conversion itself)."""
 
     def __init__(self) -> None:
-        self.memory = np.empty(0, dtype=np.float32)
+        self.buffer = AssemblyBuffer()
 
     def arrays(self, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
         """Arrays of ``shapes`` in the buffer, valid until the next call."""
         sizes = [math.prod(shape) for shape in shapes]
-        if sum(sizes) > self.memory.size:
-            self.memory = np.empty(sum(sizes), dtype=np.float32)
+        memory = self.buffer.reserve(4 * sum(sizes))[:4 * sum(sizes)].view(np.float32)
         offsets = np.cumsum([0, *sizes])
-        return [self.memory[o:o + n].reshape(shape) for o, n, shape in zip(offsets, sizes, shapes)]
+        return [memory[o:o + n].reshape(shape) for o, n, shape in zip(offsets, sizes, shapes)]
 
 
 def aligned(nbytes: int) -> int:
