@@ -1,46 +1,97 @@
-"""ChunkWriter: order, waiting, and a failure that never blocks the producer."""
+"""The writers, thread and process: order, waiting, and a failure that never blocks the producer."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+
 import numpy as np
+import pytest
 import zarr
 
-from zarrec import contract
+from zarrec import WriterError, contract
+from zarrec.chunk import Block, Chunk
 from zarrec.store import RunStore
-from zarrec.writer import Chunk, ChunkWriter
+from zarrec.writer import ThreadWriter
+from zarrec.writer_process import ProcessWriter, _WriterProcess, shared_memory
 
 
 def make_store(path) -> RunStore:
     store = RunStore.create(path)
-    store.create_variable("x", (), (), 2, {}, contract.default_compressor())
+    store.create_variable("x", (3,), ("x_dim0",), 2, {}, contract.default_compressor())
     return store
 
 
-def test_chunks_are_written_in_order_and_released(tmp_path):
-    store = make_store(tmp_path / "run.zarr")
-    writer = ChunkWriter(store)
+def start_writer(kind: str, store: RunStore, path) -> tuple[ThreadWriter | ProcessWriter, list[np.ndarray]]:
+    """A writer of ``kind`` with two slabs of two steps of ``x``, as a recorder makes them."""
+    writer = ThreadWriter(store) if kind == "thread" else ProcessWriter(store, str(path))
+    slabs = []
+    for _ in range(2):
+        if kind == "thread":
+            memory = np.zeros(24, dtype=np.uint8)
+            writer.add_slab(memory)
+        else:
+            mapping, fd = shared_memory(24)
+            memory = np.frombuffer(mapping, dtype=np.uint8)
+            writer.add_slab(memory, fd)
+            os.close(fd)
+        slabs.append(memory.view(np.float32).reshape(2, 3))
+    return writer, slabs
+
+
+def chunk(slab: int, steps: list[int]) -> Chunk:
+    return Chunk(np.array(steps), slab, (Block("x", 0, 2, (3,), "float32"),))
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_chunks_are_written_in_order_and_released(tmp_path, kind):
+    path = tmp_path / "run.zarr"
+    store = make_store(path)
+    writer, slabs = start_writer(kind, store, path)
     released = []
+    free = threading.Semaphore(2)
     for start in (0, 2, 4):
-        steps = np.arange(start, start + 2)
-        values = {"x": steps.astype(np.float32)}
-        writer.submit(Chunk(steps, lambda v=values: v, release=lambda s=start: released.append(s)))
+        free.acquire()  # a slab is reused only once it is released, as in a recorder
+        slab = (start // 2) % 2
+        slabs[slab][:] = np.arange(start, start + 2)[:, None]
+        writer.submit(chunk(slab, [start, start + 1]), lambda s=start: (released.append(s), free.release()))
     writer.wait()
-    assert released == [0, 2, 4] and store.rows == 6
+    assert released == [0, 2, 4] and store.last_step == 5
     writer.close()
-    assert writer.error is None
-    np.testing.assert_array_equal(zarr.open_group(tmp_path / "run.zarr", mode="r")["x"][:], np.arange(6))
+    assert writer.error is None and store.rows == 6  # picked up from the writer process
+    stored = zarr.open_group(path, mode="r")["x"][:]
+    np.testing.assert_array_equal(stored, np.repeat(np.arange(6.0)[:, None], 3, axis=1))
 
 
-def test_after_a_failure_chunks_are_released_but_not_written(tmp_path):
-    store = make_store(tmp_path / "run.zarr")
-    writer = ChunkWriter(store)
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_after_a_failure_chunks_are_released_but_not_written(tmp_path, kind):
+    path = tmp_path / "run.zarr"
+    store = make_store(path)
+    writer, _ = start_writer(kind, store, path)
     released = []
-
-    def fail():
-        raise OSError("device went away")
-
-    writer.submit(Chunk(np.array([0]), fail, release=lambda: released.append(0)))
-    writer.submit(Chunk(np.array([1]), lambda: {"x": np.zeros(1, np.float32)}, release=lambda: released.append(1)))
+    # A block the array does not have: the write fails, in the writer.
+    writer.submit(Chunk(np.array([0]), 0, (Block("y", 0, 2, (3,), "float32"),)), lambda: released.append(0))
+    writer.submit(chunk(1, [1]), lambda: released.append(1))
     writer.close()
-    assert isinstance(writer.error, OSError)
+    assert isinstance(writer.error, KeyError) and "y" in str(writer.error)
     assert released == [0, 1] and store.rows == 0
+
+
+def test_a_writer_process_that_dies_releases_everything_and_says_so(tmp_path):
+    path = tmp_path / "run.zarr"
+    store = make_store(path)
+    writer, _ = start_writer("process", store, path)
+    writer.submit(chunk(0, [0, 1]), lambda: None)
+    writer.wait()
+    os.kill(_WriterProcess.shared().process.pid, signal.SIGKILL)
+    released = threading.Event()
+    writer.submit(chunk(1, [2, 3]), released.set)
+    assert released.wait(10)
+    assert isinstance(writer.error, WriterError) and "writer process exited unexpectedly" in str(writer.error)
+    writer.close()  # returns: nothing is left to wait for
+    assert store.rows == 2 and store.last_step == 1  # what was committed before stays
+    new_store = make_store(tmp_path / "next.zarr")
+    next_writer, _ = start_writer("process", new_store, tmp_path / "next.zarr")  # a new writer process
+    next_writer.close()
+    assert next_writer.error is None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import queue
 import time
 import warnings
@@ -22,47 +23,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from zarrec import contract, shutdown
+from zarrec import contract, shutdown, writer_process
+from zarrec.chunk import Chunk
 from zarrec.errors import ConfigError, RecordError, WriterError, ZarrecWarning
-from zarrec.staging import (
-    ALIGNMENT,
-    SLABS,
-    Float32Scratch,
-    Piece,
-    Slab,
-    aligned,
-    copy_row,
-    plan_parts,
-    slab_bytes,
-)
-from zarrec.store import RunStore, StoreLike, describe
-from zarrec.writer import Chunk, ChunkWriter
+from zarrec.staging import ALIGNMENT, SLABS, Piece, Slab, aligned, copy_row, plan_parts, slab_bytes
+from zarrec.store import RunStore, StoreLike, describe, local_directory
+from zarrec.writer import ThreadWriter
+from zarrec.writer_process import ProcessWriter
 
 Value = torch.Tensor | np.ndarray | float | int
 _MISSING = float("nan")  # what a step that does not pass a variable records for it
-
-
-def round_mantissa(values: np.ndarray, bits: int) -> np.ndarray:
-    """Round float32 ``values`` in place to ``bits`` explicit mantissa bits (of float32's 23),
-    to nearest, ties to even, as a cast to a narrower float does (``bits=7``: bfloat16's
-    precision, so ``|rounded − x| ≤ 2^−(bits+1) · |x|``); NaN and Inf stay. The dropped bits
-    become zeros, which compress to almost nothing; the result is still plain float32."""
-    if not values.flags.c_contiguous:
-        values[...] = round_mantissa(np.ascontiguousarray(values), bits)
-        return values
-    dropped = 23 - bits
-    flat = values.reshape(-1)  # a view of the contiguous values
-    for start in range(0, flat.size, _ROUNDING_BLOCK):  # temporaries of a block, not of the array
-        block = flat[start:start + _ROUNDING_BLOCK]
-        nan = np.isnan(block)
-        raw = block.view(np.uint32)
-        raw += np.uint32((1 << (dropped - 1)) - 1) + ((raw >> np.uint32(dropped)) & np.uint32(1))
-        raw &= np.uint32(~((1 << dropped) - 1) & 0xFFFFFFFF)
-        block[nan] = np.nan  # a NaN whose payload lay in the dropped bits would have become Inf
-    return values
-
-
-_ROUNDING_BLOCK = 1 << 20  # elements
 
 
 def _staging_dtype(value: Value) -> torch.dtype:
@@ -111,13 +81,18 @@ class Recorder:
             step): steps recorded after it are dropped first. Its ``attrs``, ``coords`` and
             variables must equal the store's; a difference is refused, naming it.
         mantissa_bits: round every recorded tensor (not the per-step scalars) to this many
-            mantissa bits before compression (:func:`round_mantissa`; 7 is bfloat16's
+            mantissa bits before compression (:func:`zarrec.chunk.round_mantissa`; 7 is bfloat16's
             precision, 1..22), stored as plain float32 with the bits in its
             ``mantissa_bits`` attribute; default: exact.
         flush_every: also commit after this many recorded steps, bounding what a crash can
             lose below a chunk (partial chunks are re-written when the rest arrives).
         on_error: ``"raise"``: a failed write raises :class:`~zarrec.errors.WriterError` in
             :meth:`record`; ``"warn"``: it warns once, recording stops, training goes on.
+        writer: ``"process"``: compress and write in a separate process
+            (:mod:`zarrec.writer_process`), staging in shared memory; ``"thread"``: in a thread
+            of this process. Default: the process for a local store of values on the CPU (the
+            training loop never waits on the writer's interpreter lock), else the thread (a
+            Zarr ``Store`` object or URL, or values on CUDA, staged in pinned memory).
 
     Memory is bounded, however long the run: ``staging_bytes`` of staging (three slabs of a
     chunk, or of a part of one, in the source dtype), and the writer's one part as float32
@@ -150,7 +125,12 @@ class Recorder:
         mantissa_bits: int | None = None,
         flush_every: int | None = None,
         on_error: str = "raise",
+        writer: str | None = None,
     ) -> None:
+        if writer not in (None, "process", "thread"):
+            raise RecordError(f"writer must be 'process' or 'thread' (or omitted), got {writer!r}")
+        if writer == "process" and (reason := _no_writer_process(out)) is not None:
+            raise RecordError(f"writer='process' cannot write {describe(out)}: {reason}; use writer='thread' or omit it")
         if mantissa_bits is not None and not 1 <= mantissa_bits <= 22:
             raise RecordError(f"mantissa_bits must be between 1 and 22 (float32 keeps 23), got {mantissa_bits}")
         for name, value in (("chunk_steps", chunk_steps), ("flush_every", flush_every)):
@@ -170,17 +150,21 @@ class Recorder:
         self._flush_every = flush_every
         self._mantissa_bits = mantissa_bits
         self._on_error = on_error
+        self._writer_choice = writer
+        # Where a writer process would open the store (None: a writer thread writes it).
+        self._process_path = None
+        if writer != "thread" and _no_writer_process(out) is None:
+            self._process_path = str(local_directory(out).absolute())
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._staged_dtypes: dict[str, torch.dtype] = {}
         self._parts: list[list[Piece]] = []  # how a chunk is staged
         self._filling: list[Slab | None] = []  # per part, the slab being filled
         self._free: queue.Queue[Slab] = queue.Queue()
         self._slabs: list[Slab] = []
-        self._writer: ChunkWriter | None = None
+        self._writer: ThreadWriter | ProcessWriter | None = None
         self._uses_cuda = False
         self._last_step: int | None = None
         self._handed_rows = 0  # rows given to the writer so far (committed ones included)
-        self._scratch = Float32Scratch()  # float32 conversions, used by the writer thread only
         self._unflushed = 0
         self._waited = 0.0  # seconds record() waited for a free buffer since the last chunk was handed over
         self._chunk_began: float | None = None  # when the chunk being filled began
@@ -379,8 +363,18 @@ class Recorder:
         self._parts = plan_parts(staged, self.chunk_steps, self._part_bytes)
         self._filling = [None] * len(self._parts)
         self._slab_bytes = slab_bytes(self._parts, self.chunk_steps)
-        with shutdown.signals_stay_with_the_main_thread():
-            self._writer = ChunkWriter(self._store)
+        self._writer = self._new_writer()
+
+    def _new_writer(self) -> ThreadWriter | ProcessWriter:
+        if self._uses_cuda and self._writer_choice == "process":
+            raise RecordError(
+                "writer='process' stages in shared memory, but values on CUDA are staged in pinned memory, "
+                "which only a writer thread reads; use writer='thread' or omit it"
+            )
+        if self._process_path is None or self._uses_cuda:
+            with shutdown.signals_stay_with_the_main_thread():
+                return ThreadWriter(self._store)
+        return ProcessWriter(self._store, self._process_path)
 
     def _default_dims(self, name: str, shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, ...]:
         """The dims given for ``name``; else those of the variable it belongs to, ``W`` for
@@ -461,16 +455,33 @@ class Recorder:
         if self._chunk_began is None:
             self._chunk_began = start
         if self._free.empty() and len(self._slabs) < SLABS:
-            slab = Slab(self._slab_bytes, self.chunk_steps, pinned=self._uses_cuda)
+            slab = self._new_slab()
             self._slabs.append(slab)
         else:
+            writer_started = self._writer.writing_seconds > 0  # (a writer process may still be starting)
             slab = self._free.get()  # blocks while every slab is being written
-            self._waited += time.perf_counter() - start
+            if writer_started:
+                self._waited += time.perf_counter() - start
         if self._writer_failed():
             return None
         slab.hold(index, self._parts[index])
         self._filling[index] = slab
         return slab
+
+    def _new_slab(self) -> Slab:
+        """A slab the writer knows: shared memory for a writer process, else (pinned on CUDA) our own."""
+        assert self._writer is not None
+        if isinstance(self._writer, ProcessWriter):
+            mapping, fd = writer_process.shared_memory(self._slab_bytes)
+            try:
+                memory = torch.frombuffer(mapping, dtype=torch.uint8)
+                number = self._writer.add_slab(memory.numpy(), fd)
+            finally:
+                os.close(fd)  # the writer process has its own descriptor now
+        else:
+            memory = torch.empty(self._slab_bytes, dtype=torch.uint8, pin_memory=self._uses_cuda)
+            number = self._writer.add_slab(memory.numpy())
+        return Slab(number, memory, self.chunk_steps)
 
     def _submit_partial_chunk(self) -> None:
         if self._filling and self._filling[0] is not None and self._filling[0].rows:
@@ -486,20 +497,12 @@ class Recorder:
         if commits:
             self._handed_rows += rows
             self._unflushed = 0
-        wait = _cuda_wait() if self._uses_cuda else (lambda: None)
-
-        def values() -> dict[str, np.ndarray]:  # runs in the writer thread
-            wait()
-            arrays = slab.as_float32(rows, self._scratch)
-            if self._mantissa_bits is not None:
-                for name, array in arrays.items():
-                    if self._shapes[name]:  # a tensor, not a per-step scalar
-                        round_mantissa(array, self._mantissa_bits)
-            return arrays
-
-        starts = {piece.name: piece.start for piece in slab.part if piece.start}
-        chunk = Chunk(slab.steps[:rows].copy(), values, lambda: self._release(slab), starts=starts, commits=commits)
-        self._writer.submit(chunk)
+        chunk = Chunk(
+            slab.steps[:rows].copy(), slab.number, slab.blocks, commits=commits, mantissa_bits=self._mantissa_bits,
+            starts={piece.name: piece.start for piece in slab.part if piece.start},
+            ready=_cuda_wait() if self._uses_cuda else None,
+        )
+        self._writer.submit(chunk, lambda: self._release(slab))
 
     def _check_the_writers_pace(self, rows: int) -> None:
         """Warn once when, over the chunk just handed over, record() waited for the writer more
@@ -555,6 +558,15 @@ class Recorder:
         last = self._store.last_step
         kept = f"steps up to {last} are in the store" if last is not None else "no step was committed"
         return WriterError(f"writing to {self.store_name} failed ({type(cause).__name__}: {cause}); {kept}; fix the cause and resume")
+
+
+def _no_writer_process(out: StoreLike) -> str | None:
+    """Why a writer process cannot write ``out``, or None."""
+    if not writer_process.available():
+        return "this platform cannot share staging memory with another process (Linux can)"
+    if local_directory(out) is None:
+        return "a writer process opens local directories only, not Store objects or URLs"
+    return None
 
 
 def _size(n: float) -> str:
