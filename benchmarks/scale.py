@@ -17,6 +17,10 @@ Sections:
              chunk_steps=32 so the writer works during training, with the writer process (the
              default) and with the writer thread: mean step vs none, in interleaved rounds, the
              median of the ratios.
+  throughput steps streamed through a Recorder as fast as it takes them, from the first record()
+             to close(), with the writer process and with the writer thread, interleaved: the
+             reference run's values (bf16, four 128 x 64, a 128 vector, two scalars) and the
+             whole reference model's (every parameter, its gradient and both Adam moments).
 
 Peak memory is that of the run's process tree (the training process and its writer process),
 sampled every 20 ms from outside it: resident anonymous and file memory summed, shared memory
@@ -168,7 +172,24 @@ def case_fast_step(variant: str, steps: int, device: str, out: str) -> dict:
             "slow_writer_warning": any("waited for the writer" in str(w.message) for w in caught)}
 
 
-CASES = {"gpt2": case_gpt2, "fast_step": case_fast_step}
+def case_throughput(profile: str, writer: str, steps: int, out: str) -> dict:
+    """Raw MB/s (as float32) of ``steps`` steps of a profile of write_throughput.py through a Recorder."""
+    import numpy as np
+    from write_throughput import profile_shapes, step_pool
+
+    from zarrec import Recorder
+
+    shapes = profile_shapes(profile)
+    pool = step_pool(shapes, 16, "cpu")
+    start = time.perf_counter()
+    with Recorder(out, writer=writer) as recorder:
+        for step in range(steps):
+            recorder.record(step, **pool[step % len(pool)])
+    elapsed = time.perf_counter() - start
+    return {"mb_s": steps * sum(4 * int(np.prod(shape)) for shape in shapes.values()) / elapsed / MB}
+
+
+CASES = {"gpt2": case_gpt2, "fast_step": case_fast_step, "throughput": case_throughput}
 
 
 def run_child(kind: str, **arguments) -> dict:
@@ -229,6 +250,24 @@ def section_fast_step(plan: dict, device: str) -> list[dict]:
     return rows
 
 
+def section_throughput(plan: dict, device: str) -> list[dict]:
+    """Per profile, rounds of the writer process and the writer thread, the order reversed every
+    other round: the process's MB/s over the thread's of its round, the median of those."""
+    rows = []
+    for profile, steps in plan["throughput_steps"].items():
+        rounds = []
+        for repeat in range(plan["pairs"]):
+            order = ["process", "thread"] if repeat % 2 == 0 else ["thread", "process"]
+            rounds.append({w: run_child("throughput", profile=profile, writer=w, steps=steps)["mb_s"] for w in order})
+            print(f"  throughput {profile} round {repeat}: {rounds[-1]}", file=sys.stderr)
+        ratios = [r["process"] / r["thread"] for r in rounds]
+        rows.append({"profile": profile, "steps": steps,
+                     "process_mb_s": statistics.median(r["process"] for r in rounds),
+                     "thread_mb_s": statistics.median(r["thread"] for r in rounds),
+                     "process_vs_thread": statistics.median(ratios), "ratios": ", ".join(f"{x:.3f}" for x in ratios)})
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -239,8 +278,10 @@ def table(rows: list[dict]) -> str:
 
 
 PLANS = {
-    "full": {"repeats": 2, "steps": 40, "vocab": 50257, "n_embd": 768, "pairs": 6, "fast_steps": 160},
-    "quick": {"repeats": 1, "steps": 12, "vocab": 2000, "n_embd": 96, "pairs": 1, "fast_steps": 20},
+    "full": {"repeats": 2, "steps": 40, "vocab": 50257, "n_embd": 768, "pairs": 6, "fast_steps": 160,
+             "throughput_steps": {"reference": 8192, "whole_model": 1024}},
+    "quick": {"repeats": 1, "steps": 12, "vocab": 2000, "n_embd": 96, "pairs": 1, "fast_steps": 20,
+              "throughput_steps": {"reference": 256, "whole_model": 16}},
 }
 
 
@@ -248,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run of every section at tiny shapes")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--sections", default="gpt2,fast_step", help="comma-separated: gpt2, fast_step")
+    parser.add_argument("--sections", default="gpt2,fast_step,throughput", help="comma-separated: gpt2, fast_step, throughput")
     parser.add_argument("--json", default="scale_results.json", help="where to write the results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -258,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     plan = PLANS["quick" if args.quick else "full"]
     results = {"plan": plan, "device": args.device}
-    sections = {"gpt2": section_gpt2, "fast_step": section_fast_step}
+    sections = {"gpt2": section_gpt2, "fast_step": section_fast_step, "throughput": section_throughput}
     for name in args.sections.split(","):
         results[name] = sections[name](plan, args.device)
         print(f"\n## {name}\n\n{table(results[name])}\n")

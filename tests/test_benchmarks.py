@@ -60,4 +60,7 @@ def test_quick_scale_benchmark_runs_every_variant(tmp_path):
     assert rows["default"]["mb_per_step"] > rows["recipe"]["mb_per_step"] > 0 == rows["none"]["mb_per_step"]
     assert rows["default"]["memory_over_none_mb"] > 0  # the writer process's memory is counted
     assert {row["variant"] for row in results["fast_step"]} == {"none", "zarrec", "zarrec_thread"}
-    assert "## gpt2" in result.stdout and "## fast_step" in result.stdout
+    throughput = {row["profile"]: row for row in results["throughput"]}
+    assert set(throughput) == {"reference", "whole_model"}
+    assert all(row["process_mb_s"] > 0 and row["thread_mb_s"] > 0 for row in throughput.values())
+    assert "## gpt2" in result.stdout and "## fast_step" in result.stdout and "## throughput" in result.stdout

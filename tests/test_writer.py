@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 import zarr
 
 from zarrec import WriterError, contract
@@ -95,3 +100,44 @@ def test_a_writer_process_that_dies_releases_everything_and_says_so(tmp_path):
     next_writer, _ = start_writer("process", new_store, tmp_path / "next.zarr")  # a new writer process
     next_writer.close()
     assert next_writer.error is None
+
+
+KILLED_TRAINING = """
+import sys, torch
+from zarrec import Recorder
+recorder = Recorder(sys.argv[1], chunk_steps=2)
+for step in range(4):
+    recorder.record(step, x=torch.full((3,), float(step)))
+recorder.flush(wait=True)
+print("committed", flush=True)
+recorder.record(4, x=torch.full((3,), 4.0))  # half a chunk: staged, never committed
+input()
+"""
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (exited, not yet reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_writer_process_exits_with_a_killed_training_process_leaving_the_committed_steps(tmp_path):
+    path = tmp_path / "run.zarr"
+    training = subprocess.Popen([sys.executable, "-c", KILLED_TRAINING, str(path)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+    assert training.stdout.readline().strip() == "committed"
+    (writer_pid,) = [
+        int(pid) for task in Path(f"/proc/{training.pid}/task").iterdir() for pid in (task / "children").read_text().split()
+    ]
+    assert b"zarrec.writer_process" in Path(f"/proc/{writer_pid}/cmdline").read_bytes()
+    training.kill()
+    training.wait()
+    deadline = time.monotonic() + 10
+    while running(writer_pid):
+        assert time.monotonic() < deadline, "the writer process outlived its training process"
+        time.sleep(0.05)
+    ds = xr.open_zarr(path)  # a consistent prefix: the committed steps, nothing of the staged ones
+    np.testing.assert_array_equal(ds.step, [0, 1, 2, 3])
+    np.testing.assert_array_equal(ds.x.values[:, 0], [0, 1, 2, 3])
