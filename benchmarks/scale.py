@@ -9,22 +9,12 @@ no recording in the same invocation; ratios are against that baseline, medians q
 Sections:
   gpt2       GPT2Config(n_layer=2): vocab 50257, n_embd 768, float32, AdamW, batch 2 x context 64;
              variants: none, default, every=10, rows (1,000 tokens), summaries every step with the
-             full state every 10th, mantissa_bits=7, and the README's large-model recipe; the
-             default and the recipe also with the writer thread instead of the writer process.
-             Median step and wall clock vs none, peak memory over none, bytes on disk per step,
+             full state every 10th, mantissa_bits=7, and the README's large-model recipe.
+             Median step and wall clock vs none, peak RSS over none, bytes on disk per step,
              shard files per 1,000 steps, and whether the slow-writer warning fired.
   fast_step  the reference model (128 x 64) under bf16 autocast, ~110 ms a step, zarrec with
-             chunk_steps=32 so the writer works during training, with the writer process (the
-             default) and with the writer thread: mean step vs none, in interleaved rounds, the
-             median of the ratios.
-  throughput steps streamed through a Recorder as fast as it takes them, from the first record()
-             to close(), with the writer process and with the writer thread, interleaved: the
-             reference run's values (bf16, four 128 x 64, a 128 vector, two scalars) and the
-             whole reference model's (every parameter, its gradient and both Adam moments).
-
-Peak memory is that of the run's process tree (the training process and its writer process),
-sampled every 20 ms from outside it: resident anonymous and file memory summed, shared memory
-(the staging slabs both map) counted once.
+             chunk_steps=32 so the writer works during training: mean step vs none, in
+             interleaved rounds, the median of the ratios.
 """
 
 from __future__ import annotations
@@ -54,27 +44,11 @@ VARIANTS = {
     "summaries_every_10": {"summaries": True, "every": 10},
     "mantissa_7": {"mantissa_bits": 7},
     "recipe": RECIPE,
-    "default_thread": {"writer": "thread"},
-    "recipe_thread": {**RECIPE, "writer": "thread"},
 }
 
 
-def tree_memory_mb(pid: int) -> float:
-    """Resident memory of process ``pid`` and its descendants: anonymous and file-backed pages
-    summed, shared memory counted once (the largest of any process's)."""
-    pids, private, shared = [pid], 0, 0
-    while pids:
-        pid = pids.pop()
-        try:
-            status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                pids.extend(int(child) for child in (task / "children").read_text().split())
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # it exited meanwhile
-        kb = {key: int(status.get(key, "0").split()[0]) for key in ("RssAnon", "RssFile", "RssShmem")}  # (none: a zombie)
-        private += kb["RssAnon"] + kb["RssFile"]
-        shared = max(shared, kb["RssShmem"])
-    return (private + shared) / 1024
+def peak_rss_mb() -> float:
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1]) / 1024
 
 
 def store_size(path: str) -> tuple[int, int]:
@@ -136,7 +110,7 @@ def case_gpt2(variant: str, steps: int, vocab: int, n_embd: int, device: str, ou
             trainer.train()
             total = time.perf_counter() - start
     size, files = store_size(out)
-    return {"median_step_s": statistics.median(timer.times[2:]), "total_s": total,
+    return {"median_step_s": statistics.median(timer.times[2:]), "total_s": total, "peak_rss_mb": peak_rss_mb(),
             "bytes_per_step": size / (steps + 1), "shard_files_per_1000_steps": files / (steps + 1) * 1000,
             "slow_writer_warning": any("waited for the writer" in str(w.message) for w in caught)}
 
@@ -156,8 +130,7 @@ def case_fast_step(variant: str, steps: int, device: str, out: str) -> dict:
     config = TrainConfig(dtype="float32", steps=steps)
     corpus = load_corpus(None, config.vocab_size)
     timer = step_timer(device)
-    writer = {"zarrec": "process", "zarrec_thread": "thread"}.get(variant)
-    callbacks = [timer] + ([ZarrecCallback(out, chunk_steps=32, writer=writer)] if writer else [])
+    callbacks = [timer] + ([ZarrecCallback(out, chunk_steps=32)] if variant == "zarrec" else [])
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(output_dir=scratch, max_steps=steps, per_device_train_batch_size=config.batch_size,
                                  learning_rate=config.learning_rate, bf16=True, report_to="none", save_strategy="no",
@@ -168,45 +141,21 @@ def case_fast_step(variant: str, steps: int, device: str, out: str) -> dict:
             warnings.simplefilter("always", ZarrecWarning)
             trainer.train()
     warm = timer.times[10:]
-    return {"mean_step_ms": 1000 * statistics.fmean(warm),
+    return {"mean_step_ms": 1000 * statistics.fmean(warm), "peak_rss_mb": peak_rss_mb(),
             "slow_writer_warning": any("waited for the writer" in str(w.message) for w in caught)}
 
 
-def case_throughput(profile: str, writer: str, steps: int, out: str) -> dict:
-    """Raw MB/s (as float32) of ``steps`` steps of a profile of write_throughput.py through a Recorder."""
-    import numpy as np
-    from write_throughput import profile_shapes, step_pool
-
-    from zarrec import Recorder
-
-    shapes = profile_shapes(profile)
-    pool = step_pool(shapes, 16, "cpu")
-    start = time.perf_counter()
-    with Recorder(out, writer=writer) as recorder:
-        for step in range(steps):
-            recorder.record(step, **pool[step % len(pool)])
-    elapsed = time.perf_counter() - start
-    return {"mb_s": steps * sum(4 * int(np.prod(shape)) for shape in shapes.values()) / elapsed / MB}
-
-
-CASES = {"gpt2": case_gpt2, "fast_step": case_fast_step, "throughput": case_throughput}
+CASES = {"gpt2": case_gpt2, "fast_step": case_fast_step}
 
 
 def run_child(kind: str, **arguments) -> dict:
-    """One case in its own process, its memory sampled from here; its result, with ``peak_memory_mb``."""
     with tempfile.TemporaryDirectory(prefix="zarrec-scale-") as scratch:
         arguments["out"] = os.path.join(scratch, "run.zarr")
         command = [sys.executable, str(HERE), "--child", json.dumps({"kind": kind, **arguments})]
-        with open(os.path.join(scratch, "out"), "w+") as out, open(os.path.join(scratch, "err"), "w+") as err:
-            child = subprocess.Popen(command, stdout=out, stderr=err, text=True)
-            peak = 0.0
-            while child.poll() is None:
-                peak = max(peak, tree_memory_mb(child.pid))
-                time.sleep(0.02)
-            out.seek(0), err.seek(0)
-            if child.returncode != 0:
-                raise RuntimeError(f"{kind} {arguments} failed:\n{err.read()[-3000:]}")
-            return {**json.loads(out.read().strip().splitlines()[-1]), "peak_memory_mb": peak}
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{kind} {arguments} failed:\n{result.stderr[-3000:]}")
+        return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def section_gpt2(plan: dict, device: str) -> list[dict]:
@@ -218,14 +167,14 @@ def section_gpt2(plan: dict, device: str) -> list[dict]:
             runs[variant].append(run_child("gpt2", variant=variant, steps=plan["steps"], vocab=plan["vocab"],
                                            n_embd=plan["n_embd"], device=device))
             print(f"  gpt2 round {repeat} {variant}: {runs[variant][-1]}", file=sys.stderr)
-    base = {key: statistics.median(r[key] for r in runs["none"]) for key in ("median_step_s", "total_s", "peak_memory_mb")}
+    base = {key: statistics.median(r[key] for r in runs["none"]) for key in ("median_step_s", "total_s", "peak_rss_mb")}
     rows = []
     for variant, results in runs.items():
         median = {key: statistics.median(r[key] for r in results) for key in results[0] if key != "slow_writer_warning"}
         rows.append({
             "variant": variant, "options": json.dumps(VARIANTS[variant]) if VARIANTS[variant] is not None else "-",
             "median_step_s": median["median_step_s"], "step_vs_none": median["median_step_s"] / base["median_step_s"],
-            "wall_vs_none": median["total_s"] / base["total_s"], "memory_over_none_mb": median["peak_memory_mb"] - base["peak_memory_mb"],
+            "wall_vs_none": median["total_s"] / base["total_s"], "rss_over_none_mb": median["peak_rss_mb"] - base["peak_rss_mb"],
             "mb_per_step": median["bytes_per_step"] / MB, "shard_files_per_1000_steps": median["shard_files_per_1000_steps"],
             "slow_writer_warning": any(r["slow_writer_warning"] for r in results),
         })
@@ -233,9 +182,9 @@ def section_gpt2(plan: dict, device: str) -> list[dict]:
 
 
 def section_fast_step(plan: dict, device: str) -> list[dict]:
-    """Rounds of none, zarrec with its writer process and with its writer thread, the order
-    reversed every other round: each variant's ratio to the none of its round, the median of those."""
-    variants = ["none", "zarrec", "zarrec_thread"]
+    """Rounds of none and zarrec, the order reversed every other round: zarrec's ratio to the
+    none of its round, the median of those."""
+    variants = ["none", "zarrec"]
     rounds = []
     for repeat in range(plan["pairs"]):
         order = variants if repeat % 2 == 0 else variants[::-1]
@@ -250,24 +199,6 @@ def section_fast_step(plan: dict, device: str) -> list[dict]:
     return rows
 
 
-def section_throughput(plan: dict, device: str) -> list[dict]:
-    """Per profile, rounds of the writer process and the writer thread, the order reversed every
-    other round: the process's MB/s over the thread's of its round, the median of those."""
-    rows = []
-    for profile, steps in plan["throughput_steps"].items():
-        rounds = []
-        for repeat in range(plan["pairs"]):
-            order = ["process", "thread"] if repeat % 2 == 0 else ["thread", "process"]
-            rounds.append({w: run_child("throughput", profile=profile, writer=w, steps=steps)["mb_s"] for w in order})
-            print(f"  throughput {profile} round {repeat}: {rounds[-1]}", file=sys.stderr)
-        ratios = [r["process"] / r["thread"] for r in rounds]
-        rows.append({"profile": profile, "steps": steps,
-                     "process_mb_s": statistics.median(r["process"] for r in rounds),
-                     "thread_mb_s": statistics.median(r["thread"] for r in rounds),
-                     "process_vs_thread": statistics.median(ratios), "ratios": ", ".join(f"{x:.3f}" for x in ratios)})
-    return rows
-
-
 def table(rows: list[dict]) -> str:
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -278,10 +209,8 @@ def table(rows: list[dict]) -> str:
 
 
 PLANS = {
-    "full": {"repeats": 2, "steps": 40, "vocab": 50257, "n_embd": 768, "pairs": 6, "fast_steps": 160,
-             "throughput_steps": {"reference": 8192, "whole_model": 1024}},
-    "quick": {"repeats": 1, "steps": 12, "vocab": 2000, "n_embd": 96, "pairs": 1, "fast_steps": 20,
-              "throughput_steps": {"reference": 256, "whole_model": 16}},
+    "full": {"repeats": 2, "steps": 40, "vocab": 50257, "n_embd": 768, "pairs": 10, "fast_steps": 160},
+    "quick": {"repeats": 1, "steps": 12, "vocab": 2000, "n_embd": 96, "pairs": 1, "fast_steps": 20},
 }
 
 
@@ -289,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run of every section at tiny shapes")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--sections", default="gpt2,fast_step,throughput", help="comma-separated: gpt2, fast_step, throughput")
+    parser.add_argument("--sections", default="gpt2,fast_step", help="comma-separated: gpt2, fast_step")
     parser.add_argument("--json", default="scale_results.json", help="where to write the results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -299,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     plan = PLANS["quick" if args.quick else "full"]
     results = {"plan": plan, "device": args.device}
-    sections = {"gpt2": section_gpt2, "fast_step": section_fast_step, "throughput": section_throughput}
+    sections = {"gpt2": section_gpt2, "fast_step": section_fast_step}
     for name in args.sections.split(","):
         results[name] = sections[name](plan, args.device)
         print(f"\n## {name}\n\n{table(results[name])}\n")

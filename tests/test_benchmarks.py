@@ -55,12 +55,7 @@ def test_quick_precision_benchmark_runs(tmp_path):
 def test_quick_scale_benchmark_runs_every_variant(tmp_path):
     result, results = run_quick("scale.py", tmp_path)
     rows = {row["variant"]: row for row in results["gpt2"]}
-    assert set(rows) == {"none", "default", "every_10", "rows_1000", "summaries_every_10", "mantissa_7", "recipe",
-                         "default_thread", "recipe_thread"}
+    assert set(rows) == {"none", "default", "every_10", "rows_1000", "summaries_every_10", "mantissa_7", "recipe"}
     assert rows["default"]["mb_per_step"] > rows["recipe"]["mb_per_step"] > 0 == rows["none"]["mb_per_step"]
-    assert rows["default"]["memory_over_none_mb"] > 0  # the writer process's memory is counted
-    assert {row["variant"] for row in results["fast_step"]} == {"none", "zarrec", "zarrec_thread"}
-    throughput = {row["profile"]: row for row in results["throughput"]}
-    assert set(throughput) == {"reference", "whole_model"}
-    assert all(row["process_mb_s"] > 0 and row["thread_mb_s"] > 0 for row in throughput.values())
-    assert "## gpt2" in result.stdout and "## fast_step" in result.stdout and "## throughput" in result.stdout
+    assert {row["variant"] for row in results["fast_step"]} == {"none", "zarrec"}
+    assert "## gpt2" in result.stdout and "## fast_step" in result.stdout

@@ -5,9 +5,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import math
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,11 +38,10 @@ def random_steps(n: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> l
     ]
 
 
-@pytest.mark.parametrize("writer", ["process", "thread"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_values_round_trip_bitwise(tmp_path, dtype, writer):
+def test_values_round_trip_bitwise(tmp_path, dtype):
     steps = random_steps(11, dtype)
-    with Recorder(tmp_path / "r.zarr", chunk_steps=4, writer=writer) as recorder:
+    with Recorder(tmp_path / "r.zarr", chunk_steps=4) as recorder:
         for t, values in enumerate(steps):
             recorder.record(t, **values)
     ds = xr.open_zarr(tmp_path / "r.zarr")
@@ -188,45 +185,6 @@ def test_invalid_arguments(tmp_path):
             recorder.record(0, x="text")
     with pytest.raises(RecordError, match="closed"):
         recorder.record(1, x=1.0)
-
-
-def writer_processes() -> list[int]:
-    """This process's children that are zarrec writer processes."""
-    children = [int(pid) for task in Path("/proc/self/task").iterdir() for pid in (task / "children").read_text().split()]
-    return [pid for pid in children if b"zarrec.writer_process" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads this process's children from /proc")
-def test_a_local_store_is_written_by_a_writer_process_and_the_writer_can_be_chosen(tmp_path):
-    with Recorder(tmp_path / "a.zarr", chunk_steps=2) as recorder:
-        recorder.record(0, x=torch.zeros(3))
-        recorder.flush(wait=True)
-        assert len(writer_processes()) == 1
-    assert xr.open_zarr(tmp_path / "a.zarr").step.size == 1
-    with pytest.raises(RecordError, match="writer must be 'process' or 'thread'"):
-        Recorder(tmp_path / "b.zarr", writer="processes")
-    with pytest.raises(RecordError, match=r"writer='process' cannot write .*local directories only.*writer='thread'"):
-        Recorder(zarr.storage.MemoryStore(), writer="process")
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads this process's children from /proc")
-def test_a_writer_process_that_dies_is_a_writer_error_and_the_store_is_marked_failed(tmp_path):
-    path = tmp_path / "r.zarr"
-    recorder = Recorder(path, chunk_steps=2)
-    for t in range(2):
-        recorder.record(t, x=torch.full((3,), float(t)))
-    recorder.flush(wait=True)
-    (writer,) = writer_processes()
-    os.kill(writer, signal.SIGKILL)
-    with pytest.raises(WriterError, match="writer process exited unexpectedly.*steps up to 1 are in the store"):
-        for t in range(2, 100):  # at the latest when every slab is sent and none comes back
-            recorder.record(t, x=torch.full((3,), float(t)))
-            time.sleep(0.01)
-    with pytest.raises(WriterError):
-        recorder.close()
-    ds = xr.open_zarr(path)
-    assert ds.attrs["zarrec_status"]["state"] == "failed"
-    np.testing.assert_array_equal(ds.x.values[:, 0], [0, 1])
 
 
 def full_disk_run(tmp_path, on_error: str, writes: int = 14):

@@ -63,10 +63,9 @@ class ZarrecCallback(TrainerCallback):
             checkpoint (``trainer.train(resume_from_checkpoint=...)``): steps recorded
             after the checkpoint are dropped first. The run must be the recorded one
             (hyperparameters, model, data, selection); a difference is refused, naming it.
-        mantissa_bits, staging_bytes, flush_every, on_error, writer: as for :class:`~zarrec.Recorder`
+        mantissa_bits, staging_bytes, flush_every, on_error: as for :class:`~zarrec.Recorder`
             (``mantissa_bits=7``: every recorded tensor rounded to bfloat16's precision, stored as
-            float32, default exact; ``staging_bytes``: host memory for staging, default 512 MiB;
-            ``writer``: ``"process"`` or ``"thread"``, default the process for a local store on the CPU).
+            float32, default exact; ``staging_bytes``: host memory for staging, default 512 MiB).
     """
 
     def __init__(
@@ -90,7 +89,6 @@ class ZarrecCallback(TrainerCallback):
         staging_bytes: int | None = None,
         flush_every: int | None = None,
         on_error: str = "raise",
-        writer: str | None = None,
     ) -> None:
         self.out = out
         self.params = None if params is None else list(params)
@@ -108,7 +106,6 @@ class ZarrecCallback(TrainerCallback):
         self.staging_bytes = staging_bytes
         self.flush_every = flush_every
         self.on_error = on_error
-        self.writer = writer
         self.capture: ModelRecorder | None = None
         self._hook: torch.utils.hooks.RemovableHandle | None = None
 
@@ -123,7 +120,7 @@ class ZarrecCallback(TrainerCallback):
             coords=self.token_coords, attrs={**run_attributes(args, state, model, optimizer), **self.attrs},
             chunk_steps=self.chunk_steps, overwrite=self.overwrite, initial_step=state.global_step, steps=state.max_steps,
             resume_from=state.global_step if resuming else None, mantissa_bits=self.mantissa_bits,
-            staging_bytes=self.staging_bytes, flush_every=self.flush_every, on_error=self.on_error, writer=self.writer,
+            staging_bytes=self.staging_bytes, flush_every=self.flush_every, on_error=self.on_error,
         )
         self._hook = model.register_forward_hook(self._capture_forward, with_kwargs=True)
         if args.world_size == 1:  # across processes each would see only its own gradients

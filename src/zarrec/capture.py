@@ -116,8 +116,8 @@ class ModelRecorder:
             recorded step (logger ``zarrec``) then projects the store's size and files.
         resume_from: continue the store at ``out`` after this step (where training resumes;
             0: from the start): steps recorded after it are dropped. The run must be the recorded one.
-        chunk_steps, overwrite, mantissa_bits, staging_bytes, flush_every, on_error, writer: as
-            for :class:`~zarrec.Recorder`.
+        chunk_steps, overwrite, mantissa_bits, staging_bytes, flush_every, on_error: as for
+            :class:`~zarrec.Recorder`.
     """
 
     def __init__(
@@ -146,7 +146,6 @@ class ModelRecorder:
         staging_bytes: int | None = None,
         flush_every: int | None = None,
         on_error: str = "raise",
-        writer: str | None = None,
     ) -> None:
         self.model = model
         self.selection = ParameterSelection(model, optimizer, params, quantities, rows)
@@ -172,7 +171,6 @@ class ModelRecorder:
             out, chunk_steps=chunk_steps, coords=all_coords, attrs=run_attrs, overwrite=overwrite,
             resume_from=(resume_from or -1) if resume_from is not None else None,  # from step 0 nothing is kept
             mantissa_bits=mantissa_bits, staging_bytes=staging_bytes, flush_every=flush_every, on_error=on_error,
-            writer=writer,
         )
         self.last_step = initial_step
         self.steps = steps
@@ -190,7 +188,7 @@ class ModelRecorder:
         self.statistics: RowStatistics | None = None
         self.summary_recorder: Recorder | None = None
         if summaries:
-            self._start_summaries(out, all_coords, overwrite, resume_from, flush_every, on_error, writer)
+            self._start_summaries(out, all_coords, overwrite, resume_from, flush_every, on_error)
 
     # Events, in the order a step sees them.
 
@@ -310,7 +308,7 @@ class ModelRecorder:
             hook.remove()
         self._hooks = []
 
-    def _start_summaries(self, out, coords, overwrite, resume_from, flush_every, on_error, writer) -> None:
+    def _start_summaries(self, out, coords, overwrite, resume_from, flush_every, on_error) -> None:
         """The second recorder, of the ``summaries`` group: its variables labelled, step 0 recorded."""
         if not isinstance(out, (str, os.PathLike)):
             self.recorder.close("refused to record: summaries need a path")
@@ -323,7 +321,7 @@ class ModelRecorder:
                 coords={name: (dim, values) for name, (dim, values) in coords.items() if dim in rows},
                 attrs={"description": "per-row statistics of the recorded parameters at every optimizer step"},
                 resume_from=(resume_from or -1) if resume_from is not None else None, flush_every=flush_every,
-                on_error=on_error, writer=writer,
+                on_error=on_error,
             )
         except BaseException as error:
             self.recorder.close(f"refused to record: {error}")  # the run's store is released, as it was

@@ -1,10 +1,9 @@
 """A staged part of a step-chunk as a writer receives it, and how it becomes float32 rows.
 
 The training thread copies values into a *slab* of host memory in their own dtype
-(:mod:`zarrec.staging`); a :class:`Chunk` says where in which slab each value's rows lie.
-It is plain data (numpy and Python values, no torch), so it crosses into a writer process as
-it is (:mod:`zarrec.writer_process`), and the conversion to float32 and the optional mantissa
-rounding happen in the writer, not on the training thread.
+(:mod:`zarrec.staging`); a :class:`Chunk` says where in which slab each value's rows lie,
+and the conversion to float32 and the optional mantissa rounding happen in the writer
+thread (:mod:`zarrec.writer`), not on the training thread. Plain numpy, no torch.
 """
 
 from __future__ import annotations
@@ -42,9 +41,7 @@ class Chunk:
     starts: dict[str, int] = field(default_factory=dict)
     commits: bool = True
     mantissa_bits: int | None = None  # round every non-scalar block to this many bits
-    # Waits until the slab holds the values (an accelerator's non-blocking copies); a writer
-    # thread calls it, a chunk for a writer process never has one.
-    ready: Callable[[], None] | None = None
+    ready: Callable[[], None] | None = None  # waits until the slab holds the values (an accelerator's copies)
 
 
 def float32_values(chunk: Chunk, memory: np.ndarray, scratch: Float32Scratch) -> dict[str, np.ndarray]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import queue
 import time
 import warnings
@@ -23,13 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from zarrec import contract, shutdown, writer_process
+from zarrec import contract, shutdown
 from zarrec.chunk import Chunk
 from zarrec.errors import ConfigError, RecordError, WriterError, ZarrecWarning
 from zarrec.staging import ALIGNMENT, SLABS, Piece, Slab, aligned, copy_row, plan_parts, slab_bytes
-from zarrec.store import RunStore, StoreLike, describe, local_directory
-from zarrec.writer import ThreadWriter
-from zarrec.writer_process import ProcessWriter
+from zarrec.store import RunStore, StoreLike, describe
+from zarrec.writer import ChunkWriter
 
 Value = torch.Tensor | np.ndarray | float | int
 _MISSING = float("nan")  # what a step that does not pass a variable records for it
@@ -88,11 +86,6 @@ class Recorder:
             lose below a chunk (partial chunks are re-written when the rest arrives).
         on_error: ``"raise"``: a failed write raises :class:`~zarrec.errors.WriterError` in
             :meth:`record`; ``"warn"``: it warns once, recording stops, training goes on.
-        writer: ``"process"``: compress and write in a separate process
-            (:mod:`zarrec.writer_process`), staging in shared memory; ``"thread"``: in a thread
-            of this process. Default: the process for a local store of values on the CPU (the
-            training loop never waits on the writer's interpreter lock), else the thread (a
-            Zarr ``Store`` object or URL, or values on CUDA, staged in pinned memory).
 
     Memory is bounded, however long the run: ``staging_bytes`` of staging (three slabs of a
     chunk, or of a part of one, in the source dtype), and the writer's one part as float32
@@ -125,12 +118,7 @@ class Recorder:
         mantissa_bits: int | None = None,
         flush_every: int | None = None,
         on_error: str = "raise",
-        writer: str | None = None,
     ) -> None:
-        if writer not in (None, "process", "thread"):
-            raise RecordError(f"writer must be 'process' or 'thread' (or omitted), got {writer!r}")
-        if writer == "process" and (reason := _no_writer_process(out)) is not None:
-            raise RecordError(f"writer='process' cannot write {describe(out)}: {reason}; use writer='thread' or omit it")
         if mantissa_bits is not None and not 1 <= mantissa_bits <= 22:
             raise RecordError(f"mantissa_bits must be between 1 and 22 (float32 keeps 23), got {mantissa_bits}")
         for name, value in (("chunk_steps", chunk_steps), ("flush_every", flush_every)):
@@ -150,18 +138,13 @@ class Recorder:
         self._flush_every = flush_every
         self._mantissa_bits = mantissa_bits
         self._on_error = on_error
-        self._writer_choice = writer
-        # Where a writer process would open the store (None: a writer thread writes it).
-        self._process_path = None
-        if writer != "thread" and _no_writer_process(out) is None:
-            self._process_path = str(local_directory(out).absolute())
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._staged_dtypes: dict[str, torch.dtype] = {}
         self._parts: list[list[Piece]] = []  # how a chunk is staged
         self._filling: list[Slab | None] = []  # per part, the slab being filled
         self._free: queue.Queue[Slab] = queue.Queue()
         self._slabs: list[Slab] = []
-        self._writer: ThreadWriter | ProcessWriter | None = None
+        self._writer: ChunkWriter | None = None
         self._uses_cuda = False
         self._last_step: int | None = None
         self._handed_rows = 0  # rows given to the writer so far (committed ones included)
@@ -363,18 +346,8 @@ class Recorder:
         self._parts = plan_parts(staged, self.chunk_steps, self._part_bytes)
         self._filling = [None] * len(self._parts)
         self._slab_bytes = slab_bytes(self._parts, self.chunk_steps)
-        self._writer = self._new_writer()
-
-    def _new_writer(self) -> ThreadWriter | ProcessWriter:
-        if self._uses_cuda and self._writer_choice == "process":
-            raise RecordError(
-                "writer='process' stages in shared memory, but values on CUDA are staged in pinned memory, "
-                "which only a writer thread reads; use writer='thread' or omit it"
-            )
-        if self._process_path is None or self._uses_cuda:
-            with shutdown.signals_stay_with_the_main_thread():
-                return ThreadWriter(self._store)
-        return ProcessWriter(self._store, self._process_path)
+        with shutdown.signals_stay_with_the_main_thread():
+            self._writer = ChunkWriter(self._store)
 
     def _default_dims(self, name: str, shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, ...]:
         """The dims given for ``name``; else those of the variable it belongs to, ``W`` for
@@ -455,33 +428,17 @@ class Recorder:
         if self._chunk_began is None:
             self._chunk_began = start
         if self._free.empty() and len(self._slabs) < SLABS:
-            slab = self._new_slab()
+            memory = torch.empty(self._slab_bytes, dtype=torch.uint8, pin_memory=self._uses_cuda)
+            slab = Slab(self._writer.add_slab(memory.numpy()), memory, self.chunk_steps)
             self._slabs.append(slab)
         else:
-            writer_started = self._writer.writing_seconds > 0  # (a writer process may still be starting)
             slab = self._free.get()  # blocks while every slab is being written
-            if writer_started:
-                self._waited += time.perf_counter() - start
+            self._waited += time.perf_counter() - start
         if self._writer_failed():
             return None
         slab.hold(index, self._parts[index])
         self._filling[index] = slab
         return slab
-
-    def _new_slab(self) -> Slab:
-        """A slab the writer knows: shared memory for a writer process, else (pinned on CUDA) our own."""
-        assert self._writer is not None
-        if isinstance(self._writer, ProcessWriter):
-            mapping, fd = writer_process.shared_memory(self._slab_bytes)
-            try:
-                memory = torch.frombuffer(mapping, dtype=torch.uint8)
-                number = self._writer.add_slab(memory.numpy(), fd)
-            finally:
-                os.close(fd)  # the writer process has its own descriptor now
-        else:
-            memory = torch.empty(self._slab_bytes, dtype=torch.uint8, pin_memory=self._uses_cuda)
-            number = self._writer.add_slab(memory.numpy())
-        return Slab(number, memory, self.chunk_steps)
 
     def _submit_partial_chunk(self) -> None:
         if self._filling and self._filling[0] is not None and self._filling[0].rows:
@@ -558,15 +515,6 @@ class Recorder:
         last = self._store.last_step
         kept = f"steps up to {last} are in the store" if last is not None else "no step was committed"
         return WriterError(f"writing to {self.store_name} failed ({type(cause).__name__}: {cause}); {kept}; fix the cause and resume")
-
-
-def _no_writer_process(out: StoreLike) -> str | None:
-    """Why a writer process cannot write ``out``, or None."""
-    if not writer_process.available():
-        return "this platform cannot share staging memory with another process (Linux can)"
-    if local_directory(out) is None:
-        return "a writer process opens local directories only, not Store objects or URLs"
-    return None
 
 
 def _size(n: float) -> str:

@@ -10,8 +10,7 @@ staged a part at a time, each handed to the writer as soon as it is copied, so t
 thread waits for the writer part by part instead of holding whole steps.
 
 The training thread only copies (a bf16 tensor into bf16 memory); the conversion to float32
-happens in the writer (:func:`zarrec.chunk.float32_values`). A slab is shared memory when a
-writer process writes it (:mod:`zarrec.writer_process`), pinned memory on CUDA.
+happens in the writer thread (:func:`zarrec.chunk.float32_values`).
 """
 
 from __future__ import annotations

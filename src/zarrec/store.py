@@ -172,23 +172,6 @@ class RunStore:
             raise
         return store
 
-    @classmethod
-    def attach(cls, path: str, rows: int, last_step: int | None) -> RunStore:
-        """Open the store at ``path``, with ``rows`` rows committed up to ``last_step``, to write
-        it on behalf of the process that holds its lock (the writer process: no lock of its own)."""
-        group = zarr.open_group(path, mode="r+", zarr_format=3)
-        store = cls(group, describe(path), lock=None)
-        store._appender = sync(_Appender.open(group, rows=rows))
-        store.last_step = last_step
-        return store
-
-    def reattach(self) -> None:
-        """Pick up the rows another process committed (:meth:`attach`), as the ``step`` array's
-        own metadata has them: whatever else that process had written of a commit is complete."""
-        self._appender = sync(_Appender.open(self.group))
-        rows = self._appender.rows
-        self.last_step = int(sync(self._appender.read_steps(rows - 1, rows))[0]) if rows else None
-
     def drop_after(self, step: int) -> None:
         """Drop the committed steps after ``step`` (a reopened store), committing at once: the
         store never shows two histories for one step, even if the resumed run dies at once."""
@@ -413,14 +396,11 @@ class _Appender:
         self.committed_shapes = [members[name]["shape"] for name in self.growing]
 
     @classmethod
-    async def open(cls, group: zarr.Group, rows: int | None = None) -> _Appender:
-        """Open from the arrays' own metadata, with ``rows`` rows committed (default: as many
-        as the ``step`` array's own metadata has)."""
+    async def open(cls, group: zarr.Group, rows: int) -> _Appender:
+        """Open from the arrays' own metadata, with ``rows`` rows committed."""
         with _quiet_zarr():
             root = await zarr.api.asynchronous.open_group(store=group.store, path=group.path, mode="r+", use_consolidated=False)
             arrays = {name: array async for name, array in root.arrays()}
-        if rows is None:
-            rows = arrays[contract.STEP].shape[0] if contract.STEP in arrays else 0
         return cls(root, arrays, rows)
 
     async def write(self, values: Mapping[str, np.ndarray], starts: Mapping[str, int]) -> None:
@@ -461,9 +441,6 @@ class _Appender:
         last_shard = (first + len(block)) // steps * steps - first  # where the last, partial shard begins
         if whole and block[last_shard:].nbytes <= contract.SMALL_SHARD_BYTES:
             self._written_tails[name] = np.array(block[last_shard:])  # a copy: block may be staging memory
-
-    async def read_steps(self, start: int, stop: int) -> np.ndarray:
-        return await self._read(contract.STEP, start, stop, slice(None))
 
     async def _read(self, name: str, start: int, stop: int, rows: slice) -> np.ndarray:
         array = AsyncArray(self._with_rows(name, stop), self.root.store_path / name)

@@ -1,15 +1,15 @@
-"""The writer thread: compresses and writes staged chunks, in order, beside the producer.
+"""The background thread that compresses and writes staged chunks, in order.
 
 It knows nothing of what is recorded: it receives :class:`~zarrec.chunk.Chunk` objects
 (rows of a slab of host memory, plus their step labels), writes them through
 :meth:`zarrec.store.RunStore.write` and :meth:`~zarrec.store.RunStore.commit`, and calls
 each chunk's ``release`` whether the write succeeded or not, so the producer never waits
-forever on a writer that has failed. The first failure is kept in :attr:`ThreadWriter.error`
+forever on a writer that has failed. The first failure is kept in :attr:`ChunkWriter.error`
 for the producer to raise in its own thread.
 
-A recorder uses one in its own process for stores that a writer process cannot open (a Zarr
-``Store`` object, an fsspec URL) and for pinned memory on CUDA; the writer process
-(:mod:`zarrec.writer_process`) runs one per store too.
+A thread, not a process: a writer process with shared-memory staging was built and measured
+against it, and cost as much on a fast step and more on a large one (benchmarks/README.md,
+"The writer: thread or process").
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from zarrec.chunk import Chunk, Float32Scratch, float32_values
 from zarrec.store import RunStore
 
 
-class ThreadWriter:
+class ChunkWriter:
     """Writes :class:`~zarrec.chunk.Chunk` objects to a :class:`RunStore` from one daemon thread, in order."""
 
     def __init__(self, store: RunStore) -> None:
@@ -40,7 +40,7 @@ class ThreadWriter:
         self._thread = threading.Thread(target=self._run, name=f"zarrec-writer[{store.name}]", daemon=True)
         self._thread.start()
 
-    def add_slab(self, memory: np.ndarray, fd: int | None = None) -> int:
+    def add_slab(self, memory: np.ndarray) -> int:
         """Make the slab ``memory`` (uint8) known to the writer; chunks name it by the number returned."""
         self._slabs.append(memory)
         return len(self._slabs) - 1
