@@ -23,14 +23,46 @@ import numpy as np
 import torch
 
 from zarrec import contract, shutdown
-from zarrec.chunk import Chunk
 from zarrec.errors import ConfigError, RecordError, WriterError, ZarrecWarning
-from zarrec.staging import ALIGNMENT, SLABS, Piece, Slab, aligned, copy_row, plan_parts, slab_bytes
+from zarrec.staging import (
+    ALIGNMENT,
+    SLABS,
+    Float32Scratch,
+    Piece,
+    Slab,
+    aligned,
+    copy_row,
+    plan_parts,
+    slab_bytes,
+)
 from zarrec.store import RunStore, StoreLike, describe
-from zarrec.writer import ChunkWriter
+from zarrec.writer import Chunk, ChunkWriter
 
 Value = torch.Tensor | np.ndarray | float | int
 _MISSING = float("nan")  # what a step that does not pass a variable records for it
+
+
+def round_mantissa(values: np.ndarray, bits: int) -> np.ndarray:
+    """Round float32 ``values`` in place to ``bits`` explicit mantissa bits (of float32's 23),
+    to nearest, ties to even, as a cast to a narrower float does (``bits=7``: bfloat16's
+    precision, so ``|rounded − x| ≤ 2^−(bits+1) · |x|``); NaN and Inf stay. The dropped bits
+    become zeros, which compress to almost nothing; the result is still plain float32."""
+    if not values.flags.c_contiguous:
+        values[...] = round_mantissa(np.ascontiguousarray(values), bits)
+        return values
+    dropped = 23 - bits
+    flat = values.reshape(-1)  # a view of the contiguous values
+    for start in range(0, flat.size, _ROUNDING_BLOCK):  # temporaries of a block, not of the array
+        block = flat[start:start + _ROUNDING_BLOCK]
+        nan = np.isnan(block)
+        raw = block.view(np.uint32)
+        raw += np.uint32((1 << (dropped - 1)) - 1) + ((raw >> np.uint32(dropped)) & np.uint32(1))
+        raw &= np.uint32(~((1 << dropped) - 1) & 0xFFFFFFFF)
+        block[nan] = np.nan  # a NaN whose payload lay in the dropped bits would have become Inf
+    return values
+
+
+_ROUNDING_BLOCK = 1 << 20  # elements
 
 
 def _staging_dtype(value: Value) -> torch.dtype:
@@ -79,7 +111,7 @@ class Recorder:
             step): steps recorded after it are dropped first. Its ``attrs``, ``coords`` and
             variables must equal the store's; a difference is refused, naming it.
         mantissa_bits: round every recorded tensor (not the per-step scalars) to this many
-            mantissa bits before compression (:func:`zarrec.chunk.round_mantissa`; 7 is bfloat16's
+            mantissa bits before compression (:func:`round_mantissa`; 7 is bfloat16's
             precision, 1..22), stored as plain float32 with the bits in its
             ``mantissa_bits`` attribute; default: exact.
         flush_every: also commit after this many recorded steps, bounding what a crash can
@@ -148,6 +180,7 @@ class Recorder:
         self._uses_cuda = False
         self._last_step: int | None = None
         self._handed_rows = 0  # rows given to the writer so far (committed ones included)
+        self._scratch = Float32Scratch()  # float32 conversions, used by the writer thread only
         self._unflushed = 0
         self._waited = 0.0  # seconds record() waited for a free buffer since the last chunk was handed over
         self._chunk_began: float | None = None  # when the chunk being filled began
@@ -428,8 +461,7 @@ class Recorder:
         if self._chunk_began is None:
             self._chunk_began = start
         if self._free.empty() and len(self._slabs) < SLABS:
-            memory = torch.empty(self._slab_bytes, dtype=torch.uint8, pin_memory=self._uses_cuda)
-            slab = Slab(self._writer.add_slab(memory.numpy()), memory, self.chunk_steps)
+            slab = Slab(self._slab_bytes, self.chunk_steps, pinned=self._uses_cuda)
             self._slabs.append(slab)
         else:
             slab = self._free.get()  # blocks while every slab is being written
@@ -454,12 +486,20 @@ class Recorder:
         if commits:
             self._handed_rows += rows
             self._unflushed = 0
-        chunk = Chunk(
-            slab.steps[:rows].copy(), slab.number, slab.blocks, commits=commits, mantissa_bits=self._mantissa_bits,
-            starts={piece.name: piece.start for piece in slab.part if piece.start},
-            ready=_cuda_wait() if self._uses_cuda else None,
-        )
-        self._writer.submit(chunk, lambda: self._release(slab))
+        wait = _cuda_wait() if self._uses_cuda else (lambda: None)
+
+        def values() -> dict[str, np.ndarray]:  # runs in the writer thread
+            wait()
+            arrays = slab.as_float32(rows, self._scratch)
+            if self._mantissa_bits is not None:
+                for name, array in arrays.items():
+                    if self._shapes[name]:  # a tensor, not a per-step scalar
+                        round_mantissa(array, self._mantissa_bits)
+            return arrays
+
+        starts = {piece.name: piece.start for piece in slab.part if piece.start}
+        chunk = Chunk(slab.steps[:rows].copy(), values, lambda: self._release(slab), starts=starts, commits=commits)
+        self._writer.submit(chunk)
 
     def _check_the_writers_pace(self, rows: int) -> None:
         """Warn once when, over the chunk just handed over, record() waited for the writer more

@@ -10,7 +10,7 @@ staged a part at a time, each handed to the writer as soon as it is copied, so t
 thread waits for the writer part by part instead of holding whole steps.
 
 The training thread only copies (a bf16 tensor into bf16 memory); the conversion to float32
-happens in the writer thread (:func:`zarrec.chunk.float32_values`).
+happens once per part, in the writer thread, into one buffer it reuses (:class:`Float32Scratch`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from zarrec.chunk import Block
+from zarrec.shards import AssemblyBuffer
 
 # Slabs per recording: one being filled, two being written (or queued).
 SLABS = 3
@@ -82,40 +82,78 @@ def slab_bytes(parts: list[list[Piece]], chunk_steps: int) -> int:
 class Slab:
     """Host memory for one part of a chunk: ``chunk_steps`` rows of each of its pieces.
 
-    ``memory`` is uint8, the writer knows it as slab number ``number``. Every row of every
-    piece is written by the recorder (NaN for a variable a step does not pass), so a recycled
-    slab needs no clearing.
+    Every row of every piece is written by the recorder (NaN for a variable a step does not
+    pass), so a recycled slab needs no clearing.
     """
 
-    def __init__(self, number: int, memory: torch.Tensor, chunk_steps: int) -> None:
-        self.number = number
-        self.memory = memory
+    def __init__(self, nbytes: int, chunk_steps: int, pinned: bool) -> None:
+        self.memory = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
         self.steps = np.full(chunk_steps, -1, dtype=np.int64)
         self.rows = 0
         self.part: list[Piece] = []
-        self.blocks: tuple[Block, ...] = ()
+        self.tensors: dict[str, torch.Tensor] = {}
         self.row_views: list[list[torch.Tensor]] = []
-        self._layouts: dict[int, tuple[tuple[Block, ...], list[list[torch.Tensor]]]] = {}
+        self._layouts: dict[int, tuple[dict[str, torch.Tensor], list[list[torch.Tensor]]]] = {}
 
     def hold(self, index: int, part: list[Piece]) -> None:
         """Lay part number ``index`` out in this slab (views made once per part: for small
         values, indexing costs more than the copy itself)."""
         if index not in self._layouts:
-            blocks, tensors, offset = [], [], 0
+            tensors, offset = {}, 0
             steps = len(self.steps)
             for piece in part:
                 nbytes = piece.nbytes(steps)
-                tensors.append(self.memory[offset:offset + nbytes].view(piece.dtype).view(steps, *piece.shape))
-                blocks.append(Block(piece.name, offset, steps, piece.shape, str(piece.dtype).removeprefix("torch.")))
+                tensors[piece.name] = self.memory[offset:offset + nbytes].view(piece.dtype).view(steps, *piece.shape)
                 offset += aligned(nbytes)
-            self._layouts[index] = (tuple(blocks), [[tensor[row] for tensor in tensors] for row in range(steps)])
+            self._layouts[index] = (tensors, [[tensor[row] for tensor in tensors.values()] for row in range(steps)])
         self.part = part
-        self.blocks, self.row_views = self._layouts[index]
+        self.tensors, self.row_views = self._layouts[index]
+
+    def as_float32(self, rows: int, scratch: Float32Scratch) -> dict[str, np.ndarray]:
+        """The first ``rows`` rows of every piece as float32 numpy arrays, exactly: float32
+        staging as it is (a view), anything else converted into ``scratch``."""
+        converted = iter(scratch.arrays([(rows, *t.shape[1:]) for t in self.tensors.values() if t.dtype != torch.float32]))
+        return {
+            name: tensor[:rows].numpy() if tensor.dtype == torch.float32 else _to_float32(tensor[:rows], next(converted))
+            for name, tensor in self.tensors.items()
+        }
+
+
+class Float32Scratch:
+    """Float32 arrays in one :class:`~zarrec.shards.AssemblyBuffer`, reused part after part by
+    the writer thread (a fresh array per part costs more in page faults than the conversion itself)."""
+
+    def __init__(self) -> None:
+        self.buffer = AssemblyBuffer()
+
+    def arrays(self, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+        """Arrays of ``shapes`` in the buffer, valid until the next call."""
+        sizes = [math.prod(shape) for shape in shapes]
+        memory = self.buffer.reserve(4 * sum(sizes))[:4 * sum(sizes)].view(np.float32)
+        offsets = np.cumsum([0, *sizes])
+        return [memory[o:o + n].reshape(shape) for o, n, shape in zip(offsets, sizes, shapes)]
 
 
 def aligned(nbytes: int) -> int:
     """The bytes a piece of ``nbytes`` takes in a slab (each starts on an aligned boundary)."""
     return -(-nbytes // ALIGNMENT) * ALIGNMENT
+
+
+def _to_float32(tensor: torch.Tensor, out: np.ndarray) -> np.ndarray:
+    """Convert to float32 into ``out``, exactly for bf16 and fp16.
+
+    In numpy, on this thread only: torch would split the conversion over its intra-op
+    threads, whose spin-waiting takes a core from the codec and the training loop. A
+    bfloat16 is the upper half of the float32 with the same value, so its bits shifted left
+    by 16 are that float32.
+    """
+    if tensor.dtype == torch.bfloat16:
+        bits = out.view(np.int32)
+        np.copyto(bits, tensor.view(torch.int16).numpy(), casting="unsafe")  # sign-extended, then shifted out
+        np.left_shift(bits, 16, out=bits)
+    else:
+        np.copyto(out, tensor.numpy(), casting="unsafe")
+    return out
 
 
 @torch.no_grad()

@@ -1,11 +1,11 @@
-"""The background thread that compresses and writes staged chunks, in order.
+"""The background thread that compresses and writes whole step-chunks.
 
-It knows nothing of what is recorded: it receives :class:`~zarrec.chunk.Chunk` objects
-(rows of a slab of host memory, plus their step labels), writes them through
-:meth:`zarrec.store.RunStore.write` and :meth:`~zarrec.store.RunStore.commit`, and calls
-each chunk's ``release`` whether the write succeeded or not, so the producer never waits
-forever on a writer that has failed. The first failure is kept in :attr:`ChunkWriter.error`
-for the producer to raise in its own thread.
+It knows nothing of what is recorded: it receives :class:`Chunk` objects (rows of
+numpy arrays plus their step labels), writes them in order through
+:meth:`zarrec.store.RunStore.append`, and hands each chunk back through its
+``release`` callback whether the write succeeded or not, so the producer never
+waits forever on a writer that has failed. The first failure is kept in
+:attr:`ChunkWriter.error` for the producer to raise in its own thread.
 
 A thread, not a process: a writer process with shared-memory staging was built and measured
 against it, and cost as much on a fast step and more on a large one (benchmarks/README.md,
@@ -18,36 +18,46 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from zarrec.chunk import Chunk, Float32Scratch, float32_values
 from zarrec.store import RunStore
 
 
+@dataclass
+class Chunk:
+    """Rows to write: ``values()[name][i]`` belongs to step ``steps[i]``.
+
+    ``values`` is called in the writer thread, so the producer can leave work to it
+    (waiting for an accelerator's copies, converting to float32). A large step-chunk comes
+    in parts: ``values()[name]`` then begins at row ``starts[name]`` of the array's first
+    non-step dim, and only the last part ``commits`` the steps.
+    """
+
+    steps: np.ndarray
+    values: Callable[[], dict[str, np.ndarray]]
+    release: Callable[[], None] = lambda: None  # hands the staging memory back to the producer
+    starts: dict[str, int] = field(default_factory=dict)
+    commits: bool = True
+
+
 class ChunkWriter:
-    """Writes :class:`~zarrec.chunk.Chunk` objects to a :class:`RunStore` from one daemon thread, in order."""
+    """Writes :class:`Chunk` objects to a :class:`RunStore` from one daemon thread, in order."""
 
     def __init__(self, store: RunStore) -> None:
         self.store = store
         self.error: BaseException | None = None
         self.written_bytes = 0  # of values (as float32), and the seconds spent writing them
         self.writing_seconds = 0.0
-        self._slabs: list[np.ndarray] = []
-        self._scratch = Float32Scratch()  # float32 conversions, reused chunk after chunk
-        # Unbounded: the producer bounds memory by the number of slabs it owns.
-        self._queue: queue.Queue[tuple[Chunk, Callable[[], None]] | None] = queue.Queue()
+        # Unbounded: the producer bounds memory by the number of staging buffers it owns.
+        self._queue: queue.Queue[Chunk | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name=f"zarrec-writer[{store.name}]", daemon=True)
         self._thread.start()
 
-    def add_slab(self, memory: np.ndarray) -> int:
-        """Make the slab ``memory`` (uint8) known to the writer; chunks name it by the number returned."""
-        self._slabs.append(memory)
-        return len(self._slabs) - 1
-
-    def submit(self, chunk: Chunk, release: Callable[[], None]) -> None:
-        """Queue a chunk for writing; returns at once. ``release`` hands its slab back to the producer."""
-        self._queue.put((chunk, release))
+    def submit(self, chunk: Chunk) -> None:
+        """Queue a chunk for writing; returns at once."""
+        self._queue.put(chunk)
 
     def wait(self) -> None:
         """Block until every chunk submitted so far is written (or has failed)."""
@@ -59,14 +69,11 @@ class ChunkWriter:
         self._thread.join()
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            chunk, release = item
+        while (chunk := self._queue.get()) is not None:
             try:
                 if self.error is None:
                     start = time.perf_counter()
-                    if chunk.ready is not None:
-                        chunk.ready()
-                    values = float32_values(chunk, self._slabs[chunk.slab], self._scratch)
+                    values = chunk.values()
                     self.store.write(values, chunk.starts)
                     if chunk.commits:
                         self.store.commit(chunk.steps)
@@ -75,5 +82,5 @@ class ChunkWriter:
             except BaseException as exc:  # kept for the producer thread, which raises it
                 self.error = exc
             finally:
-                release()
+                chunk.release()
                 self._queue.task_done()
