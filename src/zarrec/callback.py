@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from zarrec.capture import ModelRecorder, common_attributes
+from zarrec.capture import ModelRecorder, common_attributes, is_sharded
 from zarrec.errors import ConfigError
 from zarrec.recorder import Recorder
 from zarrec.schedule import StepSchedule
@@ -110,8 +110,8 @@ class ZarrecCallback(TrainerCallback):
         self._hook: torch.utils.hooks.RemovableHandle | None = None
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        if not state.is_world_process_zero:
-            return  # every other event returns at once while self.capture is None
+        if not state.is_world_process_zero and not is_sharded(model):
+            return  # every other event returns at once while self.capture is None (FSDP2: every rank records its rows)
         resuming = self.resume and store_exists(self.out)
         probe, positions, probe_every = self.probe_spec or (None, None, 1)
         self.capture = ModelRecorder(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ import torch
 from zarrec import contract
 from zarrec.errors import ConfigError
 from zarrec.probe import Probe
+from zarrec.ranks import check_layout, is_dtensor
 from zarrec.recorder import Recorder, Value
 from zarrec.row_statistics import RowStatistics
 from zarrec.schedule import StepSchedule
@@ -148,7 +150,11 @@ class ModelRecorder:
         on_error: str = "raise",
     ) -> None:
         self.model = model
+        refuse_partitioned_parameters(model)
+        self.sharded = is_sharded(model)
         self.selection = ParameterSelection(model, optimizer, params, quantities, rows)
+        if self.sharded:
+            refuse_unsupported_sharding(self.selection, rows=rows is not None, summaries=summaries)
         self.schedule = StepSchedule.parse(every)
         self.probe = _make_probe(model, tokenizer, probe, probe_positions, probe_every) if probe is not None else None
         run_attrs = {
@@ -171,6 +177,7 @@ class ModelRecorder:
             out, chunk_steps=chunk_steps, coords=all_coords, attrs=run_attrs, overwrite=overwrite,
             resume_from=(resume_from or -1) if resume_from is not None else None,  # from step 0 nothing is kept
             mantissa_bits=mantissa_bits, staging_bytes=staging_bytes, flush_every=flush_every, on_error=on_error,
+            distributed=self.sharded,
         )
         self.last_step = initial_step
         self.steps = steps
@@ -226,7 +233,8 @@ class ModelRecorder:
         """The gradients are accumulated, not yet clipped: keep their global norm, and the
         learning rate the step will use."""
         if self.wants(self.last_step + 1):
-            self._step.grad_norm_before_clipping = _global_norm([p.grad for p in _trained(self.model)])
+            if not self.sharded:  # (a norm over every rank's rows would be a collective a step)
+                self._step.grad_norm_before_clipping = _global_norm([p.grad for p in _trained(self.model)])
             self._keep_lr()
 
     def gradients_used(self) -> None:
@@ -237,7 +245,8 @@ class ModelRecorder:
             return
         if self.selection.wants_grads():
             self._step.grads = self.selection.grads()
-        self._step.grad_norm = _global_norm([p.grad for p in _trained(self.model)])
+        if not self.sharded:
+            self._step.grad_norm = _global_norm([p.grad for p in _trained(self.model)])
         self._keep_lr()
 
     def end_step(self, step: int, **values: Value) -> None:
@@ -417,6 +426,41 @@ def first_unrecorded_step(committed: int | None, resume_step: int, every: int | 
     or before ``resume_step`` (where training resumes), or None: resuming there leaves no gap."""
     following = 0 if committed is None else StepSchedule.parse(every).next_after(committed)
     return following if following <= resume_step else None
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is sharded by FSDP2 (its parameters are DTensors): then every rank records its own rows."""
+    return any(is_dtensor(p) for p in model.parameters())
+
+
+def refuse_unsupported_sharding(selection: ParameterSelection, *, rows: bool, summaries: bool) -> None:
+    """Refuse what a sharded run cannot record yet, or not as a whole matrix: chosen rows and
+    summaries (each would gather across ranks), and a parameter laid out other than FSDP2's."""
+    if rows or summaries:
+        raise ConfigError(
+            f"{'rows=' if rows else 'summaries='} is not supported for a sharded (FSDP2) model yet: each would gather "
+            "across ranks every step; record whole parameters (params=[...]) and every=N instead"
+        )
+    for name, parameter in selection.parameters.items():
+        if is_dtensor(parameter):
+            check_layout(name, parameter, torch.distributed.get_world_size())
+
+
+def refuse_partitioned_parameters(model: torch.nn.Module) -> None:
+    """Refuse FSDP1's flat parameters and ZeRO-3's partitioned ones: a rank holds a flat or empty
+    tensor there, which zarrec would record as if it were the whole matrix."""
+    fsdp1 = getattr(sys.modules.get("torch.distributed.fsdp"), "FullyShardedDataParallel", None)  # (imported if used)
+    if fsdp1 is not None and any(isinstance(module, fsdp1) for module in model.modules()):
+        raise ConfigError(
+            "the model is wrapped in FSDP1 (FullyShardedDataParallel), whose flat parameters hold no matrix whole; "
+            "shard it with FSDP2 (torch.distributed.fsdp.fully_shard), which zarrec records rank by rank"
+        )
+    partitioned = [name for name, p in model.named_parameters() if hasattr(p, "ds_id") or hasattr(p, "ds_shape")]
+    if partitioned:
+        raise ConfigError(
+            f"{partitioned[0]} is partitioned by DeepSpeed ZeRO-3 (each rank holds an empty or flat part); zarrec "
+            "does not record ZeRO-3: use ZeRO stage 1 or 2, or FSDP2 (fully_shard)"
+        )
 
 
 def _trained(model: torch.nn.Module) -> list[torch.nn.Parameter]:

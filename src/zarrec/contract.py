@@ -239,6 +239,12 @@ def inner_chunk_rows(chunk_steps: int, rows: int, row_bytes: int) -> int:
     return -(-rows // count)
 
 
+def divisor_at_most(n: int, limit: int) -> int:
+    """The largest divisor of ``n`` that is at most ``limit`` (at least 1): the inner chunk rows
+    of a shard that must hold exactly ``n`` rows (a rank's, in a sharded run)."""
+    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
+
+
 # The training thread may wait on the writer for this fraction of a chunk's time before the
 # recorder warns, once, that the writer cannot keep up (naming the rates and the levers).
 SLOW_WRITER_FRACTION = 0.05

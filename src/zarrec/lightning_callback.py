@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from zarrec import shutdown
-from zarrec.capture import ModelRecorder, common_attributes
+from zarrec.capture import ModelRecorder, common_attributes, is_sharded
 from zarrec.errors import ConfigError, MissingDependencyError
 from zarrec.schedule import StepSchedule
 from zarrec.store import StoreLike, store_exists
@@ -74,8 +74,8 @@ class ZarrecLightningCallback(Callback):
         self._stepping = False  # the current batch's optimizer step runs
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero:
-            return  # every other event returns at once while self.capture is None
+        if not trainer.is_global_zero and not is_sharded(pl_module):
+            return  # every other event returns at once while self.capture is None (FSDP2: every rank records its rows)
         if len(trainer.optimizers) != 1:
             raise ConfigError(f"{type(self).__name__} records a module with one optimizer; this one has {len(trainer.optimizers)}")
         (optimizer,) = trainer.optimizers

@@ -11,6 +11,7 @@ written (back-pressure, so memory stays bounded).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import queue
@@ -24,6 +25,7 @@ import torch
 
 from zarrec import contract, shutdown
 from zarrec.errors import ConfigError, RecordError, WriterError, ZarrecWarning
+from zarrec.ranks import Ranks, is_dtensor, rank_rows, sharded
 from zarrec.staging import (
     ALIGNMENT,
     SLABS,
@@ -118,6 +120,11 @@ class Recorder:
             lose below a chunk (partial chunks are re-written when the rest arrives).
         on_error: ``"raise"``: a failed write raises :class:`~zarrec.errors.WriterError` in
             :meth:`record`; ``"warn"``: it warns once, recording stops, training goes on.
+        distributed: a sharded run (FSDP2): every rank creates this Recorder with the same
+            arguments and records the same steps; each stages and writes only its own rows of
+            a DTensor sharded on dim 0 (:mod:`zarrec.ranks`), rank 0 writes every other value
+            whole, creates the store and commits each chunk once every rank has written it
+            (one collective a chunk). Without it a DTensor is refused.
 
     Memory is bounded, however long the run: ``staging_bytes`` of staging (three slabs of a
     chunk, or of a part of one, in the source dtype), and the writer's one part as float32
@@ -150,6 +157,7 @@ class Recorder:
         mantissa_bits: int | None = None,
         flush_every: int | None = None,
         on_error: str = "raise",
+        distributed: bool = False,
     ) -> None:
         if mantissa_bits is not None and not 1 <= mantissa_bits <= 22:
             raise RecordError(f"mantissa_bits must be between 1 and 22 (float32 keeps 23), got {mantissa_bits}")
@@ -187,22 +195,12 @@ class Recorder:
         self._warned_slow = False
         self._stopped = False  # on_error="warn" after a failure
         self._closed = False
-        with _writing(describe(out)), shutdown.signals_stay_with_the_main_thread():
-            if resume_from is None:
-                self._store = RunStore.create(out, attrs=attrs, overwrite=overwrite)
-            else:
-                self._store = RunStore.reopen(out)
-        try:
-            with _writing(self.store_name):
-                if resume_from is None:
-                    for name, (dim, values) in (coords or {}).items():
-                        description = contract.COORD_DESCRIPTIONS.get(name, "")
-                        self._store.write_coordinate(name, dim, np.asarray(values), description)
-                else:
-                    self._continue(resume_from, attrs or {}, coords or {})
-        except BaseException:
-            self._store.release()
-            raise
+        self._ranks = Ranks() if distributed else None
+        self._sharded: set[str] = set()  # variables recorded from DTensors sharded on their rows
+        if self._ranks is None or self._ranks.writes_whole_values:
+            self._open(out, attrs or {}, coords or {}, overwrite, resume_from)
+        else:
+            self._attach(out, resume_from)
         shutdown.register(self)
 
     @property
@@ -269,6 +267,11 @@ class Recorder:
                 f"step {step} is not after the last recorded step {self._last_step}; steps must increase"
             )
         if self._writer is None:
+            if self._ranks is None and (dtensors := [name for name, value in values.items() if is_dtensor(value)]):
+                raise RecordError(
+                    f"{', '.join(dtensors)} {'is a DTensor' if len(dtensors) == 1 else 'are DTensors'} (one rank's part of "
+                    "a sharded tensor); create the Recorder with distributed=True on every rank to record each rank's rows"
+                )
             with _writing(self.store_name):
                 self._start(values)
         for name, value in values.items():
@@ -276,6 +279,8 @@ class Recorder:
                 self._refuse(step, name, value)
             if isinstance(value, torch.Tensor) and value.dtype is not self._staged_dtypes[name]:
                 self._refuse_narrowing(step, name, value.dtype)
+        if self._ranks is not None:
+            values = self._own_parts(step, values)
         # Chunks end on chunk boundaries of the store, also after a flush or a resume.
         rows = self.recorded_rows - self._handed_rows + 1  # in the chunk, with this step
         self._unflushed += 1
@@ -331,6 +336,54 @@ class Recorder:
         except WriterError:
             pass  # the exception in flight is the one to see; the store's status names the writer's
 
+    def _open(self, out: StoreLike, attrs: Mapping[str, Any], coords: Mapping[str, tuple[str, Any]],
+              overwrite: bool, resume_from: int | None) -> None:
+        """Create the store, or reopen it and roll it back to ``resume_from`` (rank 0 of a
+        sharded run, telling the other ranks whether it could)."""
+        try:
+            with _writing(describe(out)), shutdown.signals_stay_with_the_main_thread():
+                if resume_from is None:
+                    self._store = RunStore.create(out, attrs=attrs, overwrite=overwrite)
+                else:
+                    self._store = RunStore.reopen(out)
+            try:
+                with _writing(self.store_name):
+                    if resume_from is None:
+                        for name, (dim, values) in coords.items():
+                            description = contract.COORD_DESCRIPTIONS.get(name, "")
+                            self._store.write_coordinate(name, dim, np.asarray(values), description)
+                    else:
+                        self._continue(resume_from, attrs, coords)
+            except BaseException:
+                self._store.release()
+                raise
+        except BaseException:
+            if self._ranks is not None:
+                self._ranks.agree(False)
+            raise
+        if self._ranks is not None:
+            self._ranks.agree(True)
+
+    def _attach(self, out: StoreLike, resume_from: int | None) -> None:
+        """Another rank than 0 of a sharded run: once rank 0 has the store, open it to write this rank's rows."""
+        if not self._ranks.agree(True):
+            raise ConfigError(f"rank 0 could not open {describe(out)} (its error says why); fix that and start every rank again")
+        self._store = RunStore.attach(out)
+        if resume_from is not None:
+            self._pick_up_layout()
+            self._handed_rows = self._store.rows
+            self._last_step = resume_from
+
+    def _pick_up_layout(self) -> None:
+        """The variables, their shapes and the chunk length of the store, as recorded."""
+        variables = self._store.variables()
+        self._shapes = {name: array.shape[1:] for name, array in variables.items()}
+        steps = self._store.group[contract.STEP]
+        chunk_steps = steps.attrs.get(contract.CHUNK_STEPS_ATTR, steps.chunks[0])  # (earlier stores: one shard a chunk)
+        if self.chunk_steps not in (None, chunk_steps):
+            raise ConfigError(f"{self.store_name} has {chunk_steps} steps per chunk, not {self.chunk_steps}; omit chunk_steps")
+        self.chunk_steps = chunk_steps
+
     def _continue(self, resume_from: int, attrs: Mapping[str, Any], coords: Mapping[str, tuple[str, Any]]) -> None:
         """Check that the run being resumed is the one recorded, and pick up its layout."""
         differences = _attribute_differences(self._store.attrs, attrs)
@@ -343,13 +396,7 @@ class Recorder:
                 f"{self.store_name} was recorded with a different configuration; it differs in "
                 f"{'; '.join(differences)}; resume with the recorded configuration or record into a new store"
             )
-        variables = self._store.variables()
-        self._shapes = {name: array.shape[1:] for name, array in variables.items()}
-        steps = stored[contract.STEP]
-        chunk_steps = steps.attrs.get(contract.CHUNK_STEPS_ATTR, steps.chunks[0])  # (earlier stores: one shard a chunk)
-        if self.chunk_steps not in (None, chunk_steps):
-            raise ConfigError(f"{self.store_name} has {chunk_steps} steps per chunk, not {self.chunk_steps}; omit chunk_steps")
-        self.chunk_steps = chunk_steps
+        self._pick_up_layout()
         self._store.drop_after(resume_from)
         self._handed_rows = self._store.rows
         self._last_step = resume_from
@@ -368,19 +415,69 @@ class Recorder:
             if len(dims) != len(shape):
                 raise RecordError(f"{name} has shape {shape} but dims {dims}; give one dim name per axis")
             layout[name] = (shape, dims, _dtype_name(value), _staging_dtype(value))
+        self._sharded = {name for name, value in values.items() if sharded(value)}
         if self._shapes:
             self._check_resumed(layout)
-        else:
+        elif self._ranks is None:
             self._create_variables(layout)
+        elif self._ranks.writes_whole_values:
+            try:
+                self._create_variables(layout)
+            except BaseException:
+                self._ranks.agree(False)
+                raise
+            self._ranks.agree(True)
+        else:
+            if not self._ranks.agree(True):
+                raise RecordError(f"rank 0 could not create the variables of {self.store_name} (its error says why)")
+            self._pick_up_layout()
         self._uses_cuda = any(isinstance(v, torch.Tensor) and v.is_cuda for v in values.values())
         self._staged_dtypes = {name: layout[name][3] if name in layout else torch.float32 for name in self._shapes}
-        shard_rows = {name: array.shards[1] if array.ndim > 1 else 1 for name, array in self._store.variables().items()}
-        staged = {name: (self._shapes[name], self._staged_dtypes[name], shard_rows[name]) for name in self._shapes}
-        self._parts = plan_parts(staged, self.chunk_steps, self._part_bytes)
+        self._parts = self._plan_staging()
         self._filling = [None] * len(self._parts)
         self._slab_bytes = slab_bytes(self._parts, self.chunk_steps)
         with shutdown.signals_stay_with_the_main_thread():
-            self._writer = ChunkWriter(self._store)
+            self._writer = ChunkWriter(self._store, self._ranks)
+
+    def _plan_staging(self) -> list[list[Piece]]:
+        """How a chunk is staged: every variable (in a sharded run, this rank's rows of the
+        sharded ones, and on rank 0 the others), in parts of at most a slab where it can."""
+        shard_rows = {name: array.shards[1] if array.ndim > 1 else 1 for name, array in self._store.variables().items()}
+        if self._ranks is None:
+            staged = {name: (self._shapes[name], self._staged_dtypes[name], shard_rows[name]) for name in self._shapes}
+            return plan_parts(staged, self.chunk_steps, self._part_bytes)
+        own, staged = {}, {}
+        for name, shape in self._shapes.items():
+            if name in self._sharded:
+                own[name] = self._ranks.own_rows(shape[0])
+                start, stop = own[name]
+                if stop > start:  # (a rank beyond the last row holds none)
+                    staged[name] = ((stop - start, *shape[1:]), self._staged_dtypes[name], stop - start)
+            elif self._ranks.writes_whole_values:
+                staged[name] = (shape, self._staged_dtypes[name], shard_rows[name])
+        parts = plan_parts(staged, self.chunk_steps, self._part_bytes) or [[]]  # every rank takes part in each commit
+        return [
+            [dataclasses.replace(p, start=own[p.name][0], stop=own[p.name][1], local=True) if p.name in own else p for p in part]
+            for part in parts
+        ]
+
+    def _own_parts(self, step: int, values: Mapping[str, Value]) -> dict[str, Value]:
+        """This rank's part of each value: its own rows of a sharded variable (of a DTensor, its
+        local tensor; of a whole tensor, a view of its rows), anything else as it is."""
+        own = {}
+        for name, value in values.items():
+            if is_dtensor(value):
+                if sharded(value) != (name in self._sharded):
+                    raise RecordError(
+                        f"{name} is {'' if sharded(value) else 'not '}sharded on its rows at step {step} but "
+                        f"{'is' if name in self._sharded else 'was not'} in the first step; record each variable in one layout"
+                    )
+                value = self._ranks.local(name, value)
+            elif name in self._sharded and isinstance(value, (torch.Tensor, np.ndarray)):
+                start, stop = self._ranks.own_rows(value.shape[0])
+                value = value[start:stop]
+            own[name] = value
+        return own
 
     def _default_dims(self, name: str, shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, ...]:
         """The dims given for ``name``; else those of the variable it belongs to, ``W`` for
@@ -401,8 +498,14 @@ class Recorder:
         return self._staging_bytes // SLABS
 
     def _create_variables(self, layout: Mapping[str, tuple]) -> None:
-        """Create the arrays; one whose chunk does not fit a slab gets shards of as many rows as fit one."""
-        sizes = [math.prod(shape) for shape, *_ in layout.values()]
+        """Create the arrays; one whose chunk does not fit a slab gets shards of as many rows as fit one
+        (in a sharded run a sharded variable gets shards of each rank's rows, and the sizes are
+        rank 0's share: the most any rank stages)."""
+        world = self._ranks.world if self._ranks is not None else 1
+        rows_of = {name: rank_rows(shape[0], world) for name, (shape, *_) in layout.items() if name in self._sharded}
+        sizes = [
+            rows_of[name] * math.prod(shape[1:]) if name in rows_of else math.prod(shape) for name, (shape, *_) in layout.items()
+        ]
         itemsizes = [dtype.itemsize for *_, dtype in layout.values()]
         if self.chunk_steps is None:
             self.chunk_steps = contract.auto_chunk_steps(sizes, itemsizes, self._part_bytes)
@@ -414,7 +517,7 @@ class Recorder:
             )
         for name, (shape, dims, source_dtype, dtype) in layout.items():
             shard_rows = None
-            if shape and chunk_bytes > self._part_bytes:
+            if shape and chunk_bytes > self._part_bytes and name not in rows_of:
                 row_bytes = math.prod(shape[1:]) * dtype.itemsize
                 shard_rows = max(1, (self._part_bytes - ALIGNMENT) // row_bytes)
             attrs = {contract.SOURCE_DTYPE_ATTR: source_dtype}
@@ -423,7 +526,9 @@ class Recorder:
             if name in contract.DESCRIPTIONS:
                 attrs["description"] = contract.DESCRIPTIONS[name]
             attrs.update(self._variable_attrs.get(name, {}))
-            self._store.create_variable(name, shape, dims, self.chunk_steps, attrs, self._compressor, shard_rows)
+            self._store.create_variable(
+                name, shape, dims, self.chunk_steps, attrs, self._compressor, shard_rows, rank_rows=rows_of.get(name)
+            )
             self._shapes[name] = shape
         self._store.link_coordinates(list(self._shapes))
 

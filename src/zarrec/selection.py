@@ -20,6 +20,7 @@ import torch
 
 from zarrec import contract
 from zarrec.errors import ConfigError
+from zarrec.ranks import is_dtensor
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,10 @@ class ParameterSelection:
 
 
 def _constant(value: float, like: torch.Tensor) -> torch.Tensor:
-    """``value`` in the shape, dtype and device of ``like``, as a stride-0 view of one element."""
+    """``value`` in the shape, dtype and device of ``like``, as a stride-0 view of one element
+    (of a DTensor: one like it, each rank holding its rows, so it is recorded as its rows are)."""
+    if is_dtensor(like):
+        return torch.full_like(like, value)
     return torch.full((), value, dtype=like.dtype, device=like.device).expand(like.shape)
 
 

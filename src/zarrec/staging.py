@@ -38,13 +38,16 @@ class Piece:
     dtype: torch.dtype
     start: int = 0
     stop: int | None = None
+    local: bool = False  # the values given are this piece already (a rank's own rows of a sharded tensor)
 
     def nbytes(self, steps: int) -> int:
         return steps * math.prod(self.shape) * self.dtype.itemsize
 
     def of(self, value: torch.Tensor | np.ndarray | float | int) -> torch.Tensor | np.ndarray | float | int:
         """This piece of a step's ``value`` of the variable (a view)."""
-        return value if self.stop is None or not hasattr(value, "shape") else value[self.start:self.stop]
+        if self.local or self.stop is None or not hasattr(value, "shape"):
+            return value
+        return value[self.start:self.stop]
 
 
 def plan_parts(

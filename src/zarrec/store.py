@@ -116,10 +116,11 @@ class RunStore:
     :meth:`finish`.
     """
 
-    def __init__(self, group: zarr.Group, name: str, lock: StoreLock | None) -> None:
+    def __init__(self, group: zarr.Group, name: str, lock: StoreLock | None, commits: bool = True) -> None:
         self.group = group
         self.name = name
         self._lock = lock
+        self._commits = commits  # False: another rank's part of a sharded run, which rank 0 commits
         self._dim_sizes: dict[str, int] = {}
         self._appender: _Appender | None = None  # opened on the first append or status, by one thread at a time
         self.last_step: int | None = None  # the last committed step
@@ -172,6 +173,20 @@ class RunStore:
             raise
         return store
 
+    @classmethod
+    def attach(cls, out: StoreLike) -> RunStore:
+        """Open the store that rank 0 of a sharded run holds (created, or reopened and rolled
+        back), to write this rank's shards of it: no lock, no metadata; :meth:`commit` only
+        counts the rows that rank 0 commits."""
+        name = describe(out)
+        with _quiet_zarr():
+            group = zarr.open_group(out, mode="r+", zarr_format=3, use_consolidated=False)
+        store = cls(group, name, lock=None, commits=False)
+        if contract.STEP in group:
+            store.steps = group[contract.STEP][:]
+            store.last_step = int(store.steps[-1]) if store.steps.size else None
+        return store
+
     def drop_after(self, step: int) -> None:
         """Drop the committed steps after ``step`` (a reopened store), committing at once: the
         store never shows two histories for one step, even if the resumed run dies at once."""
@@ -202,7 +217,7 @@ class RunStore:
     @property
     def rows(self) -> int:
         """Rows committed so far."""
-        return self._appender.rows if self._appender is not None else 0
+        return self._appender.rows if self._appender is not None else self.steps.size
 
     def _create_step_coordinate(self, chunk_steps: int) -> None:
         """The ``step`` index coordinate, empty: rows are appended with the data. Its
@@ -245,11 +260,13 @@ class RunStore:
         attrs: Mapping[str, Any],
         compressor: Any,
         shard_rows: int | None = None,
+        rank_rows: int | None = None,
     ) -> None:
         """Create an empty float32 array ``(step, *dims)`` in shards of every row (or of
-        ``shard_rows`` rows, rounded down to whole inner chunks) and ``chunk_steps`` steps (a
-        small array: a multiple, :func:`zarrec.contract.shard_steps`), split into inner chunks
-        along its first non-step dim (:func:`zarrec.contract.inner_chunk_rows`).
+        ``shard_rows`` rows, rounded down to whole inner chunks; or of exactly ``rank_rows``,
+        each rank's of a sharded run, in inner chunks of a divisor of it) and ``chunk_steps``
+        steps (a small array: a multiple, :func:`zarrec.contract.shard_steps`), split into
+        inner chunks along its first non-step dim (:func:`zarrec.contract.inner_chunk_rows`).
 
         The first variable also creates the ``step`` coordinate.
         """
@@ -273,7 +290,10 @@ class RunStore:
             rows, *rest = item_shape
             inner_rows = contract.inner_chunk_rows(steps, rows, 4 * math.prod(rest))
             inner = (steps, inner_rows, *rest)
-            if shard_rows is not None and shard_rows < rows:
+            if rank_rows is not None:
+                inner = (steps, contract.divisor_at_most(rank_rows, inner_rows), *rest)
+                shard = (steps, rank_rows, *rest)  # the last rank's may extend past the array's edge
+            elif shard_rows is not None and shard_rows < rows:
                 inner_rows = min(inner_rows, shard_rows)
                 inner = (steps, inner_rows, *rest)
                 shard = (steps, shard_rows // inner_rows * inner_rows, *rest)
@@ -322,8 +342,13 @@ class RunStore:
         sync(self._open_appender().write(values, starts or {}))
 
     def commit(self, steps: np.ndarray) -> None:
-        """Write ``steps`` and commit them: every array's rows written since the last commit."""
-        sync(self._open_appender().commit_steps(steps))
+        """Write ``steps`` and commit them: every array's rows written since the last commit
+        (on another rank than 0 of a sharded run: count them, rank 0 commits)."""
+        appender = self._open_appender()
+        if self._commits:
+            sync(appender.commit_steps(steps))
+        else:
+            appender.advance(appender.rows + len(steps))
         self.last_step = int(steps[-1])
 
     def set_status(
@@ -336,9 +361,10 @@ class RunStore:
         sync(appender.commit(appender.rows if rows is None else rows))
 
     def finish(self, state: str = contract.COMPLETE, reason: str = "closed normally") -> None:
-        """Write the final status, release the lock."""
+        """Write the final status (rank 0 of a sharded run), release the lock."""
         try:
-            self.set_status(state, reason, self.last_step)
+            if self._commits:
+                self.set_status(state, reason, self.last_step)
         finally:
             self.release()
 
@@ -350,7 +376,7 @@ class RunStore:
 
     def _open_appender(self) -> _Appender:
         if self._appender is None:
-            self._appender = sync(_Appender.open(self.group, rows=0))
+            self._appender = sync(_Appender.open(self.group, rows=self.steps.size))
         return self._appender
 
 
@@ -462,6 +488,10 @@ class _Appender:
             shape[0] = rows
         text = json.dumps(self.document, indent=zarr.config.get("json_indent"), allow_nan=True)
         await (self.root.store_path / ZARR_JSON).set(default_buffer_prototype().buffer.from_bytes(text.encode()))
+        self.advance(rows)
+
+    def advance(self, rows: int) -> None:
+        """``rows`` rows are committed now (by this appender, or by rank 0 of a sharded run)."""
         if rows > self.rows:
             self.tails.update(self._written_tails)
         elif rows < self.rows:  # a rollback: the kept shard is read back when next written

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from zarrec.errors import WriterError
+from zarrec.ranks import Ranks
 from zarrec.store import RunStore
 
 
@@ -43,10 +45,16 @@ class Chunk:
 
 
 class ChunkWriter:
-    """Writes :class:`Chunk` objects to a :class:`RunStore` from one daemon thread, in order."""
+    """Writes :class:`Chunk` objects to a :class:`RunStore` from one daemon thread, in order.
 
-    def __init__(self, store: RunStore) -> None:
+    In a sharded run (``ranks``) every rank's writer writes its own shards of a chunk, then the
+    ranks agree that all of them did (one all-reduce a chunk) before rank 0 commits it; a rank
+    that failed makes every rank's writer fail, so none goes on waiting for it.
+    """
+
+    def __init__(self, store: RunStore, ranks: Ranks | None = None) -> None:
         self.store = store
+        self.ranks = ranks
         self.error: BaseException | None = None
         self.written_bytes = 0  # of values (as float32), and the seconds spent writing them
         self.writing_seconds = 0.0
@@ -69,18 +77,26 @@ class ChunkWriter:
         self._thread.join()
 
     def _run(self) -> None:
+        agreeing = self.ranks is not None  # until the ranks have agreed on a failure
         while (chunk := self._queue.get()) is not None:
+            start = time.perf_counter()
             try:
                 if self.error is None:
-                    start = time.perf_counter()
                     values = chunk.values()
                     self.store.write(values, chunk.starts)
-                    if chunk.commits:
-                        self.store.commit(chunk.steps)
-                    self.writing_seconds += time.perf_counter() - start
                     self.written_bytes += sum(v.nbytes for v in values.values())
             except BaseException as exc:  # kept for the producer thread, which raises it
                 self.error = exc
+            try:
+                if chunk.commits and agreeing and not self.ranks.agree(self.error is None):
+                    agreeing = False
+                    self.error = self.error or WriterError(f"another rank could not write its rows of {self.store.name}")
+                if chunk.commits and self.error is None:
+                    self.store.commit(chunk.steps)
+                self.writing_seconds += time.perf_counter() - start
+            except BaseException as exc:
+                agreeing = False  # the group is broken: a rank has gone
+                self.error = self.error or exc
             finally:
                 chunk.release()
                 self._queue.task_done()

@@ -1,0 +1,115 @@
+"""The ranks of a sharded (FSDP2) run: which rows each one records, and their agreement.
+
+Under FSDP2 a parameter, its gradient and its optimizer state are DTensors sharded on dim 0
+over a one-dimensional mesh of every rank: rank ``r`` of ``W`` holds rows
+``r·⌈N/W⌉ … min((r+1)·⌈N/W⌉, N)`` (``torch.chunk``'s split; the last ranks may hold fewer, or
+none). Each rank records its own rows into the store's shards of those rows, so no rank
+ever holds a whole matrix and no two ranks write one shard object. Values that every rank
+has whole (the loss, the learning rate, logits, an unsharded tensor) are written by rank 0.
+
+The ranks talk once per committed chunk, never per step: :meth:`Ranks.agree`, an all-reduce
+on a gloo group of their own (used by the writer threads only, so it never interleaves with
+the training's collectives), after which rank 0 commits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from zarrec.errors import ConfigError, RecordError
+
+try:  # DTensor is public from torch 2.5
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+except ImportError:  # pragma: no cover - a torch built without distributed support
+    DTensor = Replicate = Shard = None
+
+
+def is_dtensor(value: object) -> bool:
+    return DTensor is not None and isinstance(value, DTensor)
+
+
+def rank_rows(rows: int, world: int) -> int:
+    """The rows of every rank's shard but the last ones: ``⌈rows / world⌉``."""
+    return -(-rows // world)
+
+
+class Ranks:
+    """This process's place among the ranks of the default process group, and a gloo group of
+    the recorders' own for agreeing on each chunk. Every rank must create one, in the same order
+    relative to other process groups (it creates one)."""
+
+    def __init__(self) -> None:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ConfigError(
+                "distributed=True records every rank's own rows, but torch.distributed is not initialized; "
+                "call torch.distributed.init_process_group() first (torchrun), or drop distributed=True"
+            )
+        self.rank = dist.get_rank()
+        self.world = dist.get_world_size()
+        self._group = dist.new_group(backend="gloo")  # CPU collectives from the writer thread, whatever the training uses
+
+    @property
+    def writes_whole_values(self) -> bool:
+        """Whether this rank writes the values every rank has whole (rank 0)."""
+        return self.rank == 0
+
+    def agree(self, ok: bool) -> bool:
+        """Whether every rank is ``ok``; every rank must call it, in the same order."""
+        flag = torch.tensor([int(ok)], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self._group)
+        return bool(flag.item())
+
+    def own_rows(self, rows: int) -> tuple[int, int]:
+        """The rows ``(start, stop)`` of a Shard(0) tensor of ``rows`` rows that this rank holds."""
+        per_rank = rank_rows(rows, self.world)
+        start = min(self.rank * per_rank, rows)
+        return start, min(start + per_rank, rows)
+
+    def local(self, name: str, value: DTensor) -> torch.Tensor:
+        """This rank's part of a DTensor value: its own rows of a Shard(0) one, the whole of a
+        replicated one; any other layout is refused (:func:`check_layout`)."""
+        check_layout(name, value, self.world)
+        local = value.to_local()
+        if sharded(value):
+            start, stop = self.own_rows(value.shape[0])
+            if local.shape[0] != stop - start:
+                raise RecordError(
+                    f"{name} holds {local.shape[0]} of its {value.shape[0]} rows on rank {self.rank}, not the "
+                    f"{stop - start} of an even split (torch.chunk, as FSDP2 shards); zarrec records that layout only"
+                )
+        return local
+
+
+def sharded(value: object) -> bool:
+    """Whether ``value`` is a DTensor sharded on its rows."""
+    return is_dtensor(value) and isinstance(value.placements[0], Shard)
+
+
+def check_layout(name: str, value: DTensor, world: int | None) -> None:
+    """Refuse a DTensor that zarrec cannot record as a whole array from its ranks' parts: one
+    on a mesh of more than one dim (HSDP, tensor with data parallel), on fewer ranks than the
+    run's, or sharded on a dim other than 0 (tensor parallel's row-wise split, say)."""
+    mesh, placements = value.device_mesh, value.placements
+    if mesh.ndim != 1:
+        raise ConfigError(
+            f"{name} is a DTensor on a {mesh.ndim}-dimensional device mesh {tuple(mesh.shape)} (HSDP or tensor "
+            "parallel); zarrec records FSDP2's layout only (a 1-D mesh of every rank, Shard(0)): leave it out of params=[...]"
+        )
+    placement = placements[0]
+    if isinstance(placement, Shard) and placement.dim != 0:
+        raise ConfigError(
+            f"{name} is a DTensor sharded on dim {placement.dim} (tensor parallel); zarrec records tensors sharded on "
+            "their rows (dim 0, FSDP2) only: leave it out of params=[...]"
+        )
+    if not isinstance(placement, (Shard, Replicate)):
+        raise ConfigError(
+            f"{name} is a DTensor placed {placement} (a partial sum, not yet reduced); record it after the reduction"
+        )
+    if world is not None and math.prod(mesh.shape) != world:
+        raise ConfigError(
+            f"{name} is a DTensor on {math.prod(mesh.shape)} of the run's {world} ranks; zarrec records tensors "
+            "sharded over every rank (FSDP2 on the whole world) only: leave it out of params=[...]"
+        )
