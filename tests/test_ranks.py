@@ -1,0 +1,166 @@
+"""Sharded (FSDP2) recording: every rank writes its own rows; layouts zarrec cannot record are refused.
+
+The runs are real: torchrun starts 2 CPU processes (gloo) of ``sharded_loop.py``, a plain loop
+over a model wrapped with ``fully_shard``; the refusals use a one-process gloo group.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import xarray as xr
+import zarr
+
+import zarrec
+from zarrec.errors import ConfigError, RecordError
+
+LOOP = Path(__file__).with_name("sharded_loop.py")
+STEPS = 12
+
+
+def run_loop(out: Path, *args: str, ranks: int = 2, check: bool = True) -> subprocess.CompletedProcess:
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--standalone"] if ranks else [sys.executable]
+    result = subprocess.run([*launch, str(LOOP), str(out), "--steps", str(STEPS), *args],
+                            capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sharded") / "two_ranks.zarr"
+    run_loop(out)
+    return out
+
+
+def test_two_fsdp2_ranks_record_the_store_of_one_process_with_their_batch(sharded_run, tmp_path):
+    """Every rank records parameters, gradients and AdamW moments of its own rows (65 and 64 of
+    129), no rank writes another's shard, and the store is that of one process whose batch is
+    both ranks' batches: bitwise at step 0, then within 1e-5 of each variable's largest value
+    (FSDP2 averages the ranks' gradients in another order than one process sums them)."""
+    single = tmp_path / "one.zarr"
+    run_loop(single, ranks=0)
+    two, one = xr.open_zarr(sharded_run).load(), xr.open_zarr(single).load()
+    assert two.attrs["zarrec_status"]["state"] == "complete"
+    np.testing.assert_array_equal(two.step, np.arange(STEPS + 1))
+    assert set(two.data_vars) == set(one.data_vars)
+    tensors = [name for name in two.data_vars if two[name].ndim > 1]
+    assert {"embeddings", "grads", "momentum", "variance", "1.weight", "1.weight.grad", "1.bias.exp_avg_sq"} <= set(tensors)
+    for name in tensors:
+        assert two[name].sizes[two[name].dims[1]] == 129, name
+        assert zarr.open_array(sharded_run / name, mode="r").shards[1] == 65, name  # a shard per rank's rows
+        np.testing.assert_array_equal(two[name][0], one[name][0], err_msg=name)
+        recorded = two[name][1:].values
+        assert np.isfinite(recorded).all(), name  # both ranks' rows at every step
+        scale = np.abs(one[name][1:].values).max()
+        assert np.abs(recorded - one[name][1:].values).max() <= 1e-5 * scale, name
+    np.testing.assert_array_equal(two.lr, one.lr)
+    assert np.isfinite(two.loss[1:]).all()  # rank 0's share of the batch, as under DDP
+    assert two.grad_norm.isnull().all()  # a global norm would be a collective a step: not taken
+
+
+def test_a_rank_killed_leaves_a_contiguous_prefix_and_a_resume_continues_it_bitwise(sharded_run, tmp_path):
+    """kill -9 of rank 1 mid-run: the store holds a contiguous prefix of complete steps; resumed
+    from the last checkpoint it has recorded, the store equals the uninterrupted run's, bit for bit."""
+    out, checkpoints = tmp_path / "killed.zarr", tmp_path / "checkpoints"
+    killed = run_loop(out, "--checkpoints", str(checkpoints), "--die-at", "7", check=False)
+    assert killed.returncode != 0 and "Signal 9 (SIGKILL)" in killed.stderr
+    prefix = xr.open_zarr(out).load()
+    committed = prefix.sizes["step"]
+    assert 4 <= committed <= 8  # whole chunks of 4 steps, none after the kill
+    np.testing.assert_array_equal(prefix.step, np.arange(committed))
+    assert np.isfinite(prefix.embeddings).all() and np.isfinite(prefix["1.weight.grad"][1:]).all()
+    assert prefix.attrs["zarrec_status"]["state"] != "complete"
+
+    run_loop(out, "--checkpoints", str(checkpoints), "--resume")
+    resumed, uninterrupted = xr.open_zarr(out).load(), xr.open_zarr(sharded_run).load()
+    assert resumed.attrs["zarrec_status"]["state"] == "complete" and len(resumed.attrs["zarrec_resumed_after"]) == 1
+    xr.testing.assert_identical(resumed.drop_attrs(), uninterrupted.drop_attrs())
+
+
+@pytest.fixture
+def one_rank():
+    """A one-process gloo group and its 1-D device mesh."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cpu", (1,))
+    finally:
+        dist.destroy_process_group()
+
+
+def model_and_optimizer(layer: torch.nn.Module | None = None):
+    model = torch.nn.Sequential(torch.nn.Embedding(9, 4), layer or torch.nn.Linear(4, 9))
+    model.get_input_embeddings = lambda: model[0]
+    return model, torch.optim.AdamW(model.parameters())
+
+
+def test_a_dtensor_without_distributed_is_refused(one_rank, tmp_path):
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    value = distribute_tensor(torch.ones(9, 4), one_rank, [Shard(0)])
+    with zarrec.Recorder(tmp_path / "r.zarr") as recorder, pytest.raises(RecordError, match="distributed=True on every rank"):
+        recorder.record(1, w=value)
+
+
+def test_distributed_without_a_process_group_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="torch.distributed is not initialized"):
+        zarrec.Recorder(tmp_path / "r.zarr", distributed=True)
+    assert not (tmp_path / "r.zarr").exists()
+
+
+def test_tensor_parallel_sharding_on_another_dim_is_refused(one_rank, tmp_path):
+    from torch.distributed.tensor.parallel import RowwiseParallel, parallelize_module
+
+    model, optimizer = model_and_optimizer()
+    parallelize_module(model, one_rank, {"1": RowwiseParallel()})  # the weight is sharded on dim 1
+    with pytest.raises(ConfigError, match="sharded on dim 1 \\(tensor parallel\\)"):
+        zarrec.ModelRecorder(tmp_path / "r.zarr", model, optimizer, params=["1.weight"])
+    assert not (tmp_path / "r.zarr").exists()
+
+
+def test_a_two_dimensional_mesh_is_refused(one_rank, tmp_path):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model, optimizer = model_and_optimizer()
+    fully_shard(model, mesh=init_device_mesh("cpu", (1, 1), mesh_dim_names=("replicate", "shard")))  # HSDP
+    with pytest.raises(ConfigError, match="2-dimensional device mesh"):
+        zarrec.ModelRecorder(tmp_path / "r.zarr", model, optimizer)
+
+
+def test_fsdp1_flat_parameters_are_refused(one_rank, tmp_path):
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    model, _ = model_and_optimizer()
+    wrapped = FullyShardedDataParallel(model, device_id=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="FSDP1 .*fully_shard"):
+        zarrec.ModelRecorder(tmp_path / "r.zarr", wrapped, torch.optim.AdamW(wrapped.parameters()), params=["*"])
+
+
+def test_zero3_partitioned_parameters_are_refused(tmp_path):
+    """DeepSpeed does not run on this machine; a ZeRO-3 parameter is what it leaves on a rank: an
+    empty tensor carrying the partition's attributes (``ds_id``, ``ds_shape``)."""
+    model, optimizer = model_and_optimizer()
+    model[1].weight.data = torch.empty(0)
+    model[1].weight.ds_id, model[1].weight.ds_shape = 1, (9, 4)
+    with pytest.raises(ConfigError, match="1.weight is partitioned by DeepSpeed ZeRO-3"):
+        zarrec.ModelRecorder(tmp_path / "r.zarr", model, optimizer)
+
+
+@pytest.mark.parametrize("option", [{"rows": [1, 2]}, {"summaries": True}])
+def test_rows_and_summaries_of_a_sharded_model_are_refused(one_rank, tmp_path, option):
+    from torch.distributed.fsdp import fully_shard
+
+    model, optimizer = model_and_optimizer()
+    fully_shard(model, mesh=one_rank)
+    with pytest.raises(ConfigError, match="not supported for a sharded \\(FSDP2\\) model"):
+        zarrec.ModelRecorder(tmp_path / "r.zarr", model, optimizer, **option)
