@@ -18,6 +18,7 @@ import xarray as xr
 import zarr
 
 import zarrec
+from foreign_readers import tensorstore_read
 from zarrec.errors import ConfigError, RecordError
 
 LOOP = Path(__file__).with_name("sharded_loop.py")
@@ -61,6 +62,7 @@ def test_two_fsdp2_ranks_record_the_store_of_one_process_with_their_batch(sharde
         assert np.isfinite(recorded).all(), name  # both ranks' rows at every step
         scale = np.abs(one[name][1:].values).max()
         assert np.abs(recorded - one[name][1:].values).max() <= 1e-5 * scale, name
+        np.testing.assert_array_equal(tensorstore_read(sharded_run, name), two[name].values, err_msg=name)
     np.testing.assert_array_equal(two.lr, one.lr)
     assert np.isfinite(two.loss[1:]).all()  # rank 0's share of the batch, as under DDP
     assert two.grad_norm.isnull().all()  # a global norm would be a collective a step: not taken
