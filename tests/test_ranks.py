@@ -68,11 +68,13 @@ def test_two_fsdp2_ranks_record_the_store_of_one_process_with_their_batch(sharde
     assert two.grad_norm.isnull().all()  # a global norm would be a collective a step: not taken
 
 
-def test_a_rank_killed_leaves_a_contiguous_prefix_and_a_resume_continues_it_bitwise(sharded_run, tmp_path):
-    """kill -9 of rank 1 mid-run: the store holds a contiguous prefix of complete steps; resumed
-    from the last checkpoint it has recorded, the store equals the uninterrupted run's, bit for bit."""
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_rank_killed_leaves_a_contiguous_prefix_and_a_resume_continues_it_bitwise(sharded_run, tmp_path, rank):
+    """kill -9 of a rank mid-run (rank 0 commits, rank 1 only writes its rows): the store holds a
+    contiguous prefix of complete steps; resumed from the last checkpoint it has recorded, the
+    store equals the uninterrupted run's, bit for bit."""
     out, checkpoints = tmp_path / "killed.zarr", tmp_path / "checkpoints"
-    killed = run_loop(out, "--checkpoints", str(checkpoints), "--die-at", "7", check=False)
+    killed = run_loop(out, "--checkpoints", str(checkpoints), "--die-at", "7", "--die-rank", str(rank), check=False)
     assert killed.returncode != 0 and "Signal 9 (SIGKILL)" in killed.stderr
     prefix = xr.open_zarr(out).load()
     committed = prefix.sizes["step"]
@@ -85,6 +87,25 @@ def test_a_rank_killed_leaves_a_contiguous_prefix_and_a_resume_continues_it_bitw
     resumed, uninterrupted = xr.open_zarr(out).load(), xr.open_zarr(sharded_run).load()
     assert resumed.attrs["zarrec_status"]["state"] == "complete" and len(resumed.attrs["zarrec_resumed_after"]) == 1
     xr.testing.assert_identical(resumed.drop_attrs(), uninterrupted.drop_attrs())
+
+
+def test_the_lightning_callback_records_fsdp2_ranks_like_one_process(tmp_path):
+    """ModelParallelStrategy (FSDP2) on 2 CPU processes, started by Lightning: the callback records
+    on every rank, and the store is that of one process whose batch is both ranks' batches."""
+    script = Path(__file__).with_name("sharded_lightning.py")
+    for devices in (2, 1):
+        result = subprocess.run([sys.executable, str(script), str(tmp_path / f"{devices}.zarr"), "--devices", str(devices)],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    two, one = xr.open_zarr(tmp_path / "2.zarr").load(), xr.open_zarr(tmp_path / "1.zarr").load()
+    assert two.attrs["world_size"] == 2 and two.attrs["zarrec_status"]["state"] == "complete"
+    np.testing.assert_array_equal(two.step, np.arange(7))
+    for name in ("embeddings", "grads", "momentum", "variance"):
+        assert zarr.open_array(tmp_path / "2.zarr" / name, mode="r").shards[1] == 65, name
+        np.testing.assert_array_equal(two[name][0], one[name][0], err_msg=name)
+        assert np.isfinite(two[name][1:]).all(), name
+        scale = np.abs(one[name][1:].values).max()
+        assert np.abs(two[name][1:].values - one[name][1:].values).max() <= 1e-5 * scale, name
 
 
 @pytest.fixture
