@@ -108,6 +108,29 @@ def test_the_lightning_callback_records_fsdp2_ranks_like_one_process(tmp_path):
         assert np.abs(two[name][1:].values - one[name][1:].values).max() <= 1e-5 * scale, name
 
 
+def test_ranks_that_do_not_share_the_store_are_refused_in_one_line_each(tmp_path):
+    """A rank that cannot see the store rank 0 created is told to use one store; rank 0, left
+    alone, raises a RankError instead of waiting forever; the store says why it stopped."""
+    script = tmp_path / "apart.py"
+    script.write_text(
+        "import sys, torch.distributed as dist, zarrec\n"
+        "dist.init_process_group('gloo')\n"
+        "rank = dist.get_rank()\n"
+        "try:\n"
+        "    with zarrec.Recorder(sys.argv[1] + f'/rank{rank}/run.zarr', distributed=True) as recorder:\n"
+        "        recorder.record(1, loss=1.0)\n"
+        "except zarrec.ZarrecError as error:\n"
+        "    print(f'rank {rank}: {type(error).__name__}: {error}')\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                             str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("rank ")]
+    assert any(line.startswith("rank 1: ConfigError: rank 1 cannot see") and "one store" in line for line in lines), result.stdout
+    assert any(line.startswith("rank 0: RankError: rank 0 lost the other ranks") for line in lines), result.stdout
+    status = xr.open_zarr(tmp_path / "rank0" / "run.zarr").attrs["zarrec_status"]
+    assert status["state"] == "interrupted" and "RankError" in status["reason"]
+
+
 @pytest.fixture
 def one_rank():
     """A one-process gloo group and its 1-D device mesh."""

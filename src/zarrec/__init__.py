@@ -9,6 +9,7 @@ from zarrec import accessor as _accessor  # noqa: F401  (registers ds.zarrec)
 from zarrec.errors import (
     ConfigError,
     MissingDependencyError,
+    RankError,
     RecordError,
     StoreExistsError,
     StoreLockedError,
@@ -21,6 +22,7 @@ __all__ = [
     "ConfigError",
     "MissingDependencyError",
     "ModelRecorder",
+    "RankError",
     "RecordError",
     "Recorder",
     "StoreExistsError",

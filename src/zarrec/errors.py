@@ -26,6 +26,10 @@ class WriterError(ZarrecError, RuntimeError):
     """The background writer failed to write to the store; the cause is chained."""
 
 
+class RankError(ZarrecError, RuntimeError):
+    """Another rank of a sharded run has failed or gone, so this one cannot go on recording with it."""
+
+
 class MissingDependencyError(ZarrecError, ImportError):
     """An optional dependency (such as matplotlib) is needed for what was asked."""
 

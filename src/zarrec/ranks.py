@@ -19,7 +19,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from zarrec.errors import ConfigError, RecordError
+from zarrec.errors import ConfigError, RankError, RecordError
 
 try:  # DTensor is public from torch 2.5
     from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -59,7 +59,13 @@ class Ranks:
     def agree(self, ok: bool) -> bool:
         """Whether every rank is ``ok``; every rank must call it, in the same order."""
         flag = torch.tensor([int(ok)], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self._group)
+        try:
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self._group)
+        except RuntimeError as error:  # gloo: a peer closed its connection
+            raise RankError(
+                f"rank {self.rank} lost the other ranks ({str(error).splitlines()[0][:200]}); the store keeps every "
+                "committed step: see the failed rank's error, then resume"
+            ) from error
         return bool(flag.item())
 
     def own_rows(self, rows: int) -> tuple[int, int]:

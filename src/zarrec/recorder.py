@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import zarr
 
 from zarrec import contract, shutdown
 from zarrec.errors import ConfigError, RecordError, WriterError, ZarrecWarning
@@ -200,7 +201,7 @@ class Recorder:
         if self._ranks is None or self._ranks.writes_whole_values:
             self._open(out, attrs or {}, coords or {}, overwrite, resume_from)
         else:
-            self._attach(out, resume_from)
+            self._attach(out)
         shutdown.register(self)
 
     @property
@@ -364,15 +365,24 @@ class Recorder:
         if self._ranks is not None:
             self._ranks.agree(True)
 
-    def _attach(self, out: StoreLike, resume_from: int | None) -> None:
-        """Another rank than 0 of a sharded run: once rank 0 has the store, open it to write this rank's rows."""
+    def _attach(self, out: StoreLike) -> None:
+        """Another rank than 0 of a sharded run: once rank 0 has the store, open it to write this
+        rank's rows. Whether the recording resumes, and after which step, is rank 0's to say (a
+        rank that looked for the store itself might have seen the one rank 0 had just created)."""
         if not self._ranks.agree(True):
             raise ConfigError(f"rank 0 could not open {describe(out)} (its error says why); fix that and start every rank again")
-        self._store = RunStore.attach(out)
-        if resume_from is not None:
+        try:
+            self._store = RunStore.attach(out)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
+            raise ConfigError(
+                f"rank {self._ranks.rank} cannot see {describe(out)}, which rank 0 created: every rank must record into "
+                "one store (a shared file system, or S3)"
+            ) from error
+        resumed = self._store.group.attrs.get(contract.RESUMED_ATTR)
+        if contract.STEP in self._store.group and resumed:  # rank 0 reopened it (a new one has no steps yet)
             self._pick_up_layout()
             self._handed_rows = self._store.rows
-            self._last_step = resume_from
+            self._last_step = resumed[-1]
 
     def _pick_up_layout(self) -> None:
         """The variables, their shapes and the chunk length of the store, as recorded."""
