@@ -34,7 +34,8 @@ class ZarrecCallback(TrainerCallback):
     (:mod:`zarrec.contract`): by default the input embedding as ``embeddings``, ``grads``
     and, with AdamW, ``momentum`` and ``variance``; then ``logits``, ``loss`` and ``lr``,
     labelled by the Trainer's ``global_step``; step 0 is the initial state. Only the main
-    process writes.
+    process writes, but under FSDP2 (DTensor parameters) every rank writes its own rows
+    (:mod:`zarrec.ranks`).
 
     Args:
         out: path, fsspec URL or Zarr store to create.

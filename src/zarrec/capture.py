@@ -19,6 +19,10 @@ optimizer's state, and the scalars of :data:`STEP_SCALARS`: ``loss``, ``lr``, th
 gradient norm before and after clipping; the training logits and a probe's logits when
 there are. Step 0, kept when recording starts, is the initial state. Nothing here calls
 ``.item()`` or copies to the host: the recorder's staging copy is the only transfer.
+
+Under FSDP2 (the model's parameters are DTensors) it is created on every rank: each records
+its own rows, rank 0 the rest (:mod:`zarrec.ranks`); the global gradient norms are NaN there
+(each would be a collective a step).
 """
 
 from __future__ import annotations
