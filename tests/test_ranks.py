@@ -89,6 +89,21 @@ def test_a_rank_killed_leaves_a_contiguous_prefix_and_a_resume_continues_it_bitw
     xr.testing.assert_identical(resumed.drop_attrs(), uninterrupted.drop_attrs())
 
 
+def test_resuming_on_another_number_of_ranks_is_refused(tmp_path):
+    """A store recorded by one process has shards of all 129 rows; two ranks cannot each write
+    their rows of them, so resuming it sharded is refused, naming the number of ranks, and the
+    recorded steps stay."""
+    out, checkpoints = tmp_path / "one.zarr", tmp_path / "checkpoints"
+    run_loop(out, "--checkpoints", str(checkpoints), "--steps", "8", ranks=0)  # then resumed to STEPS
+    recorded = xr.open_zarr(out).load()
+    refused = run_loop(out, "--checkpoints", str(checkpoints), "--resume", check=False)
+    assert refused.returncode != 0
+    assert "not the 65 each of this run's 2 ranks holds: resume it on as many ranks as recorded it (1)" in refused.stderr
+    resumed = xr.open_zarr(out).load()
+    assert resumed.sizes["step"] == 9  # rolled back to the checkpoint at step 8: nothing lost
+    xr.testing.assert_identical(resumed.drop_attrs(), recorded.drop_attrs().isel(step=slice(0, resumed.sizes["step"])))
+
+
 def test_the_lightning_callback_records_fsdp2_ranks_like_one_process(tmp_path):
     """ModelParallelStrategy (FSDP2) on 2 CPU processes, started by Lightning: the callback records
     on every rank, and the store is that of one process whose batch is both ranks' batches."""

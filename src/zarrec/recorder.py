@@ -428,6 +428,7 @@ class Recorder:
         self._sharded = {name for name, value in values.items() if sharded(value)}
         if self._shapes:
             self._check_resumed(layout)
+            self._check_rank_shards()
         elif self._ranks is None:
             self._create_variables(layout)
         elif self._ranks.writes_whole_values:
@@ -552,6 +553,20 @@ class Recorder:
                 raise ConfigError(
                     f"{name} is {source_dtype} {shape} but {self.store_name} recorded it as {recorded} "
                     f"{self._shapes[name]}; resume with the recorded model and dtype"
+                )
+
+    def _check_rank_shards(self) -> None:
+        """Refuse to resume a store whose shards do not split a sharded variable at this run's
+        rank boundaries (recorded on another number of ranks): two ranks would write one shard."""
+        world = self._ranks.world if self._ranks is not None else 1
+        variables = self._store.variables()
+        for name in self._sharded:
+            rows, recorded = self._shapes[name][0], variables[name].shards[1]
+            if recorded != rank_rows(rows, world):
+                raise ConfigError(
+                    f"{self.store_name} stores {name} in shards of {recorded} of its {rows} rows, not the "
+                    f"{rank_rows(rows, world)} each of this run's {world} ranks holds: resume it on as many ranks as "
+                    f"recorded it ({-(-rows // recorded)}), or record into a new store"
                 )
 
     def _refuse(self, step: int, name: str, value: Value) -> None:
