@@ -1,14 +1,15 @@
 """A plain training loop recorded with zarrec, on one process or sharded by FSDP2 over the ranks
 that torchrun starts (gloo, CPU): the tests of zarrec.ranks run it as a real subprocess.
 
-    python sharded_loop.py OUT --steps N [--checkpoints DIR] [--die-at STEP --die-rank R] [--resume]
+    python sharded_loop.py OUT --steps N [--checkpoints DIR] [--die-at STEP --die-rank R] [--raise-at STEP] [--resume]
 
 The model is an embedding of 129 rows (odd: uneven shards, 65 and 64) and a linear head;
 step t's global batch comes from a generator seeded with t, and rank r of W trains on its
 r-th slice of it, so one process trains on every rank's batch. With ``--checkpoints`` the
 model and optimizer are saved (torch.distributed.checkpoint) after every second step;
 ``--resume`` continues from the newest checkpoint the store has recorded up to. ``--die-at``:
-rank ``--die-rank`` kills itself with SIGKILL after that step.
+rank ``--die-rank`` kills itself with SIGKILL after that step; ``--raise-at``: rank 1 raises an
+exception after that step (the other ranks train on).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path)
     parser.add_argument("--die-at", type=int)
     parser.add_argument("--die-rank", type=int, default=1)
+    parser.add_argument("--raise-at", type=int)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     model = build()
@@ -89,6 +91,8 @@ def main() -> None:
                 dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=args.checkpoints / str(step))
             if step == args.die_at and rank == args.die_rank:
                 os.kill(os.getpid(), signal.SIGKILL)
+            if step == args.raise_at and rank == 1:
+                raise RuntimeError(f"rank 1 fails after step {step}")
     if world > 1:
         dist.destroy_process_group()
 

@@ -89,6 +89,18 @@ def test_a_rank_killed_leaves_a_contiguous_prefix_and_a_resume_continues_it_bitw
     xr.testing.assert_identical(resumed.drop_attrs(), uninterrupted.drop_attrs())
 
 
+def test_an_exception_on_one_rank_ends_every_rank_with_the_committed_steps(tmp_path):
+    """Rank 1 raises mid-chunk while rank 0 trains on: no rank waits forever for the others to
+    agree on a partial chunk; the store keeps the committed steps and says why it stopped."""
+    out = tmp_path / "failed.zarr"
+    failed = run_loop(out, "--raise-at", "6", check=False)
+    assert failed.returncode != 0 and "rank 1 fails after step 6" in failed.stderr
+    store = xr.open_zarr(out).load()
+    np.testing.assert_array_equal(store.step, np.arange(4))  # the chunk of steps 0..3; 4..6 were not all agreed on
+    assert np.isfinite(store.embeddings).all()
+    assert store.attrs["zarrec_status"]["state"] == "interrupted"
+
+
 def test_resuming_on_another_number_of_ranks_is_refused(tmp_path):
     """A store recorded by one process has shards of all 129 rows; two ranks cannot each write
     their rows of them, so resuming it sharded is refused, naming the number of ranks, and the

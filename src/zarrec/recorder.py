@@ -132,7 +132,8 @@ class Recorder:
     and compressed; when every slab is still being written, :meth:`record` waits for one
     (back-pressure).
 
-    What survives a crash: every committed chunk. ``kill -9`` loses the steps not yet
+    What survives a crash: every committed chunk (in a sharded run, a rank that stops early
+    writes no partial chunk: the steps after the last commit are lost, as after ``kill -9``). ``kill -9`` loses the steps not yet
     committed: the chunk being filled and any chunk still queued for the writer (in
     steady state less than two chunks; ``flush_every`` bounds it further). On SIGTERM,
     SIGINT (``KeyboardInterrupt``), an exception through the ``with`` block, or an
@@ -317,7 +318,9 @@ class Recorder:
         shutdown.unregister(self)
         try:
             if self._writer is not None:
-                if self._writer.error is None:
+                # A rank of a sharded run that stops early writes no partial chunk: the other
+                # ranks, at other steps or still training, would never agree on it.
+                if self._writer.error is None and (self._ranks is None or reason is None):
                     self._submit_partial_chunk()
                 self._writer.close()
         finally:
