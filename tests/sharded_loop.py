@@ -3,7 +3,8 @@ that torchrun starts (gloo, CPU): the tests of zarrec.ranks run it as a real sub
 
     python sharded_loop.py OUT --steps N [--checkpoints DIR] [--die-at STEP --die-rank R] [--raise-at STEP] [--resume]
 
-The model is an embedding of 129 rows (odd: uneven shards, 65 and 64) and a linear head;
+The model is an embedding of 129 rows (odd: uneven shards, 65 and 64) and a linear head,
+trained with AdamW, gradients clipped at a norm of 0.5;
 step t's global batch comes from a generator seeded with t, and rank r of W trains on its
 r-th slice of it, so one process trains on every rank's batch. With ``--checkpoints`` the
 model and optimizer are saved (torch.distributed.checkpoint) after every second step;
@@ -80,6 +81,8 @@ def main() -> None:
             logits = model(tokens)
             loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, ROWS), tokens[:, 1:].reshape(-1))
             loss.backward()
+            recorder.before_clipping()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
             optimizer.step()
             recorder.step(loss=loss)
             optimizer.zero_grad()

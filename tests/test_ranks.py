@@ -65,7 +65,9 @@ def test_two_fsdp2_ranks_record_the_store_of_one_process_with_their_batch(sharde
         np.testing.assert_array_equal(tensorstore_read(sharded_run, name), two[name].values, err_msg=name)
     np.testing.assert_array_equal(two.lr, one.lr)
     assert np.isfinite(two.loss[1:]).all()  # rank 0's share of the batch, as under DDP
-    assert two.grad_norm.isnull().all()  # a global norm would be a collective a step: not taken
+    for name in ("grad_norm", "grad_norm_before_clipping"):  # summed over the ranks once a chunk
+        np.testing.assert_allclose(two[name][1:], one[name][1:], rtol=1e-5, err_msg=name)
+    assert (two.grad_norm_before_clipping[1:] > 0.5).any() and (two.grad_norm[1:] <= 0.5 * (1 + 1e-5)).all()
 
 
 @pytest.mark.parametrize("rank", [0, 1])

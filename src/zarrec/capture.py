@@ -21,8 +21,8 @@ there are. Step 0, kept when recording starts, is the initial state. Nothing her
 ``.item()`` or copies to the host: the recorder's staging copy is the only transfer.
 
 Under FSDP2 (the model's parameters are DTensors) it is created on every rank: each records
-its own rows, rank 0 the rest (:mod:`zarrec.ranks`); the global gradient norms are NaN there
-(each would be a collective a step).
+its own rows, rank 0 the rest (:mod:`zarrec.ranks`); the global gradient norms are summed over
+the ranks once a chunk.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import torch
 from zarrec import contract
 from zarrec.errors import ConfigError
 from zarrec.probe import Probe
-from zarrec.ranks import check_layout, is_dtensor
+from zarrec.ranks import check_layout, is_dtensor, sharded
 from zarrec.recorder import Recorder, Value
 from zarrec.row_statistics import RowStatistics
 from zarrec.schedule import StepSchedule
@@ -182,6 +182,7 @@ class ModelRecorder:
             resume_from=(resume_from or -1) if resume_from is not None else None,  # from step 0 nothing is kept
             mantissa_bits=mantissa_bits, staging_bytes=staging_bytes, flush_every=flush_every, on_error=on_error,
             distributed=self.sharded,
+            norms_over_ranks=(contract.GRAD_NORM, contract.GRAD_NORM_BEFORE_CLIPPING) if self.sharded else (),
         )
         self.last_step = initial_step
         self.steps = steps
@@ -237,8 +238,7 @@ class ModelRecorder:
         """The gradients are accumulated, not yet clipped: keep their global norm, and the
         learning rate the step will use."""
         if self.wants(self.last_step + 1):
-            if not self.sharded:  # (a norm over every rank's rows would be a collective a step)
-                self._step.grad_norm_before_clipping = _global_norm([p.grad for p in _trained(self.model)])
+            self._step.grad_norm_before_clipping = self._gradient_norm()
             self._keep_lr()
 
     def gradients_used(self) -> None:
@@ -249,8 +249,7 @@ class ModelRecorder:
             return
         if self.selection.wants_grads():
             self._step.grads = self.selection.grads()
-        if not self.sharded:
-            self._step.grad_norm = _global_norm([p.grad for p in _trained(self.model)])
+        self._step.grad_norm = self._gradient_norm()
         self._keep_lr()
 
     def end_step(self, step: int, **values: Value) -> None:
@@ -383,7 +382,20 @@ class ModelRecorder:
 
     def _norm_before_clipping(self) -> None:
         self._norm_queued = False
-        self._step.grad_norm_before_clipping = _global_norm([p.grad for p in _trained(self.model)])
+        self._step.grad_norm_before_clipping = self._gradient_norm()
+
+    def _gradient_norm(self) -> torch.Tensor:
+        """The global gradient norm; under FSDP2 this rank's share of its square (its own rows,
+        and on rank 0 every unsharded gradient): the recorder sums the shares over the ranks
+        once a chunk, never a step."""
+        grads = [p.grad for p in _trained(self.model)]
+        if not self.sharded:
+            return _global_norm(grads)
+        rank, own = torch.distributed.get_rank(), []
+        for grad in grads:
+            if grad is not None and (sharded(grad) or rank == 0):
+                own.append(grad.to_local() if is_dtensor(grad) else grad)
+        return _global_norm(own).square() if own else torch.zeros(())
 
     def _refuse_a_gap(self, resume_step: int) -> None:
         """Refuse to resume after a checkpoint that is newer than the store's last commit."""

@@ -9,13 +9,16 @@ has whole (the loss, the learning rate, logits, an unsharded tensor) are written
 
 The ranks talk once per committed chunk, never per step: :meth:`Ranks.agree`, an all-reduce
 on a gloo group of their own (used by the writer threads only, so it never interleaves with
-the training's collectives), after which rank 0 commits.
+the training's collectives), after which rank 0 commits. The same all-reduce sums what is
+recorded as a norm over every rank's rows (the global gradient norms): each rank records the
+sum of squares of its own part, ``Σ_r ‖x_r‖²``, and rank 0 stores ``√Σ``.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -58,15 +61,21 @@ class Ranks:
 
     def agree(self, ok: bool) -> bool:
         """Whether every rank is ``ok``; every rank must call it, in the same order."""
-        flag = torch.tensor([int(ok)], dtype=torch.int32)
+        return self.agree_summing(ok, np.zeros(0))[0]
+
+    def agree_summing(self, ok: bool, addends: np.ndarray) -> tuple[bool, np.ndarray]:
+        """Whether every rank is ``ok``, and the sum over ranks of each rank's ``addends`` (of
+        one shape on every rank), in float64, in one all-reduce; every rank must call it, in the same order."""
+        addends = np.asarray(addends, dtype=np.float64)
+        summed = torch.from_numpy(np.concatenate([[0.0 if ok else 1.0], addends.ravel()]))
         try:
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self._group)
+            dist.all_reduce(summed, op=dist.ReduceOp.SUM, group=self._group)
         except RuntimeError as error:  # gloo: a peer closed its connection
             raise RankError(
                 f"rank {self.rank} lost the other ranks ({str(error).splitlines()[0][:200]}); the store keeps every "
                 "committed step: see the failed rank's error, then resume"
             ) from error
-        return bool(flag.item())
+        return bool(summed[0] == 0), summed[1:].numpy().reshape(addends.shape)
 
     def own_rows(self, rows: int) -> tuple[int, int]:
         """The rows ``(start, stop)`` of a Shard(0) tensor of ``rows`` rows that this rank holds."""

@@ -126,6 +126,9 @@ class Recorder:
             a DTensor sharded on dim 0 (:mod:`zarrec.ranks`), rank 0 writes every other value
             whole, creates the store and commits each chunk once every rank has written it
             (one collective a chunk). Without it a DTensor is refused.
+        norms_over_ranks: with ``distributed``, variables whose value on each rank is the sum
+            of squares of that rank's part of something sharded (``Σ‖x_r‖²``); the store holds
+            the norm over every rank, ``√Σ_r``, summed in the same collective.
 
     Memory is bounded, however long the run: ``staging_bytes`` of staging (three slabs of a
     chunk, or of a part of one, in the source dtype), and the writer's one part as float32
@@ -160,6 +163,7 @@ class Recorder:
         flush_every: int | None = None,
         on_error: str = "raise",
         distributed: bool = False,
+        norms_over_ranks: tuple[str, ...] = (),
     ) -> None:
         if mantissa_bits is not None and not 1 <= mantissa_bits <= 22:
             raise RecordError(f"mantissa_bits must be between 1 and 22 (float32 keeps 23), got {mantissa_bits}")
@@ -170,6 +174,8 @@ class Recorder:
             raise RecordError(f"staging_bytes must be positive, got {staging_bytes}")
         if on_error not in ("raise", "warn"):
             raise RecordError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
+        if norms_over_ranks and not distributed:
+            raise RecordError("norms_over_ranks sums over the ranks of a sharded run: pass distributed=True too")
         if overwrite and resume_from is not None:
             raise RecordError("overwrite and resume_from exclude each other: replace the store or continue it")
         self.chunk_steps = chunk_steps
@@ -199,6 +205,7 @@ class Recorder:
         self._closed = False
         self._ranks = Ranks() if distributed else None
         self._sharded: set[str] = set()  # variables recorded from DTensors sharded on their rows
+        self._norms_over_ranks = tuple(sorted(norms_over_ranks))  # (in one order on every rank)
         if self._ranks is None or self._ranks.writes_whole_values:
             self._open(out, attrs or {}, coords or {}, overwrite, resume_from)
         else:
@@ -451,7 +458,7 @@ class Recorder:
         self._filling = [None] * len(self._parts)
         self._slab_bytes = slab_bytes(self._parts, self.chunk_steps)
         with shutdown.signals_stay_with_the_main_thread():
-            self._writer = ChunkWriter(self._store, self._ranks)
+            self._writer = ChunkWriter(self._store, self._ranks, self._norms_over_ranks)
 
     def _plan_staging(self) -> list[list[Piece]]:
         """How a chunk is staged: every variable (in a sharded run, this rank's rows of the
@@ -467,7 +474,7 @@ class Recorder:
                 start, stop = own[name]
                 if stop > start:  # (a rank beyond the last row holds none)
                     staged[name] = ((stop - start, *shape[1:]), self._staged_dtypes[name], stop - start)
-            elif self._ranks.writes_whole_values:
+            elif self._ranks.writes_whole_values or name in self._norms_over_ranks:
                 staged[name] = (shape, self._staged_dtypes[name], shard_rows[name])
         parts = plan_parts(staged, self.chunk_steps, self._part_bytes) or [[]]  # every rank takes part in each commit
         return [

@@ -49,12 +49,15 @@ class ChunkWriter:
 
     In a sharded run (``ranks``) every rank's writer writes its own shards of a chunk, then the
     ranks agree that all of them did (one all-reduce a chunk) before rank 0 commits it; a rank
-    that failed makes every rank's writer fail, so none goes on waiting for it.
+    that failed makes every rank's writer fail, so none goes on waiting for it. The values of
+    ``norms_over_ranks`` are each rank's sums of squares: held back until that all-reduce has
+    summed them over the ranks, then written by rank 0 as their square roots.
     """
 
-    def __init__(self, store: RunStore, ranks: Ranks | None = None) -> None:
+    def __init__(self, store: RunStore, ranks: Ranks | None = None, norms_over_ranks: tuple[str, ...] = ()) -> None:
         self.store = store
         self.ranks = ranks
+        self.norms_over_ranks = norms_over_ranks
         self.error: BaseException | None = None
         self.written_bytes = 0  # of values (as float32), and the seconds spent writing them
         self.writing_seconds = 0.0
@@ -78,25 +81,37 @@ class ChunkWriter:
 
     def _run(self) -> None:
         agreeing = self.ranks is not None  # until the ranks have agreed on a failure
+        squares: dict[str, np.ndarray] = {}  # of norms_over_ranks, held until the chunk commits
         while (chunk := self._queue.get()) is not None:
             start = time.perf_counter()
             try:
                 if self.error is None:
                     values = chunk.values()
+                    squares.update({name: np.array(values.pop(name)) for name in self.norms_over_ranks if name in values})
                     self.store.write(values, chunk.starts)
                     self.written_bytes += sum(v.nbytes for v in values.values())
             except BaseException as exc:  # kept for the producer thread, which raises it
                 self.error = exc
             try:
-                if chunk.commits and agreeing and not self.ranks.agree(self.error is None):
-                    agreeing = False
-                    self.error = self.error or WriterError(f"another rank could not write its rows of {self.store.name}")
+                norms = {}
+                if chunk.commits and agreeing:
+                    rows = len(chunk.steps)
+                    held = np.array([squares.get(name, np.zeros(rows)) for name in self.norms_over_ranks])
+                    ok, sums = self.ranks.agree_summing(self.error is None, held.reshape(len(self.norms_over_ranks), rows))
+                    norms = {name: np.sqrt(total).astype(np.float32) for name, total in zip(self.norms_over_ranks, sums)}
+                    if not ok:
+                        agreeing = False
+                        self.error = self.error or WriterError(f"another rank could not write its rows of {self.store.name}")
                 if chunk.commits and self.error is None:
+                    if norms and self.ranks.writes_whole_values:
+                        self.store.write(norms)
                     self.store.commit(chunk.steps)
                 self.writing_seconds += time.perf_counter() - start
             except BaseException as exc:
                 agreeing = False  # the group is broken: a rank has gone
                 self.error = self.error or exc
             finally:
+                if chunk.commits:
+                    squares.clear()
                 chunk.release()
                 self._queue.task_done()
