@@ -192,6 +192,12 @@ def test_distributed_without_a_process_group_is_refused(tmp_path):
     assert not (tmp_path / "r.zarr").exists()
 
 
+def test_norms_over_ranks_without_distributed_are_refused(tmp_path):
+    with pytest.raises(RecordError, match="pass distributed=True too"):
+        zarrec.Recorder(tmp_path / "r.zarr", norms_over_ranks=("grad_norm",))
+    assert not (tmp_path / "r.zarr").exists()
+
+
 def test_tensor_parallel_sharding_on_another_dim_is_refused(one_rank, tmp_path):
     from torch.distributed.tensor.parallel import RowwiseParallel, parallelize_module
 
