@@ -70,6 +70,15 @@ def test_two_fsdp2_ranks_record_the_store_of_one_process_with_their_batch(sharde
     assert (two.grad_norm_before_clipping[1:] > 0.5).any() and (two.grad_norm[1:] <= 0.5 * (1 + 1e-5)).all()
 
 
+def test_two_ranks_record_into_one_s3_store(sharded_run, s3_bucket):
+    """Every rank writes its shards straight to S3 (the loopback server); no lock, no shared disk."""
+    url = f"{s3_bucket}/two_ranks.zarr"
+    run_loop(url)
+    remote, local = xr.open_zarr(url).load(), xr.open_zarr(sharded_run).load()
+    assert remote.attrs["zarrec_status"]["state"] == "complete"
+    xr.testing.assert_identical(remote.drop_attrs(), local.drop_attrs())
+
+
 @pytest.mark.parametrize("rank", [0, 1])
 def test_a_rank_killed_leaves_a_contiguous_prefix_and_a_resume_continues_it_bitwise(sharded_run, tmp_path, rank):
     """kill -9 of a rank mid-run (rank 0 commits, rank 1 only writes its rows): the store holds a
