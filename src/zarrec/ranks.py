@@ -83,24 +83,23 @@ class Ranks:
         start = min(self.rank * per_rank, rows)
         return start, min(start + per_rank, rows)
 
-    def local(self, name: str, value: DTensor) -> torch.Tensor:
-        """This rank's part of a DTensor value: its own rows of a Shard(0) one, the whole of a
-        replicated one; any other layout is refused (:func:`check_layout`)."""
+    def check(self, name: str, value: DTensor) -> None:
+        """Refuse a DTensor whose part on this rank is not its own rows of a Shard(0) layout (as
+        FSDP2 splits them) or the whole of a replicated one (:func:`check_layout`); then its
+        local tensor is the part to record."""
         check_layout(name, value, self.world)
-        local = value.to_local()
         if sharded(value):
             start, stop = self.own_rows(value.shape[0])
-            if local.shape[0] != stop - start:
+            if value.to_local().shape[0] != stop - start:
                 raise RecordError(
-                    f"{name} holds {local.shape[0]} of its {value.shape[0]} rows on rank {self.rank}, not the "
+                    f"{name} holds {value.to_local().shape[0]} of its {value.shape[0]} rows on rank {self.rank}, not the "
                     f"{stop - start} of an even split (torch.chunk, as FSDP2 shards); zarrec records that layout only"
                 )
-        return local
 
 
 def sharded(value: object) -> bool:
-    """Whether ``value`` is a DTensor sharded on its rows."""
-    return is_dtensor(value) and isinstance(value.placements[0], Shard)
+    """Whether ``value`` is a DTensor sharded on its rows (dim 0)."""
+    return is_dtensor(value) and isinstance(value.placements[0], Shard) and value.placements[0].dim == 0
 
 
 def check_layout(name: str, value: DTensor, world: int | None) -> None:

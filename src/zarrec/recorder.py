@@ -436,6 +436,9 @@ class Recorder:
                 raise RecordError(f"{name} has shape {shape} but dims {dims}; give one dim name per axis")
             layout[name] = (shape, dims, _dtype_name(value), _staging_dtype(value))
         self._sharded = {name for name, value in values.items() if sharded(value)}
+        for name, value in values.items():  # (once: a variable keeps its layout, refused if not)
+            if is_dtensor(value):
+                self._ranks.check(name, value)
         if self._shapes:
             self._check_resumed(layout)
             self._check_rank_shards()
@@ -493,7 +496,7 @@ class Recorder:
                         f"{name} is {'' if sharded(value) else 'not '}sharded on its rows at step {step} but "
                         f"{'is' if name in self._sharded else 'was not'} in the first step; record each variable in one layout"
                     )
-                value = self._ranks.local(name, value)
+                value = value.to_local()
             elif name in self._sharded and isinstance(value, (torch.Tensor, np.ndarray)):
                 start, stop = self._ranks.own_rows(value.shape[0])
                 value = value[start:stop]
