@@ -17,6 +17,7 @@ sum of squares of its own part, ``Σ_r ‖x_r‖²``, and rank 0 stores ``√Σ`
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -53,6 +54,12 @@ class Ranks:
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
         self._group = dist.new_group(backend="gloo")  # CPU collectives from the writer thread, whatever the training uses
+
+    @property
+    def on_this_host(self) -> int:
+        """How many ranks run on this host (torchrun's ``LOCAL_WORLD_SIZE``; else all of them):
+        they share its memory, so each stages a part of the default budget."""
+        return int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
 
     @property
     def writes_whole_values(self) -> bool:

@@ -106,7 +106,8 @@ class Recorder:
         attrs: run attributes (hyperparameters) stored on the group.
         compressor: a Zarr v3 bytes-to-bytes codec; default Blosc zstd-3 + bit-shuffle.
         staging_bytes: the host memory the training thread stages steps in (pinned on CUDA),
-            at most; default :data:`zarrec.contract.STAGING_BYTES`. A chunk that does not fit a
+            at most; default :data:`zarrec.contract.STAGING_BYTES`, shared by the ranks of one
+            host in a sharded run (each gets its part: ``LOCAL_WORLD_SIZE``). A chunk that does not fit a
             third of it is staged a part at a time (the store's large arrays are then sharded
             along their rows to match), each written as soon as it is copied.
         overwrite: replace an existing store at ``out``.
@@ -182,7 +183,8 @@ class Recorder:
         self._dims = dict(dims or {})
         self._variable_attrs: dict[str, dict[str, Any]] = {}
         self._compressor = compressor or contract.default_compressor()
-        self._staging_bytes = staging_bytes or contract.STAGING_BYTES
+        self._ranks = Ranks() if distributed else None
+        self._staging_bytes = staging_bytes or contract.STAGING_BYTES // (self._ranks.on_this_host if self._ranks else 1)
         self._flush_every = flush_every
         self._mantissa_bits = mantissa_bits
         self._on_error = on_error
@@ -203,7 +205,6 @@ class Recorder:
         self._warned_slow = False
         self._stopped = False  # on_error="warn" after a failure
         self._closed = False
-        self._ranks = Ranks() if distributed else None
         self._sharded: set[str] = set()  # variables recorded from DTensors sharded on their rows
         self._norms_over_ranks = tuple(sorted(norms_over_ranks))  # (in one order on every rank)
         if self._ranks is None or self._ranks.writes_whole_values:
