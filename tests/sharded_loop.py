@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--die-at", type=int)
     parser.add_argument("--die-rank", type=int, default=1)
     parser.add_argument("--raise-at", type=int)
+    parser.add_argument("--chunk-steps", type=int, default=4)
+    parser.add_argument("--staging-bytes", type=int)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     model = build()
@@ -72,8 +74,8 @@ def main() -> None:
         dcp.load(state, checkpoint_id=args.checkpoints / str(start))
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     with zarrec.ModelRecorder(
-        args.out, model, optimizer, params=["*"], chunk_steps=4, overwrite=not args.resume, initial_step=start,
-        resume_from=start if args.resume else None,
+        args.out, model, optimizer, params=["*"], chunk_steps=args.chunk_steps, staging_bytes=args.staging_bytes,
+        overwrite=not args.resume, initial_step=start, resume_from=start if args.resume else None,
     ) as recorder:
         for step in range(start + 1, args.steps + 1):
             tokens = torch.randint(0, ROWS, (BATCH, CONTEXT), generator=torch.Generator().manual_seed(step))

@@ -70,6 +70,16 @@ def test_two_fsdp2_ranks_record_the_store_of_one_process_with_their_batch(sharde
     assert (two.grad_norm_before_clipping[1:] > 0.5).any() and (two.grad_norm[1:] <= 0.5 * (1 + 1e-5)).all()
 
 
+def test_a_rank_whose_rows_exceed_its_staging_budget_writes_them_a_shard_at_a_time(sharded_run, tmp_path):
+    """With staging for 31 embedding rows a part, each rank's 65 (or 64) rows go in shards of 13, a
+    divisor of 65, so no shard spans two ranks; the store is the one written a rank's rows at once."""
+    out = tmp_path / "parts.zarr"
+    run_loop(out, "--chunk-steps", "1", "--staging-bytes", str(3 * 2048))
+    parts, whole = xr.open_zarr(out).load(), xr.open_zarr(sharded_run).load()
+    assert zarr.open_array(out / "embeddings", mode="r").shards[1:] == (13, 16)
+    xr.testing.assert_identical(parts.drop_attrs(), whole.drop_attrs())
+
+
 def test_two_ranks_record_into_one_s3_store(sharded_run, s3_bucket):
     """Every rank writes its shards straight to S3 (the loopback server); no lock, no shared disk."""
     url = f"{s3_bucket}/two_ranks.zarr"
@@ -121,7 +131,7 @@ def test_resuming_on_another_number_of_ranks_is_refused(tmp_path):
     recorded = xr.open_zarr(out).load()
     refused = run_loop(out, "--checkpoints", str(checkpoints), "--resume", check=False)
     assert refused.returncode != 0
-    assert "not the 65 each of this run's 2 ranks holds: resume it on as many ranks as recorded it (1)" in refused.stderr
+    assert "which do not split the 65 each of this run's 2 ranks holds: resume it on as many ranks as recorded it (1)" in refused.stderr
     resumed = xr.open_zarr(out).load()
     assert resumed.sizes["step"] == 9  # rolled back to the checkpoint at step 8: nothing lost
     xr.testing.assert_identical(resumed.drop_attrs(), recorded.drop_attrs().isel(step=slice(0, resumed.sizes["step"])))

@@ -477,14 +477,21 @@ class Recorder:
                 own[name] = self._ranks.own_rows(shape[0])
                 start, stop = own[name]
                 if stop > start:  # (a rank beyond the last row holds none)
-                    staged[name] = ((stop - start, *shape[1:]), self._staged_dtypes[name], stop - start)
+                    staged[name] = ((stop - start, *shape[1:]), self._staged_dtypes[name], shard_rows[name])
             elif self._ranks.writes_whole_values or name in self._norms_over_ranks:
                 staged[name] = (shape, self._staged_dtypes[name], shard_rows[name])
         parts = plan_parts(staged, self.chunk_steps, self._part_bytes) or [[]]  # every rank takes part in each commit
-        return [
-            [dataclasses.replace(p, start=own[p.name][0], stop=own[p.name][1], local=True) if p.name in own else p for p in part]
-            for part in parts
-        ]
+        return [[self._own_piece(piece, own.get(piece.name)) for piece in part] for part in parts]
+
+    @staticmethod
+    def _own_piece(piece: Piece, own: tuple[int, int] | None) -> Piece:
+        """A piece planned over this rank's rows, ``own``, placed at them in the variable (its
+        values come as the rank's local tensor, which begins at ``own[0]``)."""
+        if own is None:
+            return piece
+        first, last = own
+        stop = first + piece.stop if piece.stop is not None else last
+        return dataclasses.replace(piece, start=first + piece.start, stop=stop, offset=first)
 
     def _own_parts(self, step: int, values: Mapping[str, Value]) -> dict[str, Value]:
         """This rank's part of each value: its own rows of a sharded variable (of a DTensor, its
@@ -523,9 +530,9 @@ class Recorder:
         return self._staging_bytes // SLABS
 
     def _create_variables(self, layout: Mapping[str, tuple]) -> None:
-        """Create the arrays; one whose chunk does not fit a slab gets shards of as many rows as fit one
-        (in a sharded run a sharded variable gets shards of each rank's rows, and the sizes are
-        rank 0's share: the most any rank stages)."""
+        """Create the arrays; one whose chunk does not fit a slab gets shards of as many rows as fit one.
+        In a sharded run a sharded variable gets shards of each rank's rows (of a divisor of
+        them, when those do not fit a slab), and the sizes are rank 0's share: the most any rank stages."""
         world = self._ranks.world if self._ranks is not None else 1
         rows_of = {name: rank_rows(shape[0], world) for name, (shape, *_) in layout.items() if name in self._sharded}
         sizes = [
@@ -541,10 +548,13 @@ class Recorder:
                 f"staging_bytes ({_size(self._staging_bytes)}); lower chunk_steps (or omit it) or raise staging_bytes"
             )
         for name, (shape, dims, source_dtype, dtype) in layout.items():
-            shard_rows = None
-            if shape and chunk_bytes > self._part_bytes and name not in rows_of:
-                row_bytes = math.prod(shape[1:]) * dtype.itemsize
-                shard_rows = max(1, (self._part_bytes - ALIGNMENT) // row_bytes)
+            shard_rows, exact_rows = None, rows_of.get(name)
+            if shape and chunk_bytes > self._part_bytes:
+                fit = max(1, (self._part_bytes - ALIGNMENT) // (math.prod(shape[1:]) * dtype.itemsize))
+                if name in rows_of:  # shards that split each rank's rows evenly
+                    exact_rows = contract.divisor_at_most(rows_of[name], fit)
+                else:
+                    shard_rows = fit
             attrs = {contract.SOURCE_DTYPE_ATTR: source_dtype}
             if self._mantissa_bits is not None and shape:
                 attrs[contract.MANTISSA_BITS_ATTR] = self._mantissa_bits
@@ -552,7 +562,7 @@ class Recorder:
                 attrs["description"] = contract.DESCRIPTIONS[name]
             attrs.update(self._variable_attrs.get(name, {}))
             self._store.create_variable(
-                name, shape, dims, self.chunk_steps, attrs, self._compressor, shard_rows, rank_rows=rows_of.get(name)
+                name, shape, dims, self.chunk_steps, attrs, self._compressor, shard_rows, exact_shard_rows=exact_rows
             )
             self._shapes[name] = shape
         self._store.link_coordinates(list(self._shapes))
@@ -576,9 +586,9 @@ class Recorder:
         variables = self._store.variables()
         for name in self._sharded:
             rows, recorded = self._shapes[name][0], variables[name].shards[1]
-            if recorded != rank_rows(rows, world):
+            if rank_rows(rows, world) % recorded:
                 raise ConfigError(
-                    f"{self.store_name} stores {name} in shards of {recorded} of its {rows} rows, not the "
+                    f"{self.store_name} stores {name} in shards of {recorded} of its {rows} rows, which do not split the "
                     f"{rank_rows(rows, world)} each of this run's {world} ranks holds: resume it on as many ranks as "
                     f"recorded it ({-(-rows // recorded)}), or record into a new store"
                 )

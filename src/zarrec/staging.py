@@ -38,16 +38,16 @@ class Piece:
     dtype: torch.dtype
     start: int = 0
     stop: int | None = None
-    local: bool = False  # the values given are this piece already (a rank's own rows of a sharded tensor)
+    offset: int = 0  # the row of the variable that the values given begin at (a rank's own rows: its first)
 
     def nbytes(self, steps: int) -> int:
         return steps * math.prod(self.shape) * self.dtype.itemsize
 
     def of(self, value: torch.Tensor | np.ndarray | float | int) -> torch.Tensor | np.ndarray | float | int:
         """This piece of a step's ``value`` of the variable (a view)."""
-        if self.local or self.stop is None or not hasattr(value, "shape"):
+        if self.stop is None or not hasattr(value, "shape"):
             return value
-        return value[self.start:self.stop]
+        return value[self.start - self.offset:self.stop - self.offset]
 
 
 def plan_parts(

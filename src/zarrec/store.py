@@ -260,11 +260,11 @@ class RunStore:
         attrs: Mapping[str, Any],
         compressor: Any,
         shard_rows: int | None = None,
-        rank_rows: int | None = None,
+        exact_shard_rows: int | None = None,
     ) -> None:
         """Create an empty float32 array ``(step, *dims)`` in shards of every row (or of
-        ``shard_rows`` rows, rounded down to whole inner chunks; or of exactly ``rank_rows``,
-        each rank's of a sharded run, in inner chunks of a divisor of it) and ``chunk_steps``
+        ``shard_rows`` rows, rounded down to whole inner chunks; or of exactly ``exact_shard_rows``,
+        in a sharded run a divisor of each rank's rows, in inner chunks of a divisor of it) and ``chunk_steps``
         steps (a small array: a multiple, :func:`zarrec.contract.shard_steps`), split into
         inner chunks along its first non-step dim (:func:`zarrec.contract.inner_chunk_rows`).
 
@@ -290,9 +290,9 @@ class RunStore:
             rows, *rest = item_shape
             inner_rows = contract.inner_chunk_rows(steps, rows, 4 * math.prod(rest))
             inner = (steps, inner_rows, *rest)
-            if rank_rows is not None:
-                inner = (steps, contract.divisor_at_most(rank_rows, inner_rows), *rest)
-                shard = (steps, rank_rows, *rest)  # the last rank's may extend past the array's edge
+            if exact_shard_rows is not None:
+                inner = (steps, contract.divisor_at_most(exact_shard_rows, inner_rows), *rest)
+                shard = (steps, exact_shard_rows, *rest)  # the last one may extend past the array's edge
             elif shard_rows is not None and shard_rows < rows:
                 inner_rows = min(inner_rows, shard_rows)
                 inner = (steps, inner_rows, *rest)
