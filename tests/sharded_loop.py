@@ -1,7 +1,8 @@
 """A plain training loop recorded with zarrec, on one process or sharded by FSDP2 over the ranks
 that torchrun starts (gloo, CPU): the tests of zarrec.ranks run it as a real subprocess.
 
-    python sharded_loop.py OUT --steps N [--checkpoints DIR] [--die-at STEP --die-rank R] [--raise-at STEP] [--resume]
+    python sharded_loop.py OUT --steps N [--checkpoints DIR] [--die-at STEP --die-rank R] [--raise-at STEP]
+                           [--resume] [--chunk-steps N] [--staging-bytes B]
 
 The model is an embedding of 129 rows (odd: uneven shards, 65 and 64) and a linear head,
 trained with AdamW, gradients clipped at a norm of 0.5;
