@@ -8,8 +8,9 @@ ever holds a whole matrix and no two ranks write one shard object. Values that e
 has whole (the loss, the learning rate, logits, an unsharded tensor) are written by rank 0.
 
 The ranks talk once per committed chunk, never per step: :meth:`Ranks.agree`, an all-reduce
-on a gloo group of their own (used by the writer threads only, so it never interleaves with
-the training's collectives), after which rank 0 commits. The same all-reduce sums what is
+on a gloo group of their own (a CPU group apart from the training's, so the writer threads can
+use it while training runs), after which rank 0 commits; and twice at the start, as rank 0
+opens the store and creates its arrays. The same all-reduce sums what is
 recorded as a norm over every rank's rows (the global gradient norms): each rank records the
 sum of squares of its own part, ``Σ_r ‖x_r‖²``, and rank 0 stores ``√Σ``.
 """
@@ -32,6 +33,7 @@ except ImportError:  # pragma: no cover - a torch built without distributed supp
 
 
 def is_dtensor(value: object) -> bool:
+    """Whether ``value`` is a DTensor (a tensor laid out over ranks, as FSDP2's parameters are)."""
     return DTensor is not None and isinstance(value, DTensor)
 
 
