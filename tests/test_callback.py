@@ -305,6 +305,21 @@ def test_resuming_after_a_checkpoint_newer_than_the_store_is_refused(tmp_path, t
     assert xr.open_zarr(out).step.values.tolist() == list(range(8))
 
 
+def test_resuming_after_a_checkpoint_newer_than_the_summaries_is_refused_before_anything_is_rolled_back(tmp_path, tiny_config):
+    """The summaries commit apart from the run's store; a gap in them is refused too, before
+    the run's store is opened, so neither loses a step."""
+    out, checkpoints = tmp_path / "run.zarr", tmp_path / "checkpoints"
+    config = dataclasses.replace(tiny_config, steps=12)
+    make_trainer(config, str(checkpoints), [ZarrecCallback(out, summaries=True)], progress=False, save_steps=10).train()
+    with Recorder(out / "summaries", resume_from=7):  # as if the summaries after 7 had been lost in a crash
+        pass
+    trainer = make_trainer(config, str(checkpoints), [ZarrecCallback(out, summaries=True, resume=True)], progress=False)
+    with pytest.raises(ConfigError, match="summaries holds steps up to 7, but training resumes after step 10: step 8 would"):
+        trainer.train(resume_from_checkpoint=str(checkpoints / "checkpoint-10"))
+    assert xr.open_zarr(out).step.values.tolist() == list(range(13))  # not rolled back to 10
+    assert xr.open_zarr(out / "summaries").step.values.tolist() == list(range(8))
+
+
 @pytest.mark.parametrize(("committed", "resume", "every", "missing"),
                          [(7, 7, 1, None), (7, 10, 1, 8), (8, 10, 4, None), (8, 12, 4, 12), (None, 3, 1, 0)])
 def test_first_unrecorded_step(committed, resume, every, missing):

@@ -44,7 +44,7 @@ from zarrec.recorder import Recorder, Value
 from zarrec.row_statistics import RowStatistics
 from zarrec.schedule import StepSchedule
 from zarrec.selection import ParameterSelection
-from zarrec.store import StoreLike
+from zarrec.store import StoreLike, committed_step, store_exists
 from zarrec.versions import library_versions
 
 _LOGGER = logging.getLogger("zarrec")
@@ -153,6 +153,8 @@ class ModelRecorder:
         flush_every: int | None = None,
         on_error: str = "raise",
     ) -> None:
+        if summaries and resume_from and isinstance(out, (str, os.PathLike)):
+            _refuse_a_gap_in_summaries(out, resume_from)  # before any store is opened (and rolled back)
         self.model = model
         refuse_partitioned_parameters(model)
         self.sharded = is_sharded(model)
@@ -329,7 +331,7 @@ class ModelRecorder:
         rows = {self.selection.dims(name)[0] for name in self.statistics.params}
         try:
             self.summary_recorder = Recorder(
-                f"{os.fspath(out).rstrip('/')}/{contract.SUMMARIES_GROUP}", overwrite=overwrite,
+                _summaries_of(out), overwrite=overwrite,
                 coords={name: (dim, values) for name, (dim, values) in coords.items() if dim in rows},
                 attrs={"description": "per-row statistics of the recorded parameters at every optimizer step"},
                 resume_from=(resume_from or -1) if resume_from is not None else None, flush_every=flush_every,
@@ -402,11 +404,7 @@ class ModelRecorder:
         missing = first_unrecorded_step(self.recorder.committed_step, resume_step, self.schedule)
         if missing is not None:
             self.recorder.close("refused to resume: steps would be missing")
-            raise ConfigError(
-                f"{self.recorder.store_name} holds steps up to {self.recorder.committed_step}, but training resumes "
-                f"after step {resume_step}: step {missing} would never be recorded; resume from a checkpoint at or "
-                f"before step {self.recorder.committed_step}"
-            )
+            raise _gap_error(self.recorder.store_name, self.recorder.committed_step, resume_step, missing)
 
 
 def common_attributes(
@@ -442,6 +440,29 @@ def first_unrecorded_step(committed: int | None, resume_step: int, every: int | 
     or before ``resume_step`` (where training resumes), or None: resuming there leaves no gap."""
     following = 0 if committed is None else StepSchedule.parse(every).next_after(committed)
     return following if following <= resume_step else None
+
+
+def _summaries_of(out: str | os.PathLike) -> str:
+    """Where the summaries of the store at ``out`` are: its ``summaries`` group."""
+    return f"{os.fspath(out).rstrip('/')}/{contract.SUMMARIES_GROUP}"
+
+
+def _refuse_a_gap_in_summaries(out: str | os.PathLike, resume_step: int) -> None:
+    """The summaries, recorded every step, commit apart from the run's store: refuse to resume
+    after a checkpoint newer than their last commit."""
+    summaries = _summaries_of(out)
+    if store_exists(summaries):
+        committed = committed_step(summaries)
+        missing = first_unrecorded_step(committed, resume_step, 1)
+        if missing is not None:
+            raise _gap_error(summaries, committed, resume_step, missing)
+
+
+def _gap_error(store_name: str, committed: int | None, resume_step: int, missing: int) -> ConfigError:
+    return ConfigError(
+        f"{store_name} holds steps up to {committed}, but training resumes after step {resume_step}: step {missing} "
+        f"would never be recorded; resume from a checkpoint at or before step {committed}"
+    )
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

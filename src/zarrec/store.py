@@ -76,6 +76,14 @@ def store_exists(out: StoreLike) -> bool:
     return True
 
 
+def committed_step(out: StoreLike) -> int | None:
+    """The last step committed to the zarrec store at ``out``, or None (none yet)."""
+    group = zarr.open_group(out, mode="r")
+    if contract.STEP not in group or group[contract.STEP].shape[0] == 0:
+        return None
+    return int(group[contract.STEP][-1])
+
+
 def ensure_resumable(out: StoreLike) -> None:
     """Refuse to resume a recording that is not there, or one of another format."""
     if not store_exists(out):
