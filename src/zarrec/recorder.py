@@ -136,14 +136,15 @@ class Recorder:
     and compressed; when every slab is still being written, :meth:`record` waits for one
     (back-pressure).
 
-    What survives a crash: every committed chunk (in a sharded run, a rank that stops early
-    writes no partial chunk: the steps after the last commit are lost, as after ``kill -9``). ``kill -9`` loses the steps not yet
+    What survives a crash: every committed chunk. ``kill -9`` loses the steps not yet
     committed: the chunk being filled and any chunk still queued for the writer (in
     steady state less than two chunks; ``flush_every`` bounds it further). On SIGTERM,
     SIGINT (``KeyboardInterrupt``), an exception through the ``with`` block, or an
     interpreter exit without :meth:`close`, every staged step is written and the store's
-    ``zarrec_status`` attribute says why and where the recording stopped. One writer at a
-    time: a local store is locked while open.
+    ``zarrec_status`` attribute says why and where the recording stopped; in a sharded run a
+    rank that stops early writes no partial chunk (the other ranks could not agree on it), so
+    the steps after the last commit are lost, as after ``kill -9``. One writer at a time: a
+    local store is locked while open.
 
     Use it as a context manager, or call :meth:`close` to write the last partial chunk.
     """
@@ -352,7 +353,7 @@ class Recorder:
               overwrite: bool, resume_from: int | None) -> None:
         """Create the store, or reopen it and roll it back to ``resume_from`` (rank 0 of a
         sharded run, telling the other ranks whether it could)."""
-        try:
+        with self._telling_the_other_ranks():
             with _writing(describe(out)), shutdown.signals_stay_with_the_main_thread():
                 if resume_from is None:
                     self._store = RunStore.create(out, attrs=attrs, overwrite=overwrite)
@@ -369,6 +370,13 @@ class Recorder:
             except BaseException:
                 self._store.release()
                 raise
+
+    @contextlib.contextmanager
+    def _telling_the_other_ranks(self) -> Iterator[None]:
+        """Rank 0 of a sharded run: tell the other ranks, which wait for it, whether what the
+        block does succeeded (nothing to tell without ranks)."""
+        try:
+            yield
         except BaseException:
             if self._ranks is not None:
                 self._ranks.agree(False)
@@ -443,15 +451,9 @@ class Recorder:
         if self._shapes:
             self._check_resumed(layout)
             self._check_rank_shards()
-        elif self._ranks is None:
-            self._create_variables(layout)
-        elif self._ranks.writes_whole_values:
-            try:
+        elif self._ranks is None or self._ranks.writes_whole_values:
+            with self._telling_the_other_ranks():
                 self._create_variables(layout)
-            except BaseException:
-                self._ranks.agree(False)
-                raise
-            self._ranks.agree(True)
         else:
             if not self._ranks.agree(True):
                 raise RecordError(f"rank 0 could not create the variables of {self.store_name} (its error says why)")
@@ -468,9 +470,7 @@ class Recorder:
         """How a chunk is staged: every variable (in a sharded run, this rank's rows of the
         sharded ones, and on rank 0 the others), in parts of at most a slab where it can."""
         shard_rows = {name: array.shards[1] if array.ndim > 1 else 1 for name, array in self._store.variables().items()}
-        if self._ranks is None:
-            staged = {name: (self._shapes[name], self._staged_dtypes[name], shard_rows[name]) for name in self._shapes}
-            return plan_parts(staged, self.chunk_steps, self._part_bytes)
+        whole_values = self._ranks is None or self._ranks.writes_whole_values
         own, staged = {}, {}
         for name, shape in self._shapes.items():
             if name in self._sharded:
@@ -478,7 +478,7 @@ class Recorder:
                 start, stop = own[name]
                 if stop > start:  # (a rank beyond the last row holds none)
                     staged[name] = ((stop - start, *shape[1:]), self._staged_dtypes[name], shard_rows[name])
-            elif self._ranks.writes_whole_values or name in self._norms_over_ranks:
+            elif whole_values or name in self._norms_over_ranks:
                 staged[name] = (shape, self._staged_dtypes[name], shard_rows[name])
         parts = plan_parts(staged, self.chunk_steps, self._part_bytes) or [[]]  # every rank takes part in each commit
         return [[self._own_piece(piece, own.get(piece.name)) for piece in part] for part in parts]

@@ -78,10 +78,16 @@ def store_exists(out: StoreLike) -> bool:
 
 def committed_step(out: StoreLike) -> int | None:
     """The last step committed to the zarrec store at ``out``, or None (none yet)."""
-    group = zarr.open_group(out, mode="r")
-    if contract.STEP not in group or group[contract.STEP].shape[0] == 0:
-        return None
-    return int(group[contract.STEP][-1])
+    return _last(_committed_steps(zarr.open_group(out, mode="r")))
+
+
+def _committed_steps(group: zarr.Group) -> np.ndarray:
+    """The steps committed to a zarrec group, as its metadata has them (none before the first commit)."""
+    return group[contract.STEP][:] if contract.STEP in group else np.empty(0, dtype=np.int64)
+
+
+def _last(steps: np.ndarray) -> int | None:
+    return int(steps[-1]) if steps.size else None
 
 
 def ensure_resumable(out: StoreLike) -> None:
@@ -172,8 +178,7 @@ class RunStore:
             if contract.STEP not in group:
                 raise ConfigError(f"{name} has no recorded steps; it cannot be resumed")
             store = cls(group, name, lock)
-            store.steps = group[contract.STEP][:]  # the committed steps, through the consolidated metadata
-            store.last_step = int(store.steps[-1]) if store.steps.size else None
+            store._pick_up_steps()  # through the consolidated metadata
             store._appender = sync(_Appender.open(group, rows=store.steps.size))
         except BaseException:
             if lock is not None:
@@ -190,16 +195,19 @@ class RunStore:
         with _quiet_zarr():
             group = zarr.open_group(out, mode="r+", zarr_format=3, use_consolidated=False)
         store = cls(group, name, lock=None, commits=False)
-        if contract.STEP in group:
-            store.steps = group[contract.STEP][:]
-            store.last_step = int(store.steps[-1]) if store.steps.size else None
+        store._pick_up_steps()
         return store
+
+    def _pick_up_steps(self) -> None:
+        """The committed steps and the last of them, as the group's metadata has them."""
+        self.steps = _committed_steps(self.group)
+        self.last_step = _last(self.steps)
 
     def drop_after(self, step: int) -> None:
         """Drop the committed steps after ``step`` (a reopened store), committing at once: the
         store never shows two histories for one step, even if the resumed run dies at once."""
         kept = int(np.searchsorted(self.steps, step, side="right"))
-        self.last_step = int(self.steps[kept - 1]) if kept else None
+        self.last_step = _last(self.steps[:kept])
         resumed = [*self._open_appender().document["attributes"].get(contract.RESUMED_ATTR, []), int(step)]
         self.set_status(
             contract.RECORDING, f"resumed after step {step}", self.last_step, {contract.RESUMED_ATTR: resumed}, rows=kept
