@@ -14,7 +14,7 @@ import torch
 import zarr
 from transformers import TrainerCallback
 
-from zarrec import contract
+from zarrec.store import contract
 
 NAMES = ("embeddings", "grads", "momentum", "variance", "logits", "loss")
 NAIVE_CHUNK_STEPS = 128  # each append re-writes the growing chunk; bigger chunks make it slower still

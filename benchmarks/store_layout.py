@@ -95,8 +95,8 @@ ATTRS = {"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "weight_d
 
 
 def write_format_2(path: Path, values: Path, rows: int, cols: int, chunk_steps: int) -> float:
-    from zarrec import contract
-    from zarrec.store import RunStore
+    from zarrec.store import contract
+    from zarrec.store.run_store import RunStore
 
     store = RunStore.create(path, attrs=ATTRS)
     for name in VARIABLES:
@@ -118,7 +118,7 @@ def write_format_1(path: Path, values: Path, rows: int, cols: int, chunk_steps: 
     import zarr
     from zarr.core.sync import sync
 
-    from zarrec import contract
+    from zarrec.store import contract
 
     steps = len(np.load(values / "embeddings.npy", mmap_mode="r"))
     group = zarr.open_group(path, mode="w", zarr_format=3, attributes={**ATTRS, contract.FORMAT_ATTR: 1})
@@ -189,11 +189,11 @@ def child_graph(args) -> dict:
     import zarr
 
     import zarrec
-    from zarrec.store import RunStore
+    from zarrec.store.run_store import RunStore
 
     rows, cols, _, chunk_steps = args.shape
     store = RunStore.create(args.path, attrs=ATTRS)
-    store.create_variable("embeddings", (rows, cols), ("token", "dim"), chunk_steps, {}, zarrec.contract.default_compressor())
+    store.create_variable("embeddings", (rows, cols), ("token", "dim"), chunk_steps, {}, zarrec.store.contract.default_compressor())
     store.link_coordinates(["embeddings"])
     store.finish()
     steps = args.graph_steps
@@ -221,8 +221,8 @@ def child_commit(args) -> dict:
     root's alone (format 1's commit), for ``--arrays`` step-indexed arrays; seconds per commit."""
     from zarr.core.sync import sync
 
-    from zarrec import contract
-    from zarrec.store import RunStore
+    from zarrec.store import contract
+    from zarrec.store.run_store import RunStore
 
     store = RunStore.create(args.path, attrs=ATTRS)
     for index in range(args.arrays):

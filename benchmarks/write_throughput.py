@@ -101,7 +101,7 @@ def profile_shapes(profile: str) -> dict[str, tuple[int, ...]]:
 
 def default_chunk_steps(profile: str) -> int:
     """The steps per chunk the Recorder chooses for a profile's bf16 values."""
-    from zarrec.contract import auto_chunk_steps
+    from zarrec.store.contract import auto_chunk_steps
 
     sizes = [int(np.prod(shape)) for shape in profile_shapes(profile).values()]
     return auto_chunk_steps(sizes, [2] * len(sizes))
@@ -110,7 +110,7 @@ def default_chunk_steps(profile: str) -> int:
 def case_synthetic(profile: str, steps: int, chunk_steps: int, cname: str, clevel: int, device: str, out: str) -> dict:
     """Stream ``steps`` steps of a profile through zarrec; raw MB/s from first record to close()."""
     from zarrec import Recorder
-    from zarrec.summary import summarize
+    from zarrec.analysis.summary import summarize
     from zarr.codecs import BloscCodec
 
     shapes = profile_shapes(profile)

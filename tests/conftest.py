@@ -127,9 +127,9 @@ def readme_stores(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lightning_run(tmp_path_factory) -> Path:
     """6 Lightning steps of a tiny LM (AdamW, an exponential lr schedule) that returns its logits."""
-    from test_lightning_callback import TinyLMWithLogits, fit
+    from lightning_module import TinyLMWithLogits, fit
 
-    from zarrec.lightning_callback import ZarrecLightningCallback
+    from zarrec.adapters.lightning import ZarrecLightningCallback
 
     path = tmp_path_factory.mktemp("runs") / "lightning.zarr"
     fit(ZarrecLightningCallback(path, params=["embed.weight", "out.*"]), module=TinyLMWithLogits())

@@ -320,7 +320,7 @@ def test_a_format_1_store_opens_analyses_and_converts_but_is_not_resumed(tmp_pat
 def test_info_and_plot_on_every_kind_of_store(kind, request, tmp_path):
     """Every kind of store a zarrec recorder writes: info reports it, plot draws what applies and
     says in one line why it skipped each other figure; exit 0, no traceback."""
-    from zarrec import plots
+    from zarrec.analysis import plots
 
     store = {
         "README plain loop": lambda: request.getfixturevalue("readme_stores") / "run.zarr",

@@ -1,11 +1,19 @@
 """zarrec: record every optimizer step of neural-network training into Zarr, analyse it with xarray.
 
 Importing zarrec registers the ``ds.zarrec`` xarray accessor. ``Recorder`` and
-``ModelRecorder`` (torch) and ``ZarrecCallback`` (transformers) load on first use, so reading a
-store stays quick.
+``ModelRecorder`` (torch), ``ZarrecCallback`` (transformers) and ``ZarrecLightningCallback``
+(Lightning, ``pip install 'zarrec[lightning]'``) load on first use, so reading a store stays quick.
+
+The package, by role (layers only import downwards; README, "Development"):
+:mod:`zarrec.store` (the store and its contract), :mod:`zarrec.record` (``Recorder``),
+:mod:`zarrec.capture` (``ModelRecorder``), :mod:`zarrec.adapters` (the callbacks) and, reading
+stores only, :mod:`zarrec.analysis`; the CLI, the reference experiment and the legacy format
+use them.
 """
 
-from zarrec import accessor as _accessor  # noqa: F401  (registers ds.zarrec)
+import importlib
+
+from zarrec.analysis import accessor as _accessor  # noqa: F401  (registers ds.zarrec)
 from zarrec.errors import (
     ConfigError,
     MissingDependencyError,
@@ -17,6 +25,15 @@ from zarrec.errors import (
     ZarrecError,
     ZarrecWarning,
 )
+
+# Loaded on first use: each needs torch (and a framework), which reading a store does not.
+_LAZY = {
+    "Recorder": "zarrec.record.recorder",
+    "ModelRecorder": "zarrec.capture.model_recorder",
+    "ZarrecCallback": "zarrec.adapters.huggingface",
+    "ZarrecLightningCallback": "zarrec.adapters.lightning",
+    "close_open_recorders": "zarrec.record.shutdown",
+}
 
 __all__ = [
     "ConfigError",
@@ -31,20 +48,11 @@ __all__ = [
     "ZarrecCallback",
     "ZarrecError",
     "ZarrecWarning",
-]
+    "close_open_recorders",
+]  # (ZarrecLightningCallback is public too, but needs its extra: ``import *`` must not fail without it)
 
 
 def __getattr__(name: str):
-    if name == "Recorder":
-        from zarrec.recorder import Recorder
-
-        return Recorder
-    if name == "ModelRecorder":
-        from zarrec.capture import ModelRecorder
-
-        return ModelRecorder
-    if name == "ZarrecCallback":
-        from zarrec.callback import ZarrecCallback
-
-        return ZarrecCallback
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'zarrec' has no attribute {name!r}")

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 
 from zarrec.errors import ConfigError, ZarrecError
-from zarrec.shutdown import received_signal as shutdown_signal
-from zarrec.shutdown import stop_reason
+from zarrec.record.shutdown import received_signal as shutdown_signal
+from zarrec.record.shutdown import stop_reason
 
 
 def _train_parser(subparsers) -> None:
@@ -118,7 +118,7 @@ def _info_parser(subparsers) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from zarrec.summary import summarize
+    from zarrec.analysis.summary import summarize
 
     summary = summarize(args.store)
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.report())
@@ -135,8 +135,8 @@ def _plot_parser(subparsers) -> None:
 def _plot(args: argparse.Namespace) -> None:
     import xarray as xr
 
-    from zarrec.plots import save_all
-    from zarrec.summary import open_run
+    from zarrec.analysis.plots import save_all
+    from zarrec.analysis.summary import open_run
 
     open_run(args.store)  # a clear error for a path that is not a zarrec store
     written, skipped = save_all(xr.open_zarr(args.store), args.out, progress=not args.quiet)
@@ -160,7 +160,7 @@ def _import_parser(subparsers) -> None:
 
 def _import(args: argparse.Namespace) -> None:
     from zarrec.legacy import import_legacy
-    from zarrec.summary import summarize
+    from zarrec.analysis.summary import summarize
 
     import_legacy(args.source, args.out, overwrite=args.overwrite, renumber=args.renumber, progress=not args.quiet)
     print("\n".join(summarize(args.out).lines()))

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from zarrec import contract
+from zarrec.store import contract
 from zarrec.errors import ConfigError, StoreExistsError, ZarrecWarning
-from zarrec.store import StoreLike, describe, store_exists
+from zarrec.store.run_store import StoreLike, describe, store_exists
 
 # Legacy key -> store variable, for the arrays with one row per recorded step.
 VARIABLES = {
@@ -65,7 +65,7 @@ def import_legacy(
     from safetensors import SafetensorError, safe_open
 
     from zarrec.reference.corpus import byte_labels
-    from zarrec.recorder import Recorder
+    from zarrec.record.recorder import Recorder
 
     path = Path(source)
     if store_exists(out) and not overwrite:
@@ -141,7 +141,7 @@ def export_legacy(store: StoreLike, target: str | os.PathLike, *, overwrite: boo
     """
     import xarray as xr
 
-    from zarrec.summary import open_run
+    from zarrec.analysis.summary import open_run
 
     target = Path(target)
     if target.exists() and not overwrite:

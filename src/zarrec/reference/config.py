@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from zarrec.errors import ConfigError
-from zarrec.schedule import StepSchedule
+from zarrec.store.schedule import StepSchedule
 
 DTYPES = ("bfloat16", "float32")
 INITS = ("f32_to_bf16", "pure_bf16")
@@ -45,7 +45,7 @@ class TrainConfig:
     init_sigma: float = 1e-5
     device: str = "auto"
     corpus: str | None = None
-    every: int | str = 1  # every N-th step, or a schedule such as "1:1000,10" (zarrec.schedule)
+    every: int | str = 1  # every N-th step, or a schedule such as "1:1000,10" (zarrec.store.schedule)
     chunk_steps: int | None = None  # None: chosen by the Recorder from the recorded shapes
     mantissa_bits: int | None = None  # round recorded tensors to this many mantissa bits; None: exact
     params: tuple[str, ...] | None = None  # glob patterns over parameter names; None: the input embedding

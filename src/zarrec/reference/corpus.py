@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from zarrec import contract
+from zarrec.store import contract
 from zarrec.errors import ConfigError
 
 BUILTIN_CORPUS = "pydoc_data.topics"

@@ -22,15 +22,16 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from zarrec import contract, shutdown
-from zarrec.callback import ZarrecCallback
-from zarrec.capture import first_unrecorded_step
+from zarrec.store import contract
+from zarrec.record import shutdown
+from zarrec.adapters.huggingface import ZarrecCallback
+from zarrec.capture.model_recorder import first_unrecorded_step
 from zarrec.errors import ConfigError, WriterError
 from zarrec.reference.config import TrainConfig
 from zarrec.reference.corpus import ByteDataset, Corpus, load_corpus
 from zarrec.reference.model import build_model
-from zarrec.store import StoreLike, describe, ensure_new, ensure_resumable, local_directory
-from zarrec.summary import StoreSummary, open_run, summarize
+from zarrec.store.run_store import StoreLike, describe, ensure_new, ensure_resumable, local_directory
+from zarrec.analysis.summary import StoreSummary, open_run, summarize
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback

@@ -1,0 +1,239 @@
+"""Figures of a recorded run, each answering one question; every function returns a matplotlib Figure.
+
+Figures are built with ``matplotlib.figure.Figure`` (no pyplot state, no display needed);
+a notebook shows a returned Figure inline. Long runs are thinned to at most
+``MAX_POINTS`` steps per line where a line would otherwise be unreadable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from zarrec.analysis import updates as analysis
+from zarrec.store import contract
+from zarrec.errors import ConfigError, MissingDependencyError
+
+MAX_POINTS = 2000
+LIVE_COLOR, DEAD_COLOR = "tab:blue", "tab:red"
+
+
+def _figure(rows: int, height: float = 3.0):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "plots need matplotlib, which is not installed: pip install 'zarrec[plot]'"
+        ) from exc
+    figure = Figure(figsize=(8, height * rows), layout="constrained")
+    axes = figure.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
+    return figure, axes
+
+
+def _thin(da: xr.DataArray) -> xr.DataArray:
+    stride = max(1, -(-da.sizes[contract.STEP] // MAX_POINTS))
+    return da.isel({contract.STEP: slice(None, None, stride)})
+
+
+def _plain_tick_labels(axis) -> None:
+    """Label a log axis 3.25, 4 rather than 3.25×10⁰, 4×10⁰ (a loss spans less than a decade)."""
+    from matplotlib.ticker import FormatStrFormatter
+
+    axis.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+    axis.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
+
+
+def _title(figure, ds: xr.Dataset, question: str) -> None:
+    run = ds.attrs.get("corpus_name", "")
+    dtype = ds.attrs.get("dtype", "")
+    figure.suptitle(f"{question}\n{run} · {dtype} · {ds.sizes[contract.STEP]} recorded steps", fontsize=10)
+
+
+def _require(ds: xr.Dataset, *names: str) -> None:
+    missing = [name for name in names if name not in ds.variables]
+    if missing:
+        raise ConfigError(f"the store has no {', '.join(missing)}")
+
+
+def loss(ds: xr.Dataset):
+    """Training loss (log scale, with a running mean) and learning rate against step."""
+    _require(ds, contract.LOSS, contract.LR)
+    figure, (loss_axis, lr_axis) = _figure(2)
+    values = ds[contract.LOSS].compute()
+    loss_axis.plot(values[contract.STEP], values, lw=0.6, alpha=0.5, color="tab:gray", label="loss per step")
+    window = max(1, values.sizes[contract.STEP] // 50)
+    smooth = values.rolling({contract.STEP: window}, center=True, min_periods=1).mean()
+    loss_axis.plot(smooth[contract.STEP], smooth, color="tab:blue", label=f"running mean ({window} steps)")
+    loss_axis.set_yscale("log")
+    _plain_tick_labels(loss_axis)
+    loss_axis.set_ylabel("loss (nats)")
+    loss_axis.legend()
+    lr = ds[contract.LR].compute()
+    lr_axis.plot(lr[contract.STEP], lr, color="tab:orange")
+    lr_axis.set_ylabel("learning rate")
+    lr_axis.set_xlabel("optimizer step")
+    _title(figure, ds, "Loss and learning rate")
+    return figure
+
+
+def trajectories(ds: xr.Dataset):
+    """Every row's path (the input embedding's tokens) in the plane of the first two principal axes, live vs dead."""
+    result = analysis.pca(_thin(ds), n=2)
+    figure, (axis,) = _figure(1, height=6.0)
+    path = result["projection"].compute()
+    rows = path.dims[1]
+    has_live = rows == contract.TOKEN and contract.LIVE in ds.coords
+    live = analysis.live_mask(ds) if has_live else np.ones(path.sizes[rows], bool)
+    for index in np.argsort(~live, kind="stable"):  # dead tokens last, drawn on top
+        color = LIVE_COLOR if live[index] else DEAD_COLOR
+        xy = path.isel({rows: index}).values
+        axis.plot(xy[:, 0], xy[:, 1], color=color, lw=0.6, alpha=0.6)
+        axis.plot(*xy[-1], "o", color=color, ms=3)
+    start = path.isel({contract.STEP: 0}).values
+    axis.plot(start[:, 0], start[:, 1], "k+", ms=8, label="start")
+    if has_live:
+        axis.plot([], [], color=LIVE_COLOR, label=f"live tokens ({int(live.sum())}), ● = end")
+        axis.plot([], [], color=DEAD_COLOR, label=f"dead tokens ({int((~live).sum())}), ● = end")
+    else:
+        axis.plot([], [], color=LIVE_COLOR, label=f"{rows}s ({live.size}), ● = end")
+    ratio = result["explained_variance_ratio"].values
+    axis.set_xlabel(f"PC 1 ({ratio[0]:.0%} of variance)")
+    axis.set_ylabel(f"PC 2 ({ratio[1]:.0%} of variance)")
+    axis.legend(loc="best")
+    _title(figure, ds, "Token trajectories on shared principal axes")
+    return figure
+
+
+def norms(ds: xr.Dataset):
+    """Mean norm and mean speed of the input embedding's live vs dead tokens against step."""
+    norm = analysis.norms(ds, split=True).compute()
+    figure, (norm_axis, speed_axis) = _figure(2)
+    speed = _split_mean_speed(ds)
+    for population, color in (("live", LIVE_COLOR), ("dead", DEAD_COLOR)):
+        n = norm.sel({analysis.POPULATION: population})
+        norm_axis.plot(n[contract.STEP], n, color=color, label=f"{population} tokens")
+        s = speed.sel({analysis.POPULATION: population})
+        speed_axis.plot(s[contract.STEP], s, color=color, lw=0.8, label=f"{population} tokens")
+    norm_axis.set_ylabel("mean ‖W[token]‖")
+    norm_axis.legend()
+    speed_axis.set_yscale("log")
+    speed_axis.set_ylabel("mean ‖W[t] − W[t−1]‖")
+    speed_axis.set_xlabel("optimizer step")
+    speed_axis.legend()
+    _title(figure, ds, "How far tokens are from the origin, and how fast they move")
+    return figure
+
+
+def _split_mean_speed(ds: xr.Dataset) -> xr.DataArray:
+    speed = analysis.speed(ds)
+    live = xr.DataArray(analysis.live_mask(ds), dims=contract.TOKEN)
+    means = [speed.where(live).mean(contract.TOKEN), speed.where(~live).mean(contract.TOKEN)]
+    return xr.concat(means, dim=analysis.POPULATION).assign_coords({analysis.POPULATION: ["live", "dead"]}).compute()
+
+
+def logits(ds: xr.Dataset):
+    """Range, standard deviation and entropy of the recorded logits, and the probability on dead tokens."""
+    stats = analysis.logit_stats(ds).compute()
+    figure, (spread_axis, entropy_axis, mass_axis) = _figure(3)
+    steps = stats[contract.STEP]
+    spread_axis.plot(steps, stats["range"], label="range (max − min)")
+    spread_axis.plot(steps, stats["std"], label="std over tokens")
+    spread_axis.set_yscale("symlog", linthresh=1e-2)
+    spread_axis.set_ylabel("logit spread")
+    spread_axis.legend()
+    entropy_axis.plot(steps, stats["entropy"], color="tab:green", label="entropy of softmax")
+    entropy_axis.axhline(stats["entropy"].attrs["max_entropy"], color="k", ls="--", lw=0.8, label="uniform (ln V)")
+    entropy_axis.set_ylabel("entropy (nats)")
+    entropy_axis.legend()
+    if "dead_mass" in stats:
+        mass_axis.plot(steps, stats["dead_mass"], color=DEAD_COLOR, label="probability on dead tokens")
+        mass_axis.set_yscale("log")
+        mass_axis.legend()
+    mass_axis.set_ylabel("probability")
+    mass_axis.set_xlabel("optimizer step")
+    _title(figure, ds, "Are the logits uniform? Predictions over training")
+    return figure
+
+
+def realized_fraction(ds: xr.Dataset, param: str | None = None):
+    """The fraction of the intended update that reached one parameter, overall and per row."""
+    fraction = analysis.realized_fraction(ds, param)
+    overall = fraction["overall"].compute()
+    per_row = fraction["per_row"].compute()
+    rows = per_row.dims[1]
+    figure, (axis,) = _figure(1, height=4.0)
+    steps = per_row[contract.STEP]
+    low, median, high = (per_row.quantile(q, dim=rows, skipna=True) for q in (0.1, 0.5, 0.9))
+    axis.fill_between(steps, low, high, color="tab:blue", alpha=0.2, label=f"{rows}s, 10–90%")
+    axis.plot(steps, median, color="tab:blue", lw=0.8, label=f"{rows}s, median")
+    axis.plot(overall[contract.STEP], overall, color="k", lw=1, label=f"all {rows}s")
+    axis.axhline(1, color="tab:green", ls="--", lw=0.8, label="every update landed")
+    axis.set_ylabel("⟨actual, intended⟩ / ⟨intended, intended⟩")
+    axis.set_xlabel("optimizer step")
+    axis.legend()
+    name = analysis.find_parameter(ds, param).name
+    _title(figure, ds, f"How much of the intended update of {name} landed")
+    return figure
+
+
+def parameters(ds: xr.Dataset):
+    """Per recorded parameter and step: the realized fraction of the intended update, and the
+    update-to-weight ratio ``‖ΔW‖ / ‖W‖`` (:func:`zarrec.analysis.updates.by_parameter`)."""
+    overview = _thin(analysis.by_parameter(ds)).compute()
+    fraction = overview["realized_fraction"]
+    if fraction.isnull().all():
+        reasons = overview.attrs["not_computed"]
+        raise ConfigError(f"no parameter has a realized fraction: {next(iter(reasons.values()), 'none recorded')}")
+    names = [str(name) for name in overview[analysis.PARAM_DIM].values]
+    figure, (fraction_axis, ratio_axis) = _figure(2, height=max(2.5, 0.25 * len(names) + 1.5))
+    steps = overview[contract.STEP].values
+    for axis, values, label, options in (
+        (fraction_axis, fraction, "realized fraction", {"cmap": "RdYlGn", "vmin": 0, "vmax": 1}),
+        (ratio_axis, np.log10(overview["update_to_weight"].where(overview["update_to_weight"] > 0)),
+         "log₁₀ ‖ΔW‖ / ‖W‖ (white: no motion)", {"cmap": "viridis"}),
+    ):
+        mesh = axis.pcolormesh(steps, np.arange(len(names)), values.transpose(analysis.PARAM_DIM, contract.STEP),
+                               shading="nearest", **options)
+        axis.set_yticks(np.arange(len(names)), names, fontsize=7)
+        axis.invert_yaxis()  # model order, top to bottom
+        axis.set_ylabel("parameter")
+        figure.colorbar(mesh, ax=axis, label=label)
+    ratio_axis.set_xlabel("optimizer step")
+    _title(figure, ds, "Every recorded parameter: how much of its intended update landed, and how far it moved")
+    return figure
+
+
+FIGURES = {
+    "loss_lr": loss,
+    "trajectories": trajectories,
+    "norms_speed": norms,
+    "logits": logits,
+    "realized_fraction": realized_fraction,
+    "parameters": parameters,
+}
+
+
+def save_all(ds: xr.Dataset, out_dir: str | Path, progress: bool = True) -> tuple[list[Path], list[str]]:
+    """Write every figure the dataset has the variables for as ``<out_dir>/<name>.png``.
+
+    Returns the paths written and, for each figure skipped, why.
+    """
+    from tqdm.auto import tqdm
+
+    directory = Path(out_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    written, skipped = [], []
+    for name, make in tqdm(FIGURES.items(), desc="figures", disable=not progress):
+        try:
+            figure = make(ds)
+        except MissingDependencyError:
+            raise
+        except ConfigError as reason:
+            skipped.append(f"{name}: {reason}")
+            continue
+        path = directory / f"{name}.png"
+        figure.savefig(path, dpi=120)
+        written.append(path)
+    return written, skipped

@@ -1,0 +1,82 @@
+"""The Lightning callback records what the optimizer used, step by step, like the HF one."""
+
+from __future__ import annotations
+
+import lightning.pytorch as lightning
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from lightning_module import DECAY, LR, TinyLMWithLogits, fit
+from zarrec import ConfigError
+from zarrec.adapters.lightning import ZarrecLightningCallback
+
+SCALARS = {"grad_norm", "grad_norm_before_clipping"}  # recorded with the loss and lr at every step
+
+
+def test_records_clipped_gradients_moments_and_the_lr_each_step_used(tmp_path):
+    """momentum[t] = β1·m[t−1] + (1−β1)·g[t] proves g is what AdamW used (after clipping at 0.05)."""
+    module = fit(ZarrecLightningCallback(tmp_path / "run.zarr"), gradient_clip_val=0.05, accumulate_grad_batches=2)
+    ds = xr.open_zarr(tmp_path / "run.zarr").load()
+    np.testing.assert_array_equal(ds.step, np.arange(7))
+    assert set(ds.data_vars) == {"embeddings", "grads", "momentum", "variance", "loss", "lr", *SCALARS}
+    assert ds.embeddings.dims == ("step", "token", "dim")
+    g, m = ds.grads.values[1:], ds.momentum.values
+    np.testing.assert_allclose(m[1:], 0.9 * m[:-1] + 0.1 * g, rtol=1e-5, atol=1e-8)
+    assert (np.sqrt((g.astype(np.float64) ** 2).sum(axis=(1, 2))) <= 0.05 * (1 + 1e-5)).all()  # clipped
+    np.testing.assert_allclose(ds.lr[1:], LR * DECAY ** np.arange(6), rtol=1e-6)
+    np.testing.assert_array_equal(ds.embeddings[-1], module.embed.weight.detach().numpy())
+    assert ds.grads[0].isnull().all() and (ds.momentum[0] == 0).all() and ds.loss[1:].notnull().all()
+    assert ds.attrs["hparams"] == {"lr": LR} and ds.attrs["gradient_accumulation_steps"] == 2
+    assert ds.attrs["framework"] == "lightning" and ds.attrs["optimizer_class"] == "AdamW"
+    before, after = ds.grad_norm_before_clipping.values[1:], ds.grad_norm.values[1:]
+    assert (before > 0.05).all() and np.allclose(after, 0.05, rtol=1e-4)  # every step was clipped to 0.05
+    assert ds.attrs["zarrec_status"]["state"] == "complete"
+
+
+def test_any_parameters_and_a_schedule(tmp_path):
+    fit(ZarrecLightningCallback(tmp_path / "run.zarr", params=["out.*"], quantities=["param", "exp_avg"], every="1:2,2"))
+    ds = xr.open_zarr(tmp_path / "run.zarr")
+    np.testing.assert_array_equal(ds.step, [0, 1, 2, 4, 6])
+    assert set(ds.data_vars) == {"out.weight", "out.weight.exp_avg", "out.bias", "out.bias.exp_avg", "loss", "lr", *SCALARS}
+    assert ds["out.weight"].dims == ("step", "out_weight_row", "out_weight_col") == ds["out.weight.exp_avg"].dims
+
+
+def test_state_the_optimizer_lacks_is_refused_and_the_store_closed(tmp_path):
+    with pytest.raises(ConfigError, match="AdamW keeps no 'momentum_buffer' for embed.weight"):
+        fit(ZarrecLightningCallback(tmp_path / "run.zarr", quantities=["momentum_buffer"]))
+    assert xr.open_zarr(tmp_path / "run.zarr").attrs["zarrec_status"]["state"] == "interrupted"
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory", "ignore:You're resuming from a checkpoint")
+def test_logits_a_probe_and_a_resume_as_the_hf_callback_records_them(tmp_path):
+    """Lightning reaches parity: training logits, probe logits, and a resume from a checkpoint
+    that drops the steps after it and continues the store."""
+    data = torch.utils.data.TensorDataset(torch.randint(0, 12, (64, 9), generator=torch.Generator().manual_seed(1)))
+
+    class Crash(lightning.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 5:
+                raise RuntimeError("the machine went down")
+
+    def run(*extra, **options):
+        trainer = lightning.Trainer(max_steps=7, accelerator="cpu", logger=False, enable_progress_bar=False,
+                                    enable_model_summary=False, default_root_dir=tmp_path, callbacks=[
+                                        ZarrecLightningCallback(tmp_path / "run.zarr", probe=[1, 2, 3], chunk_steps=2,
+                                                                resume=True),
+                                        lightning.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3,
+                                                                            save_top_k=-1), *extra])
+        trainer.fit(TinyLMWithLogits(), torch.utils.data.DataLoader(data, batch_size=4), **options)
+
+    with pytest.raises(RuntimeError, match="the machine went down"):
+        run(Crash())
+    first = xr.open_zarr(tmp_path / "run.zarr").load()
+    assert first.logits.dims == ("step", "token") and first.logits[1:].notnull().all()
+    assert first.probe_logits.dims == ("step", "probe_position", "token") and first.probe_logits.notnull().all()
+    assert first.attrs["zarrec_status"]["state"] == "interrupted" and first.step.values[-1] == 5
+    run(ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=3.ckpt"))
+    resumed = xr.open_zarr(tmp_path / "run.zarr").load()
+    np.testing.assert_array_equal(resumed.step, np.arange(8))
+    xr.testing.assert_equal(resumed.isel(step=slice(0, 4)).embeddings, first.isel(step=slice(0, 4)).embeddings)
+    assert resumed.attrs["zarrec_resumed_after"] == [3]

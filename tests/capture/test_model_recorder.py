@@ -1,0 +1,223 @@
+"""The one per-step capture, driven by a plain loop: step 0, the schedule, the gradient norms, the loss."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import zarrec
+from zarrec import ConfigError
+from zarrec.store import contract
+
+
+def test_a_plain_loop_records_step_zero_its_schedule_and_the_gradient_norms(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    initial = model[0].weight.detach().clone()
+    live = {}
+    with zarrec.ModelRecorder(tmp_path / "run.zarr", model, optimizer, params=["0.weight"], every=2) as recorder:
+        for step in range(1, 6):
+            loss = model(torch.randn(4, 3)).square().mean() * 100
+            loss.backward()
+            recorder.before_clipping()
+            before = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # returns the norm before clipping
+            grad = model[0].weight.grad.clone()
+            optimizer.step()
+            recorder.step(loss=loss.detach())
+            momentum = optimizer.state[model[0].weight]["momentum_buffer"].clone()
+            live[step] = (model[0].weight.detach().clone(), grad, momentum, loss.item(), before.item())
+            optimizer.zero_grad()
+    ds = xr.open_zarr(tmp_path / "run.zarr").load()
+    np.testing.assert_array_equal(ds.step, [0, 2, 4])
+    np.testing.assert_array_equal(ds["0.weight"][0], initial.numpy())
+    assert ds["0.weight.grad"][0].isnull().all() and (ds["0.weight.momentum_buffer"][0] == 0).all()
+    assert np.isnan(ds.loss[0]) and np.isnan(ds.grad_norm[0]) and ds.loss.attrs["source_dtype"] == "float32"
+    assert ds["0.weight"].dims == ds["0.weight.grad"].dims  # one naming scheme: shared dims
+    for row, step in ((1, 2), (2, 4)):
+        weight, grad, momentum, loss, before = live[step]
+        for name, value in (("0.weight", weight), ("0.weight.grad", grad), ("0.weight.momentum_buffer", momentum)):
+            np.testing.assert_array_equal(ds[name][row], value.numpy(), err_msg=f"{name} at step {step}")
+        assert float(ds.loss[row]) == np.float32(loss) and float(ds.lr[row]) == np.float32(0.1)
+        assert float(ds.grad_norm_before_clipping[row]) == pytest.approx(before, rel=1e-6)
+        assert before > 1 and float(ds.grad_norm[row]) == pytest.approx(1.0, rel=1e-5)  # clipped to 1
+    assert ds.loss.attrs["description"] == "training loss of step t's batch, as the model computed it"
+    assert ds["0.weight"].attrs["optimizer"] == "SGD" and ds["0.weight"].attrs["optimizer_hyperparameters"]["momentum"] == 0.9
+    buffers = ds["0.weight.momentum_buffer"].values[1:]
+    np.testing.assert_allclose(ds.zarrec.intended_update("0.weight").total, -0.1 * buffers, rtol=1e-6)
+    assert ds.zarrec.realized_fraction("0.weight").overall.isnull().all()  # every other step: no W[t - 1]
+
+
+def test_a_loop_without_before_clipping_records_nan_for_it_and_values_as_given(tmp_path):
+    model = torch.nn.Embedding(5, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    with zarrec.ModelRecorder(tmp_path / "run.zarr", model, optimizer, params=["weight"]) as recorder:
+        for _ in range(3):
+            model(torch.tensor([1, 2])).sum().backward()
+            optimizer.step()
+            recorder.step(loss=2.5, temperature=torch.tensor(0.7))
+            optimizer.zero_grad()
+    ds = xr.open_zarr(tmp_path / "run.zarr")
+    assert ds.grad_norm_before_clipping.isnull().all() and ds.grad_norm[1:].notnull().all()
+    np.testing.assert_array_equal(ds.loss[1:], 2.5)
+    np.testing.assert_allclose(ds.temperature[1:], 0.7)
+    assert ds["weight"].dims == ("step", "weight_row", "weight_col") == ds["weight.exp_avg"].dims
+
+
+def test_a_model_without_an_input_embedding_names_what_to_record(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(ConfigError, match=r"Linear has no input embedding .* choose parameters by name with params"):
+        zarrec.ModelRecorder(tmp_path / "run.zarr", model, torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_the_cost_line_at_the_first_recorded_step_projects_the_store(tmp_path, caplog):
+    """One line, logged once: the projected recorded steps and shard files are what the run then writes."""
+    model = torch.nn.Sequential(torch.nn.Linear(300, 256), torch.nn.Linear(256, 3))  # 0.weight: 300 KB a step
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    with caplog.at_level(logging.INFO, logger="zarrec"):
+        with zarrec.ModelRecorder(tmp_path / "run.zarr", model, optimizer, params=["*.weight"], every="1:4,3", steps=20,
+                                  chunk_steps=2) as recorder:
+            for _ in range(20):
+                model(torch.randn(2, 300)).sum().backward()
+                optimizer.step()
+                recorder.step(loss=1.0)
+                optimizer.zero_grad()
+    (line,) = [record.message for record in caplog.records if record.name == "zarrec"]
+    ds = xr.open_zarr(tmp_path / "run.zarr")
+    shard_files = sum(1 for name in ds.variables for f in (tmp_path / "run.zarr" / str(name) / "c").rglob("*")
+                      if f.is_file() and contract.along_step(ds[name].dims))
+    assert line.startswith("zarrec: 12 variables, ") and "2 steps a chunk" in line  # 2 × (W, grad, 2 moments), 4 scalars
+    assert f"; {ds.step.size} recorded steps: " in line and f", {shard_files} shard files" in line
+    assert ds.step.size == 10 and shard_files > 9  # the big arrays: a shard a chunk; the small ones: one
+
+
+class TinyLanguageModel(torch.nn.Module):
+    def __init__(self, vocab: int = 16, width: int = 4) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, width)
+        self.head = torch.nn.Linear(width, vocab)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.embed
+
+    def forward(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.head(self.embed(ids[:, :-1]))
+        return {"loss": torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()), "logits": logits}
+
+
+def test_rows_record_the_chosen_rows_of_the_live_tensors_and_label_them(tmp_path):
+    torch.manual_seed(0)
+    model = TinyLanguageModel()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    live_mask = np.arange(16) % 2 == 1
+    chosen = [11, 3, 7, 3]  # any order, repeats: recorded sorted, once
+    live = {}
+    with zarrec.ModelRecorder(
+        tmp_path / "run.zarr", model, optimizer, params=["embed.weight", "head.weight"],
+        rows={"embed.weight": chosen, "head.weight": slice(2, 5)}, coords={"live": ("token", live_mask)},
+    ) as recorder:
+        for step in range(1, 4):
+            output = model(torch.randint(0, 16, (2, 6)))
+            recorder.add_output(output)
+            output["loss"].backward()
+            grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+            optimizer.step()
+            recorder.step()
+            state = {name: {k: v.clone() for k, v in optimizer.state[p].items()} for name, p in model.named_parameters()}
+            live[step] = ({n: p.detach().clone() for n, p in model.named_parameters()}, grads, state,
+                          output["logits"].detach()[0, -1].clone())
+            optimizer.zero_grad()
+    ds = xr.open_zarr(tmp_path / "run.zarr")
+    np.testing.assert_array_equal(ds.token, [3, 7, 11])
+    np.testing.assert_array_equal(ds.live, live_mask[[3, 7, 11]])
+    np.testing.assert_array_equal(ds.head_weight_row, [2, 3, 4])
+    assert ds.attrs[contract.ROWS_ATTR] == {"token": 16, "head_weight_row": 16}
+    for step in (1, 2, 3):
+        params, grads, state, logits = live[step]
+        row = ds.sel(step=step)
+        for name, rows in (("embed.weight", [3, 7, 11]), ("head.weight", [2, 3, 4])):
+            stored = "embeddings" if name == "embed.weight" else name
+            np.testing.assert_array_equal(row[stored].values, params[name][rows].numpy())
+            grad = "grads" if name == "embed.weight" else f"{name}.grad"
+            np.testing.assert_array_equal(row[grad].values, grads[name][rows].numpy())
+            moment = "momentum" if name == "embed.weight" else f"{name}.exp_avg"
+            np.testing.assert_array_equal(row[moment].values, state[name]["exp_avg"][rows].numpy())
+        np.testing.assert_array_equal(row.embeddings.sel(token=7).values, params["embed.weight"][7].numpy())
+        np.testing.assert_array_equal(row.logits.values, logits[[3, 7, 11]].numpy())
+    assert float(ds.zarrec.update_residual().max()) < 1e-6 * float(abs(ds.embeddings).max())  # the identity holds row by row
+    with pytest.raises(ConfigError, match="3 of 16 tokens"):
+        ds.zarrec.logit_stats()
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ([16], "row ids in 0..15"), ([], "non-empty"), ({"nothing.*": [1]}, "names no recorded parameter"),
+])
+def test_rows_that_do_not_fit_are_refused_with_the_fix(tmp_path, rows, message):
+    model = TinyLanguageModel()
+    with pytest.raises(ConfigError, match=message):
+        zarrec.ModelRecorder(tmp_path / "run.zarr", model, torch.optim.AdamW(model.parameters()), rows=rows)
+
+
+def train_tiny(path, steps: int = 6, **options) -> None:
+    torch.manual_seed(0)
+    model = TinyLanguageModel()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
+    with zarrec.ModelRecorder(path, model, optimizer, params=["embed.weight", "head.*"], summaries=True, **options) as recorder:
+        for _ in range(steps):
+            output = model(torch.randint(0, 16, (2, 6)))
+            recorder.add_output(output)
+            output["loss"].backward()
+            optimizer.step()
+            recorder.step()
+            optimizer.zero_grad()
+
+
+def computed_from_the_full_state(ds: xr.Dataset, param: str) -> xr.Dataset:
+    without_source = ds.copy()
+    without_source.encoding = {}  # row_statistics cannot find the summaries group: it computes them
+    return without_source.zarrec.row_statistics(param)
+
+
+def test_summaries_of_every_step_equal_their_formula_on_the_full_state(tmp_path):
+    train_tiny(tmp_path / "run.zarr")
+    ds = xr.open_zarr(tmp_path / "run.zarr")
+    summaries = xr.open_zarr(tmp_path / "run.zarr" / "summaries")
+    np.testing.assert_array_equal(summaries.step, np.arange(7))
+    assert summaries["embed.weight.param_norm"].dims == ("step", "token")
+    for param in ("embed.weight", "head.weight", "head.bias"):
+        recorded, computed = ds.zarrec.row_statistics(param), computed_from_the_full_state(ds, param)
+        assert set(recorded.data_vars) == {"param_norm", "grad_norm", "update_norm", "cos_grad_momentum"}
+        assert recorded.param_norm.dims == computed.param_norm.dims
+        for name in recorded.data_vars:
+            assert recorded[name].notnull().sum() > 0
+            xr.testing.assert_allclose(recorded[name], computed[name], rtol=1e-5, atol=1e-7)
+
+
+def test_summaries_every_step_while_the_full_state_follows_every(tmp_path):
+    train_tiny(tmp_path / "run.zarr", every=3, rows=[1, 4, 9])
+    ds = xr.open_zarr(tmp_path / "run.zarr")
+    np.testing.assert_array_equal(ds.step, [0, 3, 6])
+    recorded = ds.zarrec.row_statistics()  # the input embedding's, from the summaries group
+    np.testing.assert_array_equal(recorded.step, np.arange(7))
+    np.testing.assert_array_equal(recorded.token, [1, 4, 9])
+    computed = computed_from_the_full_state(ds, "embed.weight")
+    assert computed.update_norm.isnull().all()  # the full state has no consecutive steps
+    for name in ("param_norm", "grad_norm", "cos_grad_momentum"):
+        xr.testing.assert_allclose(recorded[name].sel(step=[3, 6]), computed[name].sel(step=[3, 6]), rtol=1e-5, atol=1e-7)
+    assert recorded.update_norm.sel(step=slice(1, None)).notnull().all()
+
+
+def test_resuming_with_summaries_a_run_recorded_without_them_is_refused_and_releases_the_store(tmp_path):
+    model = TinyLanguageModel()
+    optimizer = torch.optim.AdamW(model.parameters())
+    with zarrec.ModelRecorder(tmp_path / "run.zarr", model, optimizer) as recorder:
+        model(torch.randint(0, 16, (2, 6)))["loss"].backward()
+        optimizer.step()
+        recorder.step()
+    with pytest.raises(ConfigError, match="no recording to resume at .*summaries"):
+        zarrec.ModelRecorder(tmp_path / "run.zarr", model, optimizer, summaries=True, resume_from=1, initial_step=1)
+    zarrec.ModelRecorder(tmp_path / "run.zarr", model, optimizer, resume_from=1, initial_step=1).close()  # not locked
