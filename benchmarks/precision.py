@@ -4,7 +4,7 @@ The values are ``store_layout.py``'s float32 random walk with its Adam moments (
 training state looks like to a compressor: it compresses about 1.1× exactly), at the reference
 run's 128×64 (512 steps, one shard) and a GPT-2-small embedding, 50257×768 (6 steps, one a
 shard). Each is written by zarrec's writer (``RunStore.append``, the default codec) exact and
-rounded to 10 and to 7 mantissa bits (``zarrec.record.recorder.round_mantissa``, what
+rounded to 10 and to 7 mantissa bits (``zarrec.record.rounding.round_mantissa``, what
 ``Recorder(mantissa_bits=...)`` does before compressing), in the same invocation. Reported: bytes
 on disk of the three arrays, the compression ratio, and the largest relative error
 ``|stored − x| / |x|`` over every nonzero value. Bytes and errors are deterministic: one run.
@@ -34,7 +34,7 @@ BITS = (None, 10, 7)
 def write(path: Path, values: Path, rows: int, cols: int, chunk_steps: int, bits: int | None) -> dict:
     """Write the values rounded to ``bits`` (None: exact); bytes on disk and the largest relative error."""
     from zarrec.store import contract
-    from zarrec.record.recorder import round_mantissa
+    from zarrec.record.rounding import round_mantissa
     from zarrec.store.run_store import RunStore
 
     store = RunStore.create(path, attrs=ATTRS)

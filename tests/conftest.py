@@ -9,8 +9,11 @@ import itertools
 import os
 from pathlib import Path
 
+import dask.array
+import numpy as np
 import pytest
 import torch
+import xarray as xr
 from transformers import TrainerCallback
 from zarr.storage import LocalStore, WrapperStore
 
@@ -138,9 +141,6 @@ def lightning_run(tmp_path_factory) -> Path:
 
 def synthetic_dataset(steps=(0, 1, 2, 3, 4, 5, 6), tokens: int = 6, dims: int = 4, seed: int = 0):
     """A small run in the store contract's layout, with random values and known hyperparameters."""
-    import numpy as np
-    import xarray as xr
-
     rng = np.random.default_rng(seed)
     shape = (len(steps), tokens, dims)
     lr = np.linspace(1e-3, 5e-4, len(steps))
@@ -261,3 +261,20 @@ def s3_bucket(s3_server) -> str:
     name = f"zarrec-{next(_buckets)}"
     s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
     return f"s3://{name}"
+
+
+@pytest.fixture
+def ds() -> xr.Dataset:
+    """The synthetic dataset of :func:`synthetic_dataset`."""
+    return synthetic_dataset()
+
+
+def arrays(ds):
+    a = ds.attrs
+    return (ds.embeddings.values.astype(np.float64), ds.grads.values.astype(np.float64), ds.momentum.values.astype(np.float64),
+            ds.variance.values.astype(np.float64), ds.lr.values.astype(np.float64), ds.step.values, ds.live.values, a)
+
+
+def close(actual: xr.DataArray, expected: np.ndarray, rtol=1e-5, atol=1e-7):
+    assert isinstance(actual.data, dask.array.Array), "results stay lazy"
+    np.testing.assert_allclose(actual.values, expected, rtol=rtol, atol=atol)

@@ -159,8 +159,8 @@ def _import_parser(subparsers) -> None:
 
 
 def _import(args: argparse.Namespace) -> None:
-    from zarrec.legacy import import_legacy
     from zarrec.analysis.summary import summarize
+    from zarrec.legacy import import_legacy
 
     import_legacy(args.source, args.out, overwrite=args.overwrite, renumber=args.renumber, progress=not args.quiet)
     print("\n".join(summarize(args.out).lines()))

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from zarrec.store import contract
 from zarrec.errors import ConfigError, StoreExistsError, ZarrecWarning
-from zarrec.store.run_store import StoreLike, describe, store_exists
+from zarrec.store import contract
+from zarrec.store.location import StoreLike, describe, store_exists
 
 # Legacy key -> store variable, for the arrays with one row per recorded step.
 VARIABLES = {
@@ -64,8 +64,8 @@ def import_legacy(
     import torch
     from safetensors import SafetensorError, safe_open
 
-    from zarrec.reference.corpus import byte_labels
     from zarrec.record.recorder import Recorder
+    from zarrec.reference.corpus import byte_labels
 
     path = Path(source)
     if store_exists(out) and not overwrite:

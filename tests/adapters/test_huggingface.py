@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 
 from zarrec import ConfigError, Recorder, ZarrecCallback
 from zarrec.store import contract
-from zarrec.capture.model_recorder import first_unrecorded_step
+from zarrec.capture.resume import first_unrecorded_step
 from zarrec.reference.train import make_trainer, train
 
 SCALARS = {"grad_norm", "grad_norm_before_clipping"}  # recorded with the loss and lr at every step

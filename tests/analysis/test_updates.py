@@ -1,67 +1,15 @@
-"""Each analysis function against a hand-computed numpy reference, and on a real recorded run."""
+"""What the optimizer intended and what landed: each update formula against a hand-computed numpy
+reference, and on real Trainer, SGD, Lightning and plain-loop runs."""
 
 from __future__ import annotations
 
-import shutil
-
-import dask.array
 import numpy as np
 import pytest
-import torch
 import xarray as xr
-from zarr.storage import LocalStore, WrapperStore
 
 import zarrec  # noqa: F401  (registers ds.zarrec)
-from conftest import LAYER, LAYER_PARAMS, synthetic_dataset
+from conftest import LAYER, LAYER_PARAMS, arrays, close, synthetic_dataset
 from zarrec import ConfigError, analysis
-
-
-@pytest.fixture
-def ds() -> xr.Dataset:
-    return synthetic_dataset()
-
-
-def arrays(ds):
-    a = ds.attrs
-    return (ds.embeddings.values.astype(np.float64), ds.grads.values.astype(np.float64), ds.momentum.values.astype(np.float64),
-            ds.variance.values.astype(np.float64), ds.lr.values.astype(np.float64), ds.step.values, ds.live.values, a)
-
-
-def close(actual: xr.DataArray, expected: np.ndarray, rtol=1e-5, atol=1e-7):
-    assert isinstance(actual.data, dask.array.Array), "results stay lazy"
-    np.testing.assert_allclose(actual.values, expected, rtol=rtol, atol=atol)
-
-
-def test_live_and_dead(ds):
-    live = ds.live.values
-    np.testing.assert_array_equal(analysis.live(ds).token, np.flatnonzero(live))
-    np.testing.assert_array_equal(analysis.dead(ds).token, np.flatnonzero(~live))
-    assert ds.zarrec.live().sizes["token"] + ds.zarrec.dead().sizes["token"] == ds.sizes["token"]
-
-
-def test_velocity_and_speed(ds):
-    W = arrays(ds)[0]
-    velocity = analysis.velocity(ds)
-    assert velocity.dims == ("step", "token", "dim")
-    np.testing.assert_array_equal(velocity.step, ds.step[1:])
-    close(velocity, W[1:] - W[:-1])
-    close(analysis.speed(ds), np.linalg.norm(W[1:] - W[:-1], axis=-1))
-
-
-def test_centroid_spread_norms_and_their_live_dead_split(ds):
-    W, *_, live, _ = arrays(ds)
-    close(analysis.centroid(ds), W.mean(1))
-    c = W.mean(1, keepdims=True)
-    close(analysis.spread(ds), np.linalg.norm(W - c, axis=-1).mean(1))
-    close(analysis.norms(ds), np.linalg.norm(W, axis=-1))
-    split_centroid = analysis.centroid(ds, split=True)
-    assert split_centroid.dims == ("population", "step", "dim")
-    close(split_centroid.sel(population="live"), W[:, live].mean(1))
-    close(split_centroid.sel(population="dead"), W[:, ~live].mean(1))
-    dead = W[:, ~live]
-    close(analysis.spread(ds, split=True).sel(population="dead"),
-          np.linalg.norm(dead - dead.mean(1, keepdims=True), axis=-1).mean(1))
-    close(analysis.norms(ds, split=True).sel(population="live"), np.linalg.norm(W[:, live], axis=-1).mean(1))
 
 
 def adam_reference(ds):
@@ -132,153 +80,6 @@ def test_force_decomposition_of_a_token_that_does_not_move_is_nan_not_an_error(d
     assert np.isnan(result.cos_grad).all() and (result.along_grad == 0).all()
 
 
-def test_logit_stats(ds):
-    z = ds.logits.values.astype(np.float64)
-    live = ds.live.values
-    p = np.exp(z - z.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    stats = analysis.logit_stats(ds)
-    close(stats["range"], z.max(1) - z.min(1))
-    close(stats["std"], z.std(1))
-    close(stats["entropy"], -(p * np.log(p)).sum(1))
-    close(stats["live_mass"], p[:, live].sum(1))
-    close(stats["dead_mass"], p[:, ~live].sum(1))
-    assert stats["entropy"].attrs["max_entropy"] == pytest.approx(np.log(ds.sizes["token"]))
-
-
-def test_uniform_logits_have_zero_range_and_maximal_entropy(ds):
-    uniform = ds.copy().assign(logits=ds.logits * 0 + 7.6875)
-    stats = analysis.logit_stats(uniform).compute()
-    assert (stats["range"] == 0).all()
-    np.testing.assert_allclose(stats["entropy"], np.log(ds.sizes["token"]), rtol=1e-6)
-
-
-def test_pca_matches_numpy_svd(ds):
-    W = arrays(ds)[0]
-    X = W.reshape(-1, W.shape[-1])
-    centred = X - X.mean(0)
-    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
-    result = analysis.pca(ds, n=2)
-    components = result["components"].values
-    for k in range(2):
-        sign = np.sign(vt[k][np.abs(vt[k]).argmax()])
-        np.testing.assert_allclose(components[k], sign * vt[k], atol=1e-6)
-    np.testing.assert_allclose(result["explained_variance_ratio"], (singular**2 / (singular**2).sum())[:2], rtol=1e-6)
-    close(result["projection"], (W - X.mean(0)) @ components.T, rtol=1e-5, atol=1e-6)
-    assert result["projection"].dims == ("step", "token", "component")
-    with pytest.raises(ConfigError, match="pca needs 1 <= n <= 4"):
-        analysis.pca(ds, n=5)
-
-
-def test_missing_variables_and_attributes_are_clear_errors(ds):
-    with pytest.raises(ConfigError, match=r"the store has no exp_avg of embeddings \(recorded with AdamW: it has param"):
-        analysis.adam_update(ds.drop_vars("momentum"))
-    no_attrs = ds.copy()
-    no_attrs.attrs = {}
-    with pytest.raises(ConfigError, match="embeddings has no recorded optimizer; the intended update is known for AdamW"):
-        analysis.adam_update(no_attrs)
-    with pytest.raises(ConfigError, match="no 'live' coordinate"):
-        analysis.live(ds.drop_vars("live"))
-    with pytest.raises(ConfigError, match="'q' is not a recorded parameter; this store records embeddings"):
-        analysis.speed(ds, "q")
-
-
-def test_accessor_forwards_every_function(ds):
-    for name in ("velocity", "speed", "centroid", "spread", "norms", "adam_update", "update_residual",
-                 "realized_fraction", "force_decomposition", "logit_stats", "pca"):
-        via_accessor = getattr(ds.zarrec, name)()
-        direct = getattr(analysis, name)(ds)
-        xr.testing.assert_identical(via_accessor.compute(), direct.compute())
-
-
-def test_on_a_real_float32_run_every_intended_update_landed(float32_run):
-    """On a float32 run the AdamW update is reproduced to rounding: residual ≈ 0, fraction ≈ 1."""
-    ds = xr.open_zarr(float32_run.path)
-    residual = ds.zarrec.update_residual()
-    assert float(np.abs(residual).max()) <= 4e-7 * float(np.abs(ds.embeddings).max())
-    np.testing.assert_allclose(ds.zarrec.realized_fraction()["overall"], 1, rtol=1e-3)
-    for name in ("velocity", "speed", "centroid", "spread", "norms", "force_decomposition", "logit_stats", "pca"):
-        result = getattr(ds.zarrec, name)().compute()
-        assert result.sizes["step"] >= float32_run.config.steps
-    assert ds.zarrec.centroid(split=True).sizes["population"] == 2
-    assert float(ds.zarrec.logit_stats()["entropy"][1]) == pytest.approx(np.log(128), abs=1e-3)
-
-
-def test_speed_of_one_token_reads_only_the_embeddings(tmp_path, float32_run):
-    """Corrupt every chunk of the other variables: speed() still computes, so it never read them."""
-    store = tmp_path / "run.zarr"
-    shutil.copytree(float32_run.path, store)
-    for name in ("grads", "momentum", "variance", "logits", "loss", "lr"):
-        for chunk in (store / name / "c").rglob("*"):
-            if chunk.is_file():
-                chunk.write_bytes(b"not a blosc frame")
-    ds = xr.open_zarr(store)
-    expected = np.linalg.norm(np.diff(xr.open_zarr(float32_run.path).embeddings.values[:, 5], axis=0), axis=-1)
-    np.testing.assert_allclose(ds.zarrec.speed().sel(token=5).values, expected, rtol=1e-6)
-    with pytest.raises(Exception):
-        ds.grads.values  # the corruption is real
-
-
-class CountingReads(WrapperStore):
-    """A real local store that counts the bytes read from it (whole objects and byte ranges)."""
-
-    def __init__(self, store, counter: dict | None = None) -> None:
-        super().__init__(store)
-        self.counter = counter if counter is not None else {"bytes": 0}
-
-    def _with_store(self, store):
-        return CountingReads(store, self.counter)
-
-    async def get(self, key, prototype, byte_range=None):
-        value = await self._store.get(key, prototype, byte_range)
-        self.counter["bytes"] += len(value) if value is not None else 0
-        return value
-
-
-@pytest.fixture(scope="module")
-def many_rows(tmp_path_factory):
-    """A format-2 store whose shards hold 8 inner chunks of rows (16 steps × 256 rows × 256 B = 1 MiB each)."""
-    path = tmp_path_factory.mktemp("rows") / "run.zarr"
-    rng = np.random.default_rng(0)
-    attrs = {"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8, "weight_decay": 0.01}
-    with zarrec.Recorder(path, chunk_steps=16, attrs=attrs) as recorder:
-        for step in range(32):
-            values = {name: rng.normal(size=(2048, 64)).astype(np.float32) for name in ("embeddings", "grads", "momentum")}
-            values["variance"] = rng.uniform(1e-4, 1e-2, size=(2048, 64)).astype(np.float32)
-            recorder.record(step, lr=1e-3, **{name: torch.from_numpy(value) for name, value in values.items()})
-    return path
-
-
-@pytest.mark.parametrize(
-    ("expression", "variables"),
-    [
-        ("ds.embeddings.sel(token=1000)", ["embeddings"]),
-        ("ds.zarrec.velocity().sel(token=1000)", ["embeddings"]),
-        ("ds.zarrec.speed().sel(token=1000)", ["embeddings"]),
-        ("ds.isel(token=[1000, 1001]).zarrec.speed()", ["embeddings"]),
-        ("ds.zarrec.norms().sel(token=1000)", ["embeddings"]),
-        ("ds.zarrec.adam_update().total.sel(token=1000)", ["embeddings", "momentum", "variance"]),
-        ("ds.zarrec.update_residual().sel(token=1000)", ["embeddings", "momentum", "variance"]),
-        ("ds.zarrec.realized_fraction().per_row.sel(token=1000)", ["embeddings", "momentum", "variance"]),
-        ("ds.isel(token=[1000]).zarrec.realized_fraction().overall", ["embeddings", "momentum", "variance"]),
-        ("ds.zarrec.force_decomposition().cos_grad.sel(token=1000)", ["embeddings", "grads", "momentum"]),
-    ],
-)
-def test_a_selection_reads_only_its_rows_inner_chunks(many_rows, expression, variables):
-    """Selecting one token (first or last) reads one inner chunk of 8 per shard of what the formula uses."""
-    stored = sum(f.stat().st_size for name in variables for f in (many_rows / name / "c").rglob("*") if f.is_file())
-    store = CountingReads(LocalStore(many_rows, read_only=True))
-    ds = xr.open_zarr(store)
-    before = store.counter["bytes"]
-    result = eval(expression, {"ds": ds}).values
-    read = store.counter["bytes"] - before
-    assert np.isfinite(result).any()
-    assert read < stored / 8 * 1.2, (read, stored)  # one inner chunk of 8, its shard's index, small arrays
-    whole = store.counter["bytes"]
-    ds.embeddings.values
-    assert store.counter["bytes"] - whole >= stored / len(variables) * 0.99  # the counter sees every byte
-
-
 def adamw_reference(ds: xr.Dataset, param: str) -> np.ndarray:
     """AdamW's intended update of ``param`` from its stored values and hyperparameters, in numpy."""
     W, m, v = (ds[name].values.astype(np.float64) for name in (param, f"{param}.exp_avg", f"{param}.exp_avg_sq"))
@@ -321,14 +122,6 @@ def test_every_method_on_a_layer_of_a_trainer_run(layers_run):
         ds.zarrec.speed()
     with pytest.raises(ConfigError, match="the live/dead split is over tokens"):
         ds.zarrec.norms(LAYER, split=True)
-
-
-def test_the_store_says_each_parameters_weight_decay_as_the_trainer_applied_it(layers_run, tiny_config):
-    """The Trainer decays matrices, not biases or LayerNorm weights."""
-    decay = xr.open_zarr(layers_run).zarrec.parameters().weight_decay
-    assert float(decay.sel(param=LAYER)) == tiny_config.weight_decay > 0
-    assert float(decay.sel(param="transformer.h.0.attn.c_attn.bias")) == 0.0
-    assert float(decay.sel(param="transformer.h.0.ln_1.weight")) == 0.0
 
 
 def test_sgd_with_momentum_has_its_own_update_identity(sgd_run):

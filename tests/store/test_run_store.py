@@ -15,7 +15,8 @@ import zarr
 
 from zarrec import ConfigError, StoreExistsError, StoreLockedError
 from zarrec.store import contract
-from zarrec.store.run_store import RunStore, ensure_new
+from zarrec.store.location import ensure_new
+from zarrec.store.run_store import RunStore
 from conftest import FullDisk
 from foreign_readers import tensorstore_read, tensorstore_view, zarr_unconsolidated_view
 

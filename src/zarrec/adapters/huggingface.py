@@ -20,11 +20,13 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from zarrec.capture.model_recorder import ModelRecorder, common_attributes, is_sharded
+from zarrec.capture.attributes import common_attributes
+from zarrec.capture.model_recorder import ModelRecorder
+from zarrec.capture.sharding import is_sharded
 from zarrec.errors import ConfigError
 from zarrec.record.recorder import Recorder
+from zarrec.store.location import StoreLike, store_exists
 from zarrec.store.schedule import StepSchedule
-from zarrec.store.run_store import StoreLike, store_exists
 
 
 class ZarrecCallback(TrainerCallback):
@@ -166,7 +168,7 @@ class ZarrecCallback(TrainerCallback):
 
 
 def run_attributes(args, state, model, optimizer) -> dict[str, Any]:
-    """The run's attributes (:func:`zarrec.capture.model_recorder.common_attributes`) and the Trainer's settings
+    """The run's attributes (:func:`zarrec.capture.attributes.common_attributes`) and the Trainer's settings
     needed to re-derive it, as JSON-ready values."""
     config = getattr(model, "config", None)
     attrs = {

@@ -17,16 +17,18 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from zarrec.record import shutdown
-from zarrec.capture.model_recorder import ModelRecorder, common_attributes, is_sharded
+from zarrec.capture.attributes import common_attributes
+from zarrec.capture.model_recorder import ModelRecorder
+from zarrec.capture.sharding import is_sharded
 from zarrec.errors import ConfigError, MissingDependencyError
+from zarrec.record import shutdown
+from zarrec.store.location import StoreLike, store_exists
 from zarrec.store.schedule import StepSchedule
-from zarrec.store.run_store import StoreLike, store_exists
 
 try:
     from lightning.pytorch import Callback
 except ImportError as exc:  # an optional dependency
-    raise MissingDependencyError("zarrec.adapters.lightning needs Lightning: pip install 'lightning>=2.4'") from exc
+    raise MissingDependencyError("ZarrecLightningCallback needs Lightning: pip install 'zarrec[lightning]'") from exc
 
 # Lightning's precision setting → the autocast dtype of the forward ("32-true": none).
 _AUTOCAST = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}

@@ -1,4 +1,4 @@
-"""``ds.zarrec``: the analysis of :mod:`zarrec.analysis.updates` and the figures of :mod:`zarrec.analysis.plots`, as methods.
+"""``ds.zarrec``: the analysis of :mod:`zarrec.analysis` and the figures of :mod:`zarrec.analysis.plots`, as methods.
 
 A thin facade: every method forwards to the plain function of the same name, whose
 docstring states the formula. Registered when ``zarrec`` is imported::
@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import xarray as xr
 
-from zarrec.analysis import updates as analysis
+from zarrec import analysis
 from zarrec.analysis import plots
 
 
 @xr.register_dataset_accessor("zarrec")
 class ZarrecAccessor:
-    """Analysis of a zarrec run; see :mod:`zarrec.analysis.updates` for each formula."""
+    """Analysis of a zarrec run; see :mod:`zarrec.analysis` for each formula."""
 
     def __init__(self, ds: xr.Dataset) -> None:
         self._ds = ds

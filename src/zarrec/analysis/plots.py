@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from zarrec.analysis import updates as analysis
-from zarrec.store import contract
+from zarrec import analysis
 from zarrec.errors import ConfigError, MissingDependencyError
+from zarrec.store import contract
 
 MAX_POINTS = 2000
 LIVE_COLOR, DEAD_COLOR = "tab:blue", "tab:red"
@@ -180,7 +180,7 @@ def realized_fraction(ds: xr.Dataset, param: str | None = None):
 
 def parameters(ds: xr.Dataset):
     """Per recorded parameter and step: the realized fraction of the intended update, and the
-    update-to-weight ratio ``‖ΔW‖ / ‖W‖`` (:func:`zarrec.analysis.updates.by_parameter`)."""
+    update-to-weight ratio ``‖ΔW‖ / ‖W‖`` (:func:`zarrec.analysis.by_parameter`)."""
     overview = _thin(analysis.by_parameter(ds)).compute()
     fraction = overview["realized_fraction"]
     if fraction.isnull().all():

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import zarr
 
-from zarrec.store import contract
 from zarrec.errors import ConfigError
+from zarrec.store import contract
+from zarrec.store.location import StoreLike, describe
 from zarrec.store.schedule import StepSchedule
-from zarrec.store.run_store import StoreLike, describe
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,44 @@
-"""Versions of the libraries that shape a recording, stored with every run."""
+"""The run attributes every adapter writes, and the versions of the libraries that shape a
+recording, stored with every run."""
 
 from __future__ import annotations
 
 import platform
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import torch
 
 _PACKAGES = ("zarrec", "torch", "transformers", "accelerate", "zarr", "numcodecs", "numpy", "xarray")
+
+
+def common_attributes(
+    framework: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    steps: int,
+    gradient_accumulation_steps: int,
+    max_grad_norm: float | None,
+    autocast_dtype: str | None,
+    world_size: int,
+) -> dict[str, Any]:
+    """The run attributes every adapter writes, under one set of names (a framework adds its own
+    settings beside them): ``autocast_dtype`` is mixed precision's forward dtype (None: none),
+    the parameters' own dtype is ``dtype``; each recorded parameter's optimizer hyperparameters
+    are in its arrays' ``optimizer_hyperparameters``."""
+    return {
+        "framework": framework,
+        "optimizer_class": type(getattr(optimizer, "optimizer", optimizer)).__name__,
+        "steps": steps,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "max_grad_norm": max_grad_norm,
+        "autocast_dtype": autocast_dtype,
+        "world_size": world_size,
+        "device": str(next(model.parameters()).device),
+        "versions": library_versions(),
+    }
 
 
 def library_versions() -> dict[str, str]:

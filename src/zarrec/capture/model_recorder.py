@@ -29,60 +29,33 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from zarrec.store import contract
-from zarrec.errors import ConfigError
-from zarrec.capture.probe import Probe
-from zarrec.record.ranks import check_layout, is_dtensor, sharded
-from zarrec.record.recorder import Recorder, Value
+from zarrec.capture.norms import gradient_norm, trained
+from zarrec.capture.probe import make_probe
+from zarrec.capture.resume import refuse_a_gap, refuse_a_gap_in_summaries, summaries_of
 from zarrec.capture.row_statistics import RowStatistics
-from zarrec.store.schedule import StepSchedule
 from zarrec.capture.selection import ParameterSelection
-from zarrec.store.run_store import StoreLike, committed_step, store_exists
-from zarrec.capture.attributes import library_versions
+from zarrec.capture.sharding import (
+    is_sharded,
+    refuse_partitioned_parameters,
+    refuse_unsupported_sharding,
+)
+from zarrec.capture.step import CapturedStep
+from zarrec.errors import ConfigError
+from zarrec.record.recorder import Recorder
+from zarrec.record.variables import Value
+from zarrec.store import contract
+from zarrec.store.location import StoreLike
+from zarrec.store.schedule import StepSchedule
 
 _LOGGER = logging.getLogger("zarrec")
 # What each step records besides the selection, whichever adapter captured it.
 STEP_SCALARS = (contract.LOSS, contract.LR, contract.GRAD_NORM, contract.GRAD_NORM_BEFORE_CLIPPING)
-_NAN = torch.tensor(float("nan"))  # a scalar the step did not see, in the dtype of a captured one (float32)
-
-
-class _Step:
-    """What one optimizer step showed the capture, reset when the next one begins."""
-
-    def __init__(self) -> None:
-        self.loss_sum: torch.Tensor | None = None
-        self.micro_batches = 0
-        self.loss_is_token_share = False  # each micro loss was already divided by the step's token count
-        self.logits: torch.Tensor | None = None
-        self.grads: Mapping[str, torch.Tensor | None] = {}
-        self.grad_norm: torch.Tensor = _NAN
-        self.grad_norm_before_clipping: torch.Tensor = _NAN
-        self.lr: float | torch.Tensor | None = None
-
-    def loss_description(self) -> str:
-        """What :attr:`loss` is, from how the step's micro-batch losses came."""
-        if self.micro_batches <= 1:
-            return "training loss of step t's batch, as the model computed it"
-        if self.loss_is_token_share:
-            return (
-                f"sum over step t's {self.micro_batches} micro-batches of the model's loss, each given the step's "
-                "token count (num_items_in_batch) to divide by: the mean over the step's tokens for a model that "
-                "uses it; for one that ignores it (e.g. BERT), the sum of the micro-batch means, as the Trainer logs it"
-            )
-        return f"mean over step t's {self.micro_batches} micro-batches of the model's loss"
-
-    @property
-    def loss(self) -> torch.Tensor:
-        if self.loss_sum is None:
-            return _NAN
-        return self.loss_sum if self.loss_is_token_share else self.loss_sum / self.micro_batches
 
 
 class ModelRecorder:
@@ -154,7 +127,7 @@ class ModelRecorder:
         on_error: str = "raise",
     ) -> None:
         if summaries and resume_from and isinstance(out, (str, os.PathLike)):
-            _refuse_a_gap_in_summaries(out, resume_from)  # before any store is opened (and rolled back)
+            refuse_a_gap_in_summaries(out, resume_from)  # before any store is opened (and rolled back)
         self.model = model
         refuse_partitioned_parameters(model)
         self.sharded = is_sharded(model)
@@ -162,7 +135,7 @@ class ModelRecorder:
         if self.sharded:
             refuse_unsupported_sharding(self.selection, rows=rows is not None, summaries=summaries)
         self.schedule = StepSchedule.parse(every)
-        self.probe = _make_probe(model, tokenizer, probe, probe_positions, probe_every) if probe is not None else None
+        self.probe = make_probe(model, tokenizer, probe, probe_positions, probe_every) if probe is not None else None
         run_attrs = {
             contract.PARAMS_ATTR: self.selection.names,
             contract.QUANTITIES_ATTR: None if quantities is None else list(dict.fromkeys(quantities)),
@@ -189,7 +162,7 @@ class ModelRecorder:
         self.last_step = initial_step
         self.steps = steps
         if resume_from:
-            self._refuse_a_gap(resume_from)
+            refuse_a_gap(self.recorder, resume_from, self.schedule)
         self._started = False
         self._cost_untold = True
         self._initial: dict[str, torch.Tensor] | None = None
@@ -198,7 +171,7 @@ class ModelRecorder:
             self._keep_initial_state()
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._norm_queued = False  # a backward's norm before clipping is queued on the autograd engine
-        self._step = _Step()
+        self._step = CapturedStep()
         self.statistics: RowStatistics | None = None
         self.summary_recorder: Recorder | None = None
         if summaries:
@@ -208,7 +181,7 @@ class ModelRecorder:
 
     def begin_step(self) -> None:
         """A new optimizer step begins (its first micro-batch is next)."""
-        self._step = _Step()
+        self._step = CapturedStep()
 
     def add_output(self, output: Any, token_share: bool = False) -> None:
         """A training forward's output (a model output with ``loss`` and ``logits``, a
@@ -233,14 +206,14 @@ class ModelRecorder:
         last micro-batch's value stands), from a callback that the first parameter to finish
         accumulating queues on the autograd engine: one fused norm a backward, not one a
         parameter."""
-        for parameter in _trained(self.model):
+        for parameter in trained(self.model):
             self._hooks.append(parameter.register_post_accumulate_grad_hook(self._queue_norm_before_clipping))
 
     def before_clipping(self) -> None:
         """The gradients are accumulated, not yet clipped: keep their global norm, and the
         learning rate the step will use."""
         if self.wants(self.last_step + 1):
-            self._step.grad_norm_before_clipping = self._gradient_norm()
+            self._step.grad_norm_before_clipping = gradient_norm(self.model, self.sharded)
             self._keep_lr()
 
     def gradients_used(self) -> None:
@@ -251,7 +224,7 @@ class ModelRecorder:
             return
         if self.selection.wants_grads():
             self._step.grads = self.selection.grads()
-        self._step.grad_norm = self._gradient_norm()
+        self._step.grad_norm = gradient_norm(self.model, self.sharded)
         self._keep_lr()
 
     def end_step(self, step: int, **values: Value) -> None:
@@ -328,20 +301,14 @@ class ModelRecorder:
             self.recorder.close("refused to record: summaries need a path")
             raise ConfigError("summaries=True records into the store's summaries group, so out must be a path or URL")
         self.statistics = RowStatistics(self.selection)
-        rows = {self.selection.dims(name)[0] for name in self.statistics.params}
         try:
-            self.summary_recorder = Recorder(
-                _summaries_of(out), overwrite=overwrite,
-                coords={name: (dim, values) for name, (dim, values) in coords.items() if dim in rows},
-                attrs={"description": "per-row statistics of the recorded parameters at every optimizer step"},
-                resume_from=(resume_from or -1) if resume_from is not None else None, flush_every=flush_every,
+            self.summary_recorder = self.statistics.open_recorder(
+                summaries_of(out), coords, overwrite=overwrite, resume_from=resume_from, flush_every=flush_every,
                 on_error=on_error,
             )
         except BaseException as error:
             self.recorder.close(f"refused to record: {error}")  # the run's store is released, as it was
             raise
-        for name, (dims, attrs) in self.statistics.labels().items():
-            self.summary_recorder.label(name, dims, **attrs)
         if self._initial is not None:
             self.summary_recorder.record(0, **self.statistics.initial(self._initial))
 
@@ -384,148 +351,8 @@ class ModelRecorder:
 
     def _norm_before_clipping(self) -> None:
         self._norm_queued = False
-        self._step.grad_norm_before_clipping = self._gradient_norm()
+        self._step.grad_norm_before_clipping = gradient_norm(self.model, self.sharded)
 
-    def _gradient_norm(self) -> torch.Tensor:
-        """The global gradient norm; under FSDP2 this rank's share of its square (its own rows,
-        and on rank 0 every unsharded gradient): the recorder sums the shares over the ranks
-        once a chunk, never a step."""
-        grads = [p.grad for p in _trained(self.model)]
-        if not self.sharded:
-            return _global_norm(grads)
-        rank, own = torch.distributed.get_rank(), []
-        for grad in grads:
-            if grad is not None and (sharded(grad) or rank == 0):
-                own.append(grad.to_local() if is_dtensor(grad) else grad)
-        return _global_norm(own).square() if own else torch.zeros(())
-
-    def _refuse_a_gap(self, resume_step: int) -> None:
-        """Refuse to resume after a checkpoint that is newer than the store's last commit."""
-        missing = first_unrecorded_step(self.recorder.committed_step, resume_step, self.schedule)
-        if missing is not None:
-            self.recorder.close("refused to resume: steps would be missing")
-            raise _gap_error(self.recorder.store_name, self.recorder.committed_step, resume_step, missing)
-
-
-def common_attributes(
-    framework: str,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    *,
-    steps: int,
-    gradient_accumulation_steps: int,
-    max_grad_norm: float | None,
-    autocast_dtype: str | None,
-    world_size: int,
-) -> dict[str, Any]:
-    """The run attributes every adapter writes, under one set of names (a framework adds its own
-    settings beside them): ``autocast_dtype`` is mixed precision's forward dtype (None: none),
-    the parameters' own dtype is ``dtype``; each recorded parameter's optimizer hyperparameters
-    are in its arrays' ``optimizer_hyperparameters``."""
-    return {
-        "framework": framework,
-        "optimizer_class": type(getattr(optimizer, "optimizer", optimizer)).__name__,
-        "steps": steps,
-        "gradient_accumulation_steps": gradient_accumulation_steps,
-        "max_grad_norm": max_grad_norm,
-        "autocast_dtype": autocast_dtype,
-        "world_size": world_size,
-        "device": str(next(model.parameters()).device),
-        "versions": library_versions(),
-    }
-
-
-def first_unrecorded_step(committed: int | None, resume_step: int, every: int | str | StepSchedule) -> int | None:
-    """The first step that ``every`` records after ``committed`` (the store's last step) and at
-    or before ``resume_step`` (where training resumes), or None: resuming there leaves no gap."""
-    following = 0 if committed is None else StepSchedule.parse(every).next_after(committed)
-    return following if following <= resume_step else None
-
-
-def _summaries_of(out: str | os.PathLike) -> str:
-    """Where the summaries of the store at ``out`` are: its ``summaries`` group."""
-    return f"{os.fspath(out).rstrip('/')}/{contract.SUMMARIES_GROUP}"
-
-
-def _refuse_a_gap_in_summaries(out: str | os.PathLike, resume_step: int) -> None:
-    """The summaries, recorded every step, commit apart from the run's store: refuse to resume
-    after a checkpoint newer than their last commit."""
-    summaries = _summaries_of(out)
-    if store_exists(summaries):
-        committed = committed_step(summaries)
-        missing = first_unrecorded_step(committed, resume_step, 1)
-        if missing is not None:
-            raise _gap_error(summaries, committed, resume_step, missing)
-
-
-def _gap_error(store_name: str, committed: int | None, resume_step: int, missing: int) -> ConfigError:
-    return ConfigError(
-        f"{store_name} holds steps up to {committed}, but training resumes after step {resume_step}: step {missing} "
-        f"would never be recorded; resume from a checkpoint at or before step {committed}"
-    )
-
-
-def is_sharded(model: torch.nn.Module) -> bool:
-    """Whether ``model`` is sharded by FSDP2 (its parameters are DTensors): then every rank records its own rows."""
-    return any(is_dtensor(p) for p in model.parameters())
-
-
-def refuse_unsupported_sharding(selection: ParameterSelection, *, rows: bool, summaries: bool) -> None:
-    """Refuse what a sharded run cannot record yet, or not as a whole matrix: chosen rows and
-    summaries (each would gather across ranks), and a parameter laid out other than FSDP2's."""
-    if rows or summaries:
-        raise ConfigError(
-            f"{'rows=' if rows else 'summaries='} is not supported for a sharded (FSDP2) model yet: each would gather "
-            "across ranks every step; record whole parameters (params=[...]) and every=N instead"
-        )
-    for name, parameter in selection.parameters.items():
-        if is_dtensor(parameter):
-            check_layout(name, parameter, torch.distributed.get_world_size())
-
-
-def refuse_partitioned_parameters(model: torch.nn.Module) -> None:
-    """Refuse FSDP1's flat parameters and ZeRO-3's partitioned ones: a rank holds a flat or empty
-    tensor there, which zarrec would record as if it were the whole matrix."""
-    fsdp1 = getattr(sys.modules.get("torch.distributed.fsdp"), "FullyShardedDataParallel", None)  # (imported if used)
-    if fsdp1 is not None and any(isinstance(module, fsdp1) for module in model.modules()):
-        raise ConfigError(
-            "the model is wrapped in FSDP1 (FullyShardedDataParallel), whose flat parameters hold no matrix whole; "
-            "shard it with FSDP2 (torch.distributed.fsdp.fully_shard), which zarrec records rank by rank"
-        )
-    partitioned = [name for name, p in model.named_parameters() if hasattr(p, "ds_id") or hasattr(p, "ds_shape")]
-    if partitioned:
-        raise ConfigError(
-            f"{partitioned[0]} is partitioned by DeepSpeed ZeRO-3 (each rank holds an empty or flat part); zarrec "
-            "does not record ZeRO-3: use ZeRO stage 1 or 2, or FSDP2 (fully_shard)"
-        )
-
-
-def _trained(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def _global_norm(tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
-    """``√Σ‖x‖²`` over the tensors that exist, as ``clip_grad_norm_`` computes it (float32, on their device)."""
-    present = [t.detach() for t in tensors if t is not None]
-    if not present:
-        return _NAN
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present)).float())
-
-
-def _make_probe(model: torch.nn.Module, tokenizer: Any, inputs, positions, every) -> Probe:
-    """The probe, its text encoded by the tokenizer, or as bytes only for a byte-level model."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    vocab_size = getattr(embeddings, "num_embeddings", None)
-    if vocab_size is None:
-        raise ConfigError(f"a probe needs the model's input embedding (get_input_embeddings()); {type(model).__name__} has none")
-    if isinstance(inputs, str) and tokenizer is None and vocab_size > 256:
-        raise ConfigError(
-            f"the probe is text, but there is no tokenizer and the model's vocabulary ({vocab_size}) is not "
-            "bytes; pass the tokenizer (Trainer(processing_class=tokenizer)) or give the probe as token ids"
-        )
-    probe = Probe(inputs, positions, every, tokenizer)
-    probe.check_vocabulary(vocab_size)
-    return probe
 
 
 def _nan_like(value: Value) -> Value:

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from zarrec.store import contract
 from zarrec.errors import ConfigError
+from zarrec.store import contract
 
 
 class Probe:
@@ -90,3 +90,19 @@ class Probe:
 
     def attrs(self) -> dict[str, Any]:
         return {"probe_text": self.text, "probe_ids": self.ids, "probe_every": self.every}
+
+
+def make_probe(model: torch.nn.Module, tokenizer: Any, inputs, positions, every) -> Probe:
+    """The probe, its text encoded by the tokenizer, or as bytes only for a byte-level model."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab_size = getattr(embeddings, "num_embeddings", None)
+    if vocab_size is None:
+        raise ConfigError(f"a probe needs the model's input embedding (get_input_embeddings()); {type(model).__name__} has none")
+    if isinstance(inputs, str) and tokenizer is None and vocab_size > 256:
+        raise ConfigError(
+            f"the probe is text, but there is no tokenizer and the model's vocabulary ({vocab_size}) is not "
+            "bytes; pass the tokenizer (Trainer(processing_class=tokenizer)) or give the probe as token ids"
+        )
+    probe = Probe(inputs, positions, every, tokenizer)
+    probe.check_vocabulary(vocab_size)
+    return probe

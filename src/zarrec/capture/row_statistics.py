@@ -12,19 +12,21 @@ parameter ``W`` with gradient ``g`` and momentum ``m`` (the optimizer's ``exp_av
 - ``update_norm[t, r] = ‖W[t, r] − W[t−1, r]‖`` (a copy of ``W[t−1]`` is kept on the device)
 - ``cos_grad_momentum[t, r] = ⟨g[t, r], m[t, r]⟩ / (‖g[t, r]‖ ‖m[t, r]‖)``
 
-:func:`zarrec.analysis.updates.row_statistics` reads them back, or computes them from a store's full
+:func:`zarrec.analysis.row_statistics` reads them back, or computes them from a store's full
 state with the same formulas.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
+from zarrec.capture.selection import ParameterSelection
+from zarrec.record.recorder import Recorder
 from zarrec.store import contract
 from zarrec.store.contract import MOMENTUM_KEYS, STATISTICS, summary_variable
-from zarrec.capture.selection import ParameterSelection
 
 DESCRIPTIONS = {
     "param_norm": "‖W[t, r]‖: norm of row r of {param} after step t",
@@ -51,6 +53,24 @@ class RowStatistics:
             )
             for name in self.params for statistic in STATISTICS
         }
+
+    def open_recorder(
+        self, out: str, coords: Mapping[str, tuple[str, Any]], *, overwrite: bool, resume_from: int | None,
+        flush_every: int | None, on_error: str,
+    ) -> Recorder:
+        """The recorder of the statistics at ``out`` (the store's ``summaries`` group), with the
+        run's ``coords`` along the parameters' rows and every statistic labelled."""
+        rows = {self.selection.dims(name)[0] for name in self.params}
+        recorder = Recorder(
+            out, overwrite=overwrite,
+            coords={name: (dim, values) for name, (dim, values) in coords.items() if dim in rows},
+            attrs={"description": "per-row statistics of the recorded parameters at every optimizer step"},
+            resume_from=(resume_from or -1) if resume_from is not None else None, flush_every=flush_every,
+            on_error=on_error,
+        )
+        for name, (dims, attrs) in self.labels().items():
+            recorder.label(name, dims, **attrs)
+        return recorder
 
     @torch.no_grad()
     def initial(self, snapshot: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from zarrec.store import contract
 from zarrec.errors import ConfigError
 from zarrec.record.ranks import is_dtensor
+from zarrec.store import contract
 
 
 @dataclass(frozen=True)

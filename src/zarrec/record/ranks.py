@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,6 +93,24 @@ class Ranks:
         per_rank = rank_rows(rows, self.world)
         start = min(self.rank * per_rank, rows)
         return start, min(start + per_rank, rows)
+
+    def own_parts(self, step: int, values: Mapping[str, Any], sharded_names: set[str]) -> dict[str, Any]:
+        """This rank's part of each value: its own rows of a variable in ``sharded_names`` (of a
+        DTensor, its local tensor; of a whole tensor, a view of its rows), anything else as it is."""
+        own = {}
+        for name, value in values.items():
+            if is_dtensor(value):
+                if sharded(value) != (name in sharded_names):
+                    raise RecordError(
+                        f"{name} is {'' if sharded(value) else 'not '}sharded on its rows at step {step} but "
+                        f"{'is' if name in sharded_names else 'was not'} in the first step; record each variable in one layout"
+                    )
+                value = value.to_local()
+            elif name in sharded_names and isinstance(value, (torch.Tensor, np.ndarray)):
+                start, stop = self.own_rows(value.shape[0])
+                value = value[start:stop]
+            own[name] = value
+        return own
 
     def check(self, name: str, value: DTensor) -> None:
         """Refuse a DTensor whose part on this rank is not its own rows of a Shard(0) layout (as

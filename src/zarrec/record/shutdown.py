@@ -1,6 +1,7 @@
 """What happens to open recorders when the process stops before closing them.
 
-Every open :class:`~zarrec.Recorder` is registered here. While one is open:
+Every open :class:`~zarrec.Recorder` registers itself here (as anything with
+``close(reason)``: the registry needs no import of the recorder). While one is open:
 
 - SIGTERM, when the process has no handler of its own, raises ``SystemExit(143)`` in the
   main thread, so ``finally`` blocks and context managers run, as Ctrl-C
@@ -25,22 +26,26 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from zarrec.record.recorder import Recorder
 
-_open: dict[int, Recorder] = {}  # strong references: an unclosed recorder still holds steps to write
+class Closable(Protocol):
+    """What the registry closes: an open recorder."""
+
+    def close(self, reason: str | None = None) -> None: ...
+
+
+_open: dict[int, Closable] = {}  # strong references: an unclosed recorder still holds steps to write
 _previous_sigterm: object = None
 _received: str | None = None  # the signal that is stopping the process
 
 
-def register(recorder: Recorder) -> None:
+def register(recorder: Closable) -> None:
     _open[id(recorder)] = recorder
     _install_sigterm()
 
 
-def unregister(recorder: Recorder) -> None:
+def unregister(recorder: Closable) -> None:
     _open.pop(id(recorder), None)
     if not _open:
         _restore_sigterm()

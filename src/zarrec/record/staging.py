@@ -15,14 +15,19 @@ happens once per part, in the writer thread, into one buffer it reuses (:class:`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from zarrec.store.shards import AssemblyBuffer
+
+if TYPE_CHECKING:
+    from zarrec.record.ranks import Ranks
 
 # Slabs per recording: one being filled, two being written (or queued).
 SLABS = 3
@@ -75,6 +80,43 @@ def plan_parts(
         parts[-1].append(piece)
         size += nbytes
     return parts
+
+
+def plan_staging(
+    shapes: Mapping[str, tuple[int, ...]],
+    staged_dtypes: Mapping[str, torch.dtype],
+    shard_rows: Mapping[str, int],
+    chunk_steps: int,
+    part_bytes: int,
+    ranks: Ranks | None = None,
+    sharded: set[str] = frozenset(),
+    norms_over_ranks: tuple[str, ...] = (),
+) -> list[list[Piece]]:
+    """How a chunk is staged (:func:`plan_parts`): every variable (in a sharded run, this rank's
+    rows of the ``sharded`` ones, and on rank 0 the others), in parts of at most ``part_bytes``
+    where it can. ``shard_rows``: the rows of each variable's shards in the store."""
+    whole_values = ranks is None or ranks.writes_whole_values
+    own, staged = {}, {}
+    for name, shape in shapes.items():
+        if name in sharded:
+            own[name] = ranks.own_rows(shape[0])
+            start, stop = own[name]
+            if stop > start:  # (a rank beyond the last row holds none)
+                staged[name] = ((stop - start, *shape[1:]), staged_dtypes[name], shard_rows[name])
+        elif whole_values or name in norms_over_ranks:
+            staged[name] = (shape, staged_dtypes[name], shard_rows[name])
+    parts = plan_parts(staged, chunk_steps, part_bytes) or [[]]  # every rank takes part in each commit
+    return [[_own_piece(piece, own.get(piece.name)) for piece in part] for part in parts]
+
+
+def _own_piece(piece: Piece, own: tuple[int, int] | None) -> Piece:
+    """A piece planned over this rank's rows, ``own``, placed at them in the variable (its
+    values come as the rank's local tensor, which begins at ``own[0]``)."""
+    if own is None:
+        return piece
+    first, last = own
+    stop = first + piece.stop if piece.stop is not None else last
+    return dataclasses.replace(piece, start=first + piece.start, stop=stop, offset=first)
 
 
 def slab_bytes(parts: list[list[Piece]], chunk_steps: int) -> int:
@@ -137,6 +179,15 @@ class Float32Scratch:
         return [memory[o:o + n].reshape(shape) for o, n, shape in zip(offsets, sizes, shapes)]
 
 
+def human_size(n: float) -> str:
+    """Bytes as a human reads them: 618.4 MB, 5.04 TB."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:,.3g} TB"
+
+
 def aligned(nbytes: int) -> int:
     """The bytes a piece of ``nbytes`` takes in a slab (each starts on an aligned boundary)."""
     return -(-nbytes // ALIGNMENT) * ALIGNMENT
@@ -173,5 +224,5 @@ def copy_row(targets: list[torch.Tensor], values: list, from_cuda: bool) -> None
             target.fill_(value)
     if tensors:
         # The fused copy the optimizers use: a third of the per-call overhead of separate copy_ calls.
-        # Non-blocking from CUDA into pinned memory: the writer waits on one event per part (see Recorder).
+        # Non-blocking from CUDA into pinned memory: the writer waits on one event per part (see ChunkStager).
         torch._foreach_copy_(tensor_targets, tensors, non_blocking=from_cuda)

@@ -2,7 +2,8 @@
 
 It knows nothing of what is recorded: it receives :class:`Chunk` objects (rows of
 numpy arrays plus their step labels), writes them in order through
-:meth:`zarrec.store.run_store.RunStore.write` and :meth:`~zarrec.store.run_store.RunStore.commit`, and hands each chunk back through its
+:meth:`zarrec.store.run_store.RunStore.write` and
+:meth:`~zarrec.store.run_store.RunStore.commit`, and hands each chunk back through its
 ``release`` callback whether the write succeeded or not, so the producer never
 waits forever on a writer that has failed. The first failure is kept in
 :attr:`ChunkWriter.error` for the producer to raise in its own thread.

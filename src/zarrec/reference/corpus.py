@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from zarrec.store import contract
 from zarrec.errors import ConfigError
+from zarrec.store import contract
 
 BUILTIN_CORPUS = "pydoc_data.topics"
 

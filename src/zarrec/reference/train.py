@@ -22,16 +22,22 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from zarrec.store import contract
-from zarrec.record import shutdown
 from zarrec.adapters.huggingface import ZarrecCallback
-from zarrec.capture.model_recorder import first_unrecorded_step
+from zarrec.analysis.summary import StoreSummary, open_run, summarize
+from zarrec.capture.resume import first_unrecorded_step
 from zarrec.errors import ConfigError, WriterError
+from zarrec.record import shutdown
 from zarrec.reference.config import TrainConfig
 from zarrec.reference.corpus import ByteDataset, Corpus, load_corpus
 from zarrec.reference.model import build_model
-from zarrec.store.run_store import StoreLike, describe, ensure_new, ensure_resumable, local_directory
-from zarrec.analysis.summary import StoreSummary, open_run, summarize
+from zarrec.store import contract
+from zarrec.store.location import (
+    StoreLike,
+    describe,
+    ensure_new,
+    ensure_resumable,
+    local_directory,
+)
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback

@@ -133,7 +133,7 @@ def parameter_dims(param: str, ndim: int, input_embedding: bool = False) -> tupl
     ``(token, dim)`` for the input embedding; for another parameter its name as an identifier
     (:func:`identifier`) with ``_row``, ``_col`` for a matrix, ``_dim<i>`` otherwise. One set
     per parameter, as xarray gives each dimension one size; the analysis
-    (:func:`zarrec.analysis.updates.parameter`) names them ``row``, ``col`` whichever parameter it is."""
+    (:func:`zarrec.analysis.parameter`) names them ``row``, ``col`` whichever parameter it is."""
     if input_embedding and ndim == 2:
         return (TOKEN, DIM)
     base = identifier(param)

@@ -1,0 +1,37 @@
+"""The global gradient norm, as ``clip_grad_norm_`` computes it: one fused norm over the
+trained parameters' gradients, on their device; under FSDP2 this rank's share of its square."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from zarrec.capture.step import NAN
+from zarrec.record.ranks import is_dtensor, sharded
+
+
+def gradient_norm(model: torch.nn.Module, sharded_model: bool) -> torch.Tensor:
+    """The global gradient norm; under FSDP2 (``sharded_model``) this rank's share of its
+    square (its own rows, and on rank 0 every unsharded gradient): the recorder sums the
+    shares over the ranks once a chunk, never a step."""
+    grads = [p.grad for p in trained(model)]
+    if not sharded_model:
+        return global_norm(grads)
+    rank, own = torch.distributed.get_rank(), []
+    for grad in grads:
+        if grad is not None and (sharded(grad) or rank == 0):
+            own.append(grad.to_local() if is_dtensor(grad) else grad)
+    return global_norm(own).square() if own else torch.zeros(())
+
+
+def trained(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def global_norm(tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """``√Σ‖x‖²`` over the tensors that exist, as ``clip_grad_norm_`` computes it (float32, on their device)."""
+    present = [t.detach() for t in tensors if t is not None]
+    if not present:
+        return NAN
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present)).float())

@@ -1,0 +1,51 @@
+"""Resuming a capture after a checkpoint: the store must hold every step the schedule records
+up to the checkpoint's, or some step would never be recorded."""
+
+from __future__ import annotations
+
+import os
+
+from zarrec.errors import ConfigError
+from zarrec.record.recorder import Recorder
+from zarrec.store import contract
+from zarrec.store.location import committed_step, store_exists
+from zarrec.store.schedule import StepSchedule
+
+
+def first_unrecorded_step(committed: int | None, resume_step: int, every: int | str | StepSchedule) -> int | None:
+    """The first step that ``every`` records after ``committed`` (the store's last step) and at
+    or before ``resume_step`` (where training resumes), or None: resuming there leaves no gap."""
+    following = 0 if committed is None else StepSchedule.parse(every).next_after(committed)
+    return following if following <= resume_step else None
+
+
+def refuse_a_gap(recorder: Recorder, resume_step: int, schedule: StepSchedule) -> None:
+    """Refuse to resume after a checkpoint that is newer than the store's last commit (the
+    recorder is closed first, its store as it was)."""
+    missing = first_unrecorded_step(recorder.committed_step, resume_step, schedule)
+    if missing is not None:
+        recorder.close("refused to resume: steps would be missing")
+        raise gap_error(recorder.store_name, recorder.committed_step, resume_step, missing)
+
+
+def summaries_of(out: str | os.PathLike) -> str:
+    """Where the summaries of the store at ``out`` are: its ``summaries`` group."""
+    return f"{os.fspath(out).rstrip('/')}/{contract.SUMMARIES_GROUP}"
+
+
+def refuse_a_gap_in_summaries(out: str | os.PathLike, resume_step: int) -> None:
+    """The summaries, recorded every step, commit apart from the run's store: refuse to resume
+    after a checkpoint newer than their last commit."""
+    summaries = summaries_of(out)
+    if store_exists(summaries):
+        committed = committed_step(summaries)
+        missing = first_unrecorded_step(committed, resume_step, 1)
+        if missing is not None:
+            raise gap_error(summaries, committed, resume_step, missing)
+
+
+def gap_error(store_name: str, committed: int | None, resume_step: int, missing: int) -> ConfigError:
+    return ConfigError(
+        f"{store_name} holds steps up to {committed}, but training resumes after step {resume_step}: step {missing} "
+        f"would never be recorded; resume from a checkpoint at or before step {committed}"
+    )
