@@ -124,6 +124,33 @@ def _info(args: argparse.Namespace) -> None:
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.report())
 
 
+def _verify_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "verify", help="read every committed shard and check every byte: exit 0 when whole, 1 when damaged",
+        description="Read every committed shard of every array (one at a time) and check it: present, its index and "
+        "each inner chunk matching their CRC32C, each chunk decompressing; and the step coordinate's values. "
+        "Prints one line per problem; exit status 0 when the store is whole, 1 when it is damaged, 2 on bad input.",
+    )
+    parser.add_argument("store", help="path or URL of a zarrec store")
+    parser.add_argument("--json", action="store_true", help="print JSON for machines")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_verify)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from zarrec.store.verify import verify
+
+    problems = verify(args.store, progress=not args.quiet and not args.json)
+    if args.json:
+        print(json.dumps({"store": args.store, "whole": not problems, "problems": [p.to_dict() for p in problems]}, indent=2))
+    elif problems:
+        print("\n".join(problem.line() for problem in problems))
+        print(f"{args.store}: damaged, {len(problems)} problems")
+    else:
+        print(f"{args.store}: whole, every committed shard checked")
+    return 1 if problems else 0
+
+
 def _plot_parser(subparsers) -> None:
     parser = subparsers.add_parser("plot", help="write the standard figures of a run as PNG files")
     parser.add_argument("store", help="path or URL of a zarrec store")
@@ -136,7 +163,7 @@ def _plot(args: argparse.Namespace) -> None:
     import xarray as xr
 
     from zarrec.analysis.plots import save_all
-    from zarrec.analysis.summary import open_run
+    from zarrec.store.location import open_run
 
     open_run(args.store)  # a clear error for a path that is not a zarrec store
     written, skipped = save_all(xr.open_zarr(args.store), args.out, progress=not args.quiet)
@@ -188,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", required=True)
     _train_parser(subparsers)
     _info_parser(subparsers)
+    _verify_parser(subparsers)
     _plot_parser(subparsers)
     _import_parser(subparsers)
     _export_parser(subparsers)
@@ -197,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        status = args.run(args)
     except ZarrecError as error:
         if args.debug:
             raise
@@ -211,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         store = f"; what was recorded is in {args.out} (continue with --resume)" if args.run is _train else ""
         print(f"zarrec: stopped: {stop_reason(stop)}{store}", file=sys.stderr)
         return 130 if isinstance(stop, KeyboardInterrupt) else stop.code
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -141,7 +141,7 @@ def export_legacy(store: StoreLike, target: str | os.PathLike, *, overwrite: boo
     """
     import xarray as xr
 
-    from zarrec.analysis.summary import open_run
+    from zarrec.store.location import open_run
 
     target = Path(target)
     if target.exists() and not overwrite:

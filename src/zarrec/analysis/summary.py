@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import zarr
 
-from zarrec.errors import ConfigError
 from zarrec.store import contract
-from zarrec.store.location import StoreLike, describe
+from zarrec.store.location import StoreLike, describe, open_run
 from zarrec.store.schedule import StepSchedule
+from zarrec.store.verify import missing_shards
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class StoreSummary:
     attrs: dict[str, Any] = field(default_factory=dict)
     schedule: str | None = None  # the recorded step schedule (``every``), if the store says
     summary_steps: int | None = None  # steps of per-row statistics in its summaries group, if it has one
+    missing_shards: list[str] = field(default_factory=list)  # committed shards not in the store, a line each
 
     @property
     def compression_ratio(self) -> float:
@@ -73,7 +74,12 @@ class StoreSummary:
 
     @property
     def status(self) -> str:
-        """How the recording stands, from its ``zarrec_status`` attribute."""
+        """How the recording stands, from its ``zarrec_status`` attribute and its shards' listing."""
+        if self.missing_shards:
+            return (
+                f"damaged: {len(self.missing_shards)} committed shards are missing ({self.missing_shards[0]}); "
+                "zarrec verify checks every byte"
+            )
         status = self.attrs.get(contract.STATUS_ATTR)
         if not isinstance(status, dict):
             return "unknown (written before zarrec recorded its status)"
@@ -132,24 +138,6 @@ def _megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def _schedule_gaps(steps: np.ndarray, schedule: StepSchedule) -> list[tuple[int, int]]:
-    """The ranges of steps that ``schedule`` keeps between the first and the last recorded step
-    but the store lacks, each as (first missing, last missing)."""
-    recorded, last = set(steps.tolist()), int(steps[-1])
-    gaps: list[tuple[int, int]] = []
-    missing_run: tuple[int, int] | None = None
-    expected = schedule.next_after(int(steps[0]))
-    while expected <= last:
-        if expected in recorded:
-            if missing_run is not None:
-                gaps.append(missing_run)
-                missing_run = None
-        else:
-            missing_run = (missing_run[0], expected) if missing_run else (expected, expected)
-        expected = schedule.next_after(expected)
-    return gaps
-
-
 def _gaps(steps: np.ndarray) -> tuple[int | None, list[tuple[int, int]]]:
     """The usual stride between steps and the ranges missing from it."""
     if steps.size < 2:
@@ -167,17 +155,6 @@ def _gaps(steps: np.ndarray) -> tuple[int | None, list[tuple[int, int]]]:
 
 def _finite(values: np.ndarray) -> np.ndarray:
     return values[np.isfinite(values)]
-
-
-def open_run(out: StoreLike) -> zarr.Group:
-    """Open a zarrec store read-only, or raise a :class:`ConfigError` saying why it is not one."""
-    try:
-        group = zarr.open_group(out, mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as exc:
-        raise ConfigError(f"{describe(out)} is not a Zarr store; pass the path of a store written by zarrec") from exc
-    if contract.STEP not in group:
-        raise ConfigError(f"{describe(out)} has no {contract.STEP!r} array; it was not written by zarrec")
-    return group
 
 
 def summarize(out: StoreLike) -> StoreSummary:
@@ -202,7 +179,7 @@ def summarize(out: StoreLike) -> StoreSummary:
     stride, gaps = _gaps(steps)
     schedule = group.attrs.get(contract.SCHEDULE_ATTR)
     if schedule is not None and steps.size:
-        gaps = _schedule_gaps(steps, StepSchedule.parse(schedule))  # a schedule's changes of stride are no gaps
+        gaps = StepSchedule.parse(schedule).gaps(steps.tolist())  # a schedule's changes of stride are no gaps
     live = arrays[contract.LIVE][:] if contract.LIVE in arrays else None
     losses = _finite(arrays[contract.LOSS][:]) if contract.LOSS in arrays else np.array([])
     return StoreSummary(
@@ -222,6 +199,7 @@ def summarize(out: StoreLike) -> StoreSummary:
         attrs=dict(group.attrs),
         schedule=schedule,
         summary_steps=_summary_steps(out),
+        missing_shards=[problem.line() for problem in missing_shards(group)],
     )
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from zarrec.adapters.huggingface import ZarrecCallback
-from zarrec.analysis.summary import StoreSummary, open_run, summarize
+from zarrec.analysis.summary import StoreSummary, summarize
 from zarrec.capture.resume import first_unrecorded_step
 from zarrec.errors import ConfigError, WriterError
 from zarrec.record import shutdown
@@ -37,6 +37,7 @@ from zarrec.store.location import (
     ensure_new,
     ensure_resumable,
     local_directory,
+    open_run,
 )
 
 if TYPE_CHECKING:

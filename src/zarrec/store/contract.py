@@ -26,8 +26,9 @@ Values are compressed with Blosc zstd + bit-shuffle.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 STEP = "step"
 TOKEN = "token"
@@ -270,6 +271,13 @@ def default_compressor(typesize: int = 4) -> BloscCodec:
     """Blosc zstd level 3 with bit-shuffle over elements of ``typesize`` bytes: a standard
     Zarr v3 codec any reader has."""
     return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=typesize)
+
+
+def checksummed(compressor: Any) -> tuple[Any, Crc32cCodec]:
+    """The bytes-to-bytes codecs zarrec writes an array with: ``compressor``, then the CRC32C of
+    its output, so that zarr-python, tensorstore and zarrs raise on a damaged chunk rather than
+    decode it (the shard index has its own CRC32C; it covers only the index)."""
+    return (compressor, Crc32cCodec())
 
 
 def along_step(dimension_names: Sequence[str] | None) -> bool:

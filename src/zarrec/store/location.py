@@ -56,6 +56,26 @@ def store_exists(out: StoreLike) -> bool:
     return True
 
 
+def open_run(out: StoreLike) -> zarr.Group:
+    """Open a zarrec store read-only, or raise a :class:`ConfigError` saying why it is not one
+    (missing, an array rather than the store's root, unreadable metadata, an unknown URL)."""
+    try:
+        group = zarr.open_group(out, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as exc:
+        raise ConfigError(f"{describe(out)} is not a Zarr store; pass the path of a store written by zarrec") from exc
+    except zarr.errors.ContainsArrayError as exc:
+        raise ConfigError(f"{describe(out)} is an array, not a store; pass the store's root, the directory above it") from exc
+    except (ValueError, TypeError, KeyError, OSError) as exc:  # bad JSON, an unknown protocol, no permission
+        raise ConfigError(f"{describe(out)} cannot be opened as a Zarr store ({_first_line(exc)}); check the path") from exc
+    if contract.STEP not in group:
+        raise ConfigError(f"{describe(out)} has no {contract.STEP!r} array; it was not written by zarrec")
+    return group
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def committed_step(out: StoreLike) -> int | None:
     """The last step committed to the zarrec store at ``out``, or None (none yet)."""
     return last_of(committed_steps(zarr.open_group(out, mode="r")))

@@ -165,7 +165,7 @@ class RunStore:
             shards=(steps,),
             dtype="int64",
             fill_value=-1,
-            compressors=contract.default_compressor(typesize=8),
+            compressors=contract.checksummed(contract.default_compressor(typesize=8)),
             dimension_names=(contract.STEP,),
             attributes={"description": contract.DESCRIPTIONS[contract.STEP], contract.CHUNK_STEPS_ATTR: chunk_steps},
         )
@@ -178,11 +178,13 @@ class RunStore:
                 f"coordinate {name} has {len(values)} entries along {dim!r}, but {dim!r} already has {self._dim_sizes[dim]}"
             )
         self._dim_sizes[dim] = len(values)
-        if values.dtype.kind in "OU":
-            array = self.group.create_array(name, shape=values.shape, dtype=str, dimension_names=(dim,))
+        text = values.dtype.kind in "OU"
+        codecs = contract.checksummed(contract.default_compressor(typesize=1 if text else values.dtype.itemsize))
+        if text:
+            array = self.group.create_array(name, shape=values.shape, dtype=str, dimension_names=(dim,), compressors=codecs)
             array[:] = values.astype(object)
         else:
-            array = self.group.create_array(name, data=values, dimension_names=(dim,))
+            array = self.group.create_array(name, data=values, dimension_names=(dim,), compressors=codecs)
         if description:
             array.attrs["description"] = description
 
@@ -241,7 +243,7 @@ class RunStore:
             shards=shard,
             dtype=contract.STORED_DTYPE,
             fill_value=np.nan,
-            compressors=compressor,
+            compressors=contract.checksummed(compressor),
             dimension_names=(contract.STEP, *dims),
             attributes=dict(attrs),
         )

@@ -10,6 +10,7 @@ boundaries are chosen, and the store's ``step`` coordinate lists exactly the kep
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from zarrec.errors import ConfigError
@@ -87,3 +88,20 @@ class StepSchedule:
             if until is None or kept <= until:
                 return kept
             candidate = until + 1
+
+    def gaps(self, steps: Sequence[int]) -> list[tuple[int, int]]:
+        """The ranges of steps this schedule keeps between the first and the last of ``steps``
+        (ascending) that ``steps`` lacks, each as (first missing, last missing)."""
+        recorded, last = set(steps), steps[-1]
+        gaps: list[tuple[int, int]] = []
+        missing_run: tuple[int, int] | None = None
+        expected = self.next_after(steps[0])
+        while expected <= last:
+            if expected in recorded:
+                if missing_run is not None:
+                    gaps.append(missing_run)
+                    missing_run = None
+            else:
+                missing_run = (missing_run[0], expected) if missing_run else (expected, expected)
+            expected = self.next_after(expected)
+        return gaps

@@ -1,8 +1,9 @@
 """Whole shards of the Zarr v3 ``sharding_indexed`` codec, encoded by zarrec.
 
 A shard object is its inner chunks, each encoded by the inner codecs (``bytes``, then one
-compressor), followed by the index: for every inner chunk in C order, its offset and length
-as little-endian uint64, then the CRC32C of those bytes (``index_codecs``: ``bytes``,
+compressor, then ``crc32c``: the CRC32C of the compressed bytes, so that every reader refuses
+a damaged chunk), followed by the index: for every inner chunk in C order, its offset and
+length as little-endian uint64, then the CRC32C of those bytes (``index_codecs``: ``bytes``,
 ``crc32c``; ``index_location``: ``end``). zarrec writes only whole shards, with one store
 write each, so no reader ever sees part of one and zarr-python's partial-shard writes
 (zarr-python#3560, #3682) are never used.
@@ -83,7 +84,8 @@ class ShardWriter:
         if not (
             isinstance(sharding, ShardingCodec) and sharding.index_location.value == "end"
             and [type(c) for c in sharding.index_codecs] == [BytesCodec, Crc32cCodec]
-            and len(sharding.codecs) == 2 and isinstance(sharding.codecs[0], BytesCodec)
+            and len(sharding.codecs) in (2, 3) and isinstance(sharding.codecs[0], BytesCodec)
+            and (len(sharding.codecs) == 2 or isinstance(sharding.codecs[2], Crc32cCodec))
         ):
             raise ConfigError(f"{path} is not sharded as zarrec writes its arrays; record into a new store")
         self.path = path
@@ -91,7 +93,9 @@ class ShardWriter:
         self.shard = tuple(metadata.chunk_grid.chunk_shape)
         self.inner = tuple(sharding.chunk_shape)
         self.grid = tuple(s // i for s, i in zip(self.shard, self.inner))
-        self.compressor = numcodecs_compressor(sharding.codecs[-1])
+        self.compressor = numcodecs_compressor(sharding.codecs[1])
+        # Stores written before inner chunks had checksums go on without them, as their metadata says.
+        self.checksum_bytes = 4 if len(sharding.codecs) == 3 else 0
         self.fill_value = metadata.fill_value
         self.dtype = metadata.data_type.to_native_dtype().newbyteorder("<")
         # A store that keeps the buffer it is given (rather than writing it out) gets its own copy.
@@ -130,7 +134,7 @@ class ShardWriter:
         chunks = [  # every inner chunk holds values: shards are padded by less than one inner chunk
             piece[tuple(slice(c * i, (c + 1) * i) for c, i in zip(coords, self.inner))] for coords in np.ndindex(*self.grid)
         ]
-        bound = _compress_bound(math.prod(self.inner) * self.dtype.itemsize)
+        bound = _compress_bound(math.prod(self.inner) * self.dtype.itemsize) + self.checksum_bytes
         groups = [range(i * len(chunks) // _WORKERS, (i + 1) * len(chunks) // _WORKERS) for i in range(_WORKERS)]
         memory = buffer.reserve(bound * len(chunks) + 16 * len(chunks) + 4)  # the regions, the index, its CRC32C
         loop = asyncio.get_running_loop()
@@ -155,7 +159,7 @@ class ShardWriter:
 
     def _compress_group(self, chunks: list[np.ndarray], memory: np.ndarray, start: int, bound: int) -> list[int]:
         """Compress inner chunks one after another into ``memory`` from ``start``; their
-        lengths. Each is padded with the fill value where the array's edge cuts it; one that is
+        lengths (with their CRC32C, where the array has one). Each is padded with the fill value where the array's edge cuts it; one that is
         not contiguous in memory (rows of a multi-step shard) is copied into this thread's scratch
         buffer first: reused, it costs no page faults."""
         lengths = []
@@ -166,8 +170,13 @@ class ShardWriter:
                     scratch.fill(self.fill_value)
                 scratch[tuple(slice(0, n) for n in chunk.shape)] = chunk
                 chunk = scratch
-            lengths.append(_compress_into(self.compressor, chunk, memory[start:start + bound]))
-            start += lengths[-1]
+            length = _compress_into(self.compressor, chunk, memory[start:start + bound])
+            if self.checksum_bytes:
+                checksum = np.array([google_crc32c.value(memory[start:start + length])], dtype="<u4")
+                memory[start + length:start + length + 4] = checksum.view(np.uint8)
+                length += 4
+            lengths.append(length)
+            start += length
         return lengths
 
 
