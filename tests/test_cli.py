@@ -179,6 +179,34 @@ def test_a_signal_flushes_every_step_and_says_so_in_one_line(tmp_path, small_cor
     assert status["last_step"] >= 20
 
 
+def tree(directory) -> dict[str, bytes]:
+    """Every file under ``directory`` and its bytes."""
+    return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()}
+
+
+def test_a_refused_overwrite_of_a_store_being_written_changes_nothing(tmp_path, small_corpus):
+    """The lock is checked before anything is touched: the running run's store and checkpoints survive."""
+    out, checkpoints = tmp_path / "run.zarr", tmp_path / "run.zarr.checkpoints"
+    run = ["--corpus", str(small_corpus), "--steps", "100000", "--chunk-steps", "8", "--save-steps", "5", *TINY[2:]]
+    training = start_training(out, *run)
+    try:
+        wait_for_steps(out, training, 16)
+        while len(list(checkpoints.glob("checkpoint-*"))) < 2:
+            assert training.poll() is None
+            time.sleep(0.01)
+        training.send_signal(signal.SIGSTOP)  # frozen: what is on disk now must stay exactly so
+        time.sleep(0.5)  # a write under way when it stopped has landed
+        before = tree(tmp_path)
+        refused = zarrec("train", "--out", str(out), "--overwrite", *run)
+        assert refused.returncode == 2
+        assert len(refused.stderr.splitlines()) == 1 and "is being written by process" in refused.stderr
+        assert tree(tmp_path) == before
+    finally:
+        training.send_signal(signal.SIGCONT)
+        training.kill()
+        training.wait()
+
+
 def test_bad_input_is_one_line_naming_problem_and_fix(tmp_path, small_corpus):
     (tmp_path / "binary.bin").write_bytes(bytes(range(256)) * 8)
     (tmp_path / "short.txt").write_text("too short")

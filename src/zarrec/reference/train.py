@@ -18,9 +18,9 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+from transformers import TrainerCallback
 
 from zarrec.adapters.huggingface import ZarrecCallback
 from zarrec.analysis.summary import StoreSummary, summarize
@@ -39,9 +39,6 @@ from zarrec.store.location import (
     local_directory,
     open_run,
 )
-
-if TYPE_CHECKING:
-    from transformers import TrainerCallback
 
 # Three, not one: a kill -9 can lose up to two chunks of recorded steps, and resuming needs a
 # checkpoint at or before the store's last committed step.
@@ -176,16 +173,31 @@ def checkpoint_to_resume(out: StoreLike, checkpoint_dir: str | os.PathLike, ever
     return str(Path(checkpoint_dir) / f"{PREFIX_CHECKPOINT_DIR}-{max(usable)}")
 
 
-def _start_checkpoints(checkpoint_dir: Path, overwrite: bool) -> None:
-    """A new run's checkpoint directory holds no checkpoint of an earlier run."""
+def _earlier_checkpoints(checkpoint_dir: Path, overwrite: bool) -> list[Path]:
+    """The checkpoints of an earlier run in a new run's checkpoint directory: refused unless
+    ``overwrite``, then removed by :class:`_RemoveEarlierCheckpoints`."""
+    if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
+        raise ConfigError(f"{checkpoint_dir} exists and is not a directory; pass another --checkpoint-dir")
     earlier = checkpoint_steps(checkpoint_dir)
     if earlier and not overwrite:
         raise ConfigError(
             f"{checkpoint_dir} holds checkpoints of an earlier run (steps {earlier}); pass --resume to continue "
             "that run, --overwrite to replace it, or another --checkpoint-dir"
         )
-    for step in earlier:
-        shutil.rmtree(checkpoint_dir / f"checkpoint-{step}")
+    return [checkpoint_dir / f"checkpoint-{step}" for step in earlier]
+
+
+class _RemoveEarlierCheckpoints(TrainerCallback):
+    """Removes the replaced run's checkpoints once the recorder (the callback before this one)
+    has created the new store, holding its lock: a refused ``--overwrite``, such as one against
+    a store another process is writing, removes nothing."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        for path in self.paths:
+            shutil.rmtree(path)
 
 
 def train(
@@ -212,7 +224,7 @@ def train(
     writes the store and returns its summary, the others return None.
     """
     config.validate()
-    checkpoint = None
+    checkpoint, earlier = None, []
     if resume:
         if checkpoint_dir is None:
             raise ConfigError("resuming needs the run's checkpoints: pass --checkpoint-dir (checkpoint_dir)")
@@ -220,7 +232,7 @@ def train(
     elif is_main_process():
         ensure_new(out, overwrite=overwrite)
         if checkpoint_dir is not None:
-            _start_checkpoints(Path(checkpoint_dir), overwrite)
+            earlier = _earlier_checkpoints(Path(checkpoint_dir), overwrite)
     corpus = load_corpus(config.corpus, config.vocab_size)
     recorder = ZarrecCallback(
         out,
@@ -241,7 +253,8 @@ def train(
     )
     with tempfile.TemporaryDirectory(prefix="zarrec-trainer-") as scratch:
         trainer = make_trainer(
-            config, str(checkpoint_dir or scratch), [recorder, *callbacks], corpus=corpus, progress=progress,
+            config, str(checkpoint_dir or scratch), [recorder, _RemoveEarlierCheckpoints(earlier), *callbacks],
+            corpus=corpus, progress=progress,
             save_steps=save_steps if checkpoint_dir is not None else None,
         )
         try:
