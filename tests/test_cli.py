@@ -1,4 +1,4 @@
-"""The zarrec command line, run as a real subprocess."""
+"""The zarrec command line, run as a real subprocess (and in-process where only its answer matters)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+
+from zarrec.cli import main
 
 TINY = ["--steps", "3", "--context", "16", "--batch-size", "2", "--dtype", "float32", "--device", "cpu", "--quiet"]
 
@@ -248,6 +250,48 @@ def test_bad_input_is_one_line_naming_problem_and_fix(tmp_path, small_corpus):
            "transformer.h.0.ln_1.weight" in params_error  # tied to the embedding, so not a parameter of its own
     debug = zarrec("--debug", "train", "--out", str(tmp_path / "new.zarr"), "--every", "0", *TINY)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+
+
+def test_every_bad_input_of_a_first_contact_is_one_line_and_exit_2(tmp_path, small_corpus, float32_run, capsys):
+    """Inputs a new user types, each once a traceback: now one line naming the fix, and nothing written."""
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-dir").mkdir()
+    (tmp_path / "bad.zarr").mkdir()
+    (tmp_path / "bad.zarr" / "zarr.json").write_text("{not json")
+    run, train = str(float32_run.path), ["train", *TINY, "--corpus", str(small_corpus)]
+    cases = {
+        "--out is an empty path; pass a path": [*train, "--out", ""],
+        "--checkpoint-dir": [*train, "--out", str(tmp_path / "new.zarr"), "--checkpoint-dir", str(tmp_path / "a-file")],
+        "/proc takes no new files": [*train, "--out", "/proc/t.zarr"],
+        "Protocol not known: foo": [*train, "--out", "foo://x"],
+        "steps must be at most 1,000,000,000": [*train, "--out", str(tmp_path / "new.zarr"), "--steps", str(10**20)],
+        "context must be at most 16,384": [*train, "--out", str(tmp_path / "new.zarr"), "--context", "100000"],
+        "argument --steps: invalid int value: '1e20'": [*train, "--out", str(tmp_path / "new.zarr"), "--steps", "1e20"],
+        "is an array, not a store": ["info", f"{run}/embeddings"],
+        "cannot be opened as a Zarr store": ["info", str(tmp_path / "bad.zarr")],
+        "exists and is not a directory": ["plot", run, "--out", str(tmp_path / "a-file")],
+        "/proc takes no new files ": ["plot", run, "--out", "/proc/figs"],
+        "is not a directory; create it first": ["export", run, str(tmp_path / "missing" / "run.safetensors")],
+        "is a directory; pass the path of the .safetensors file": ["export", run, str(tmp_path / "a-dir"), "--overwrite"],
+    }
+    before = sorted(tmp_path.rglob("*"))
+    for message, args in cases.items():
+        assert exit_code(args) == 2, args
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("zarrec: error: ") and message in err, (args, err)
+    assert sorted(tmp_path.rglob("*")) == before  # no store, no checkpoint folder, no .partial
+
+    quiet = subprocess.run(f"{sys.executable} -m zarrec.cli info {run} | head -1", shell=True, capture_output=True,
+                           text=True, timeout=120)
+    assert quiet.stdout.startswith("store") and quiet.stderr == ""  # the reader left early: no BrokenPipeError
+
+
+def exit_code(args) -> int:
+    """``zarrec ARGS`` run in this process (argparse exits; the commands return)."""
+    try:
+        return main(args)
+    except SystemExit as exit:
+        return exit.code
 
 
 def test_resume_refuses_a_different_configuration_naming_it(tmp_path, small_corpus):

@@ -6,15 +6,25 @@ Every :class:`~zarrec.errors.ZarrecError` is printed as one line and exits with 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from zarrec.errors import ConfigError, ZarrecError
 from zarrec.record.shutdown import received_signal as shutdown_signal
 from zarrec.record.shutdown import stop_reason
+from zarrec.store.location import ensure_creatable, ensure_known_protocol, local_directory
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, as every other error (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"zarrec: error: {self.prog}: {message}; see {self.prog} --help\n")
 
 
 def _train_parser(subparsers) -> None:
@@ -73,13 +83,21 @@ def _train_parser(subparsers) -> None:
     parser.set_defaults(run=_train)
 
 
-def _print_cost_line() -> None:
-    """The cost line the recording logs at its first step (logger ``zarrec``) goes to stdout."""
+@contextlib.contextmanager
+def _printing_the_cost_line() -> Iterator[None]:
+    """The cost line the recording logs at its first step (logger ``zarrec``) goes to stdout
+    while the command runs."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("zarrec")
+    level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _schedule(text: str) -> int | str:
@@ -96,16 +114,21 @@ def _train(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the store and --overwrite replaces it; pass one of them")
+    ensure_known_protocol(args.out)
+    if local_directory(args.out) is not None:
+        ensure_creatable(args.out, "--out")
+    if args.checkpoint_dir is not None:
+        ensure_creatable(args.checkpoint_dir, "--checkpoint-dir")
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
     given = {name: value for name, value in vars(args).items() if name in fields and value is not None}
     given.update({name: tuple(given[name]) for name in ("params", "quantities", "probe_positions") if name in given})
     config = TrainConfig(**{**(recorded_config(args.out) if args.resume else {}), **given})
-    _print_cost_line()
     checkpoint_dir = args.checkpoint_dir or default_checkpoint_dir(args.out)
-    summary = train(
-        config, args.out, overwrite=args.overwrite, resume=args.resume, checkpoint_dir=checkpoint_dir,
-        save_steps=args.save_steps, flush_every=args.flush_every, progress=not args.quiet,
-    )
+    with _printing_the_cost_line():
+        summary = train(
+            config, args.out, overwrite=args.overwrite, resume=args.resume, checkpoint_dir=checkpoint_dir,
+            save_steps=args.save_steps, flush_every=args.flush_every, progress=not args.quiet,
+        )
     if summary is not None:  # None in the processes of a multi-process launch that do not write
         print("\n".join(summary.lines()))
 
@@ -210,7 +233,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zarrec", description="Record every training step into Zarr; analyse with xarray.")
+    parser = _Parser(prog="zarrec", description="Record every training step into Zarr; analyse with xarray.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     subparsers = parser.add_subparsers(title="commands", required=True)
     _train_parser(subparsers)
@@ -226,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         status = args.run(args)
+    except BrokenPipeError:  # the reader went away (zarrec info run.zarr | head): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit fails quietly
+        return 0
     except ZarrecError as error:
         if args.debug:
             raise

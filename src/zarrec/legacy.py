@@ -27,7 +27,7 @@ import numpy as np
 
 from zarrec.errors import ConfigError, StoreExistsError, ZarrecWarning
 from zarrec.store import contract
-from zarrec.store.location import StoreLike, describe, store_exists
+from zarrec.store.location import StoreLike, describe, ensure_creatable, store_exists
 
 # Legacy key -> store variable, for the arrays with one row per recorded step.
 VARIABLES = {
@@ -144,6 +144,11 @@ def export_legacy(store: StoreLike, target: str | os.PathLike, *, overwrite: boo
     from zarrec.store.location import open_run
 
     target = Path(target)
+    if target.is_dir():
+        raise ConfigError(f"{target} is a directory; pass the path of the .safetensors file to write")
+    if not target.absolute().parent.is_dir():
+        raise ConfigError(f"{target.parent} is not a directory; create it first or write the file elsewhere")
+    ensure_creatable(target, "the target")
     if target.exists() and not overwrite:
         raise StoreExistsError(f"{target} already exists; pass --overwrite to replace it or choose another file")
     open_run(store)  # a clear error for a path that is not a zarrec store

@@ -221,3 +221,39 @@ def test_resuming_with_summaries_a_run_recorded_without_them_is_refused_and_rele
     with pytest.raises(ConfigError, match="no recording to resume at .*summaries"):
         zarrec.ModelRecorder(tmp_path / "run.zarr", model, optimizer, summaries=True, resume_from=1, initial_step=1)
     zarrec.ModelRecorder(tmp_path / "run.zarr", model, optimizer, resume_from=1, initial_step=1).close()  # not locked
+
+
+def sgd_loop(out, steps: range, lr: float = 1e-3, **options) -> torch.nn.Module:
+    """A plain loop over ``steps`` (the optimizer steps it takes), recording each; the model."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    with zarrec.ModelRecorder(out, model, optimizer, params=["weight"], **options) as recorder:
+        for _ in steps:
+            model(torch.randn(4, 3)).square().mean().backward()
+            optimizer.step()
+            recorder.step()
+            optimizer.zero_grad()
+    return model
+
+
+def test_a_plain_loop_resumed_from_a_step_continues_after_it(tmp_path):
+    out = tmp_path / "run.zarr"
+    sgd_loop(out, range(1, 11))
+    sgd_loop(out, range(6, 11), resume_from=5)  # no initial_step: it follows resume_from
+    ds = xr.open_zarr(out)
+    np.testing.assert_array_equal(ds.step, np.arange(11))
+    assert ds.attrs["zarrec_status"]["state"] == "complete"
+    with pytest.raises(ConfigError, match="resume_from=5 but initial_step=0"):
+        zarrec.ModelRecorder(out, torch.nn.Linear(3, 2), torch.optim.SGD(torch.nn.Linear(3, 2).parameters()),
+                             resume_from=5, initial_step=0)
+
+
+def test_a_plain_loop_resumed_with_another_learning_rate_is_refused_and_changes_nothing(tmp_path):
+    out = tmp_path / "run.zarr"
+    sgd_loop(out, range(1, 11))
+    before = xr.open_zarr(out).load()
+    with pytest.raises(ConfigError) as refused:
+        sgd_loop(out, range(6, 11), lr=2e-3, resume_from=5)
+    assert "optimizer_param_groups.0.lr: recorded 0.001, now 0.002" in str(refused.value)
+    xr.testing.assert_identical(xr.open_zarr(out).load(), before)

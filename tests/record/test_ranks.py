@@ -179,6 +179,28 @@ def test_ranks_that_do_not_share_the_store_are_refused_in_one_line_each(tmp_path
     assert status["state"] == "interrupted" and "RankError" in status["reason"]
 
 
+def test_two_ranks_that_forget_distributed_are_told_the_fix(tmp_path):
+    """Both ranks of a torch.distributed run open one store without distributed=True: whichever
+    comes second is told to pass it (or to record on rank 0 only), not that the store exists."""
+    script = tmp_path / "forgot.py"
+    script.write_text(
+        "import sys, torch.distributed as dist, zarrec\n"
+        "dist.init_process_group('gloo')\n"
+        "rank = dist.get_rank()\n"
+        "try:\n"
+        "    with zarrec.Recorder(sys.argv[1]) as recorder:\n"
+        "        dist.barrier()\n"
+        "        recorder.record(1, loss=1.0)\n"
+        "except zarrec.ZarrecError as error:\n"
+        "    print(f'rank {rank}: {type(error).__name__}: {error}')\n"
+        "    dist.barrier()\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                             str(script), str(tmp_path / "run.zarr")], capture_output=True, text=True, timeout=300)
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("rank ")]
+    assert "ConfigError: " in line and "pass distributed=True to every rank's Recorder" in line, result.stdout
+
+
 @pytest.fixture
 def one_rank():
     """A one-process gloo group and its 1-D device mesh."""

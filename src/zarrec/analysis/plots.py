@@ -15,6 +15,7 @@ import xarray as xr
 from zarrec import analysis
 from zarrec.errors import ConfigError, MissingDependencyError
 from zarrec.store import contract
+from zarrec.store.location import ensure_creatable
 
 MAX_POINTS = 2000
 LIVE_COLOR, DEAD_COLOR = "tab:blue", "tab:red"
@@ -223,6 +224,9 @@ def save_all(ds: xr.Dataset, out_dir: str | Path, progress: bool = True) -> tupl
     from tqdm.auto import tqdm
 
     directory = Path(out_dir)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{directory} exists and is not a directory; pass another directory for the figures (--out)")
+    ensure_creatable(directory, "the figures' directory")
     directory.mkdir(parents=True, exist_ok=True)
     written, skipped = [], []
     for name, make in tqdm(FIGURES.items(), desc="figures", disable=not progress):

@@ -41,6 +41,30 @@ def common_attributes(
     }
 
 
+def optimizer_attributes(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's class and its param groups' hyperparameters (``{"0": {"lr": ..., ...}}``;
+    ``lr`` is a group's base rate, ``initial_lr`` where a scheduler keeps one), compared when a
+    run is resumed: a resume with another learning rate, betas or weight decay is refused."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
+    groups = {
+        str(number): {"lr": group.get("initial_lr", group.get("lr")), **group_hyperparameters(group)}
+        for number, group in enumerate(optimizer.param_groups)
+    }
+    return {"optimizer_class": type(optimizer).__name__, "optimizer_param_groups": groups}
+
+
+def group_hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
+    """A param group's hyperparameters as JSON values (numbers, flags, strings, lists of
+    numbers), its learning rates left to the caller (they change as training goes)."""
+    kept = {}
+    for key, value in group.items():
+        if isinstance(value, tuple) and all(isinstance(v, (int, float)) for v in value):
+            value = list(value)
+        if key not in ("params", "lr", "initial_lr") and isinstance(value, (bool, int, float, str, list)):
+            kept[key] = value
+    return kept
+
+
 def library_versions() -> dict[str, str]:
     """``{package: version}`` for Python and the packages zarrec's results depend on."""
     return {"python": platform.python_version(), **{package: _version(package) for package in _PACKAGES}}

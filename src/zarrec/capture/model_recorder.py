@@ -35,9 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from zarrec.capture.attributes import optimizer_attributes
 from zarrec.capture.norms import gradient_norm, trained
 from zarrec.capture.probe import make_probe
-from zarrec.capture.resume import refuse_a_gap, refuse_a_gap_in_summaries, summaries_of
+from zarrec.capture.resume import refuse_a_gap, refuse_a_gap_in_summaries, starting_step, summaries_of
 from zarrec.capture.row_statistics import RowStatistics
 from zarrec.capture.selection import ParameterSelection
 from zarrec.capture.sharding import (
@@ -89,12 +90,15 @@ class ModelRecorder:
         coords: static coordinates, ``{name: (dim, values)}``, e.g.
             :meth:`zarrec.reference.corpus.Corpus.token_coords`.
         attrs: run attributes (hyperparameters, how the data were made).
-        initial_step: the optimizer step training starts after (a checkpoint's); step 0, the
-            initial state, is recorded only from 0.
+        initial_step: the optimizer step training starts after (a checkpoint's); default:
+            ``resume_from``, else 0. Step 0, the initial state, is recorded only from 0.
         steps: the run's length in optimizer steps, if known: the cost line logged at the first
             recorded step (logger ``zarrec``) then projects the store's size and files.
         resume_from: continue the store at ``out`` after this step (where training resumes;
-            0: from the start): steps recorded after it are dropped. The run must be the recorded one.
+            0: from the start): steps recorded after it are dropped, and the next step recorded
+            is ``resume_from + 1``. The run must be the recorded one: a difference in the
+            optimizer's hyperparameters (:func:`~zarrec.capture.attributes.optimizer_attributes`),
+            the parameters' shapes or the variables is refused, naming each.
         chunk_steps, overwrite, mantissa_bits, staging_bytes, flush_every, on_error: as for
             :class:`~zarrec.Recorder`.
     """
@@ -118,7 +122,7 @@ class ModelRecorder:
         attrs: Mapping[str, Any] | None = None,
         chunk_steps: int | None = None,
         overwrite: bool = False,
-        initial_step: int = 0,
+        initial_step: int | None = None,
         steps: int | None = None,
         resume_from: int | None = None,
         mantissa_bits: int | None = None,
@@ -126,6 +130,7 @@ class ModelRecorder:
         flush_every: int | None = None,
         on_error: str = "raise",
     ) -> None:
+        initial_step = starting_step(initial_step, resume_from)
         if summaries and resume_from and isinstance(out, (str, os.PathLike)):
             refuse_a_gap_in_summaries(out, resume_from)  # before any store is opened (and rolled back)
         self.model = model
@@ -141,6 +146,7 @@ class ModelRecorder:
             contract.QUANTITIES_ATTR: None if quantities is None else list(dict.fromkeys(quantities)),
             contract.SCHEDULE_ATTR: str(self.schedule),
             "dtype": str(self.selection.dtype).removeprefix("torch."),
+            **optimizer_attributes(optimizer),
             **({contract.ROWS_ATTR: self.selection.rows_of()} if self.selection.rows else {}),
             **(self.probe.attrs() if self.probe is not None else {}),
             **(attrs or {}),
@@ -227,7 +233,7 @@ class ModelRecorder:
         self._step.grad_norm = gradient_norm(self.model, self.sharded)
         self._keep_lr()
 
-    def end_step(self, step: int, **values: Value) -> None:
+    def end_step(self, step: int, /, **values: Value) -> None:
         """Optimizer step ``step`` is done: record it if the schedule keeps it, with ``values``
         (and its row statistics, with ``summaries``: the gradients are still there)."""
         self.last_step = step

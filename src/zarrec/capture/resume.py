@@ -19,6 +19,19 @@ def first_unrecorded_step(committed: int | None, resume_step: int, every: int | 
     return following if following <= resume_step else None
 
 
+def starting_step(initial_step: int | None, resume_from: int | None) -> int:
+    """The step training starts after: ``initial_step``, which defaults to ``resume_from`` (a
+    plain loop resumed after step k records k + 1 next); the two may not disagree."""
+    if initial_step is None:
+        return resume_from or 0
+    if resume_from is not None and initial_step != resume_from:
+        raise ConfigError(
+            f"resume_from={resume_from} but initial_step={initial_step}: training resumes after one step; "
+            "pass resume_from alone (initial_step follows it)"
+        )
+    return initial_step
+
+
 def refuse_a_gap(recorder: Recorder, resume_step: int, schedule: StepSchedule) -> None:
     """Refuse to resume after a checkpoint that is newer than the store's last commit (the
     recorder is closed first, its store as it was)."""

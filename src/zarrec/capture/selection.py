@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from zarrec.capture.attributes import group_hyperparameters
 from zarrec.errors import ConfigError
 from zarrec.record.ranks import is_dtensor
 from zarrec.store import contract
@@ -262,12 +263,7 @@ class ParameterSelection:
         group = self._groups[name]
         if group is None:
             return {}
-        kept = {}
-        for key, value in group.items():
-            if isinstance(value, tuple) and all(isinstance(v, (int, float)) for v in value):
-                value = list(value)
-            if key not in ("params", "lr", "initial_lr") and isinstance(value, (bool, int, float, str, list)):
-                kept[key] = value
+        kept = group_hyperparameters(group)
         if isinstance(group.get("lr"), (int, float)) and self.group.get("lr"):
             kept[contract.LR_RATIO] = group["lr"] / self.group["lr"]
         return kept

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from zarrec.errors import ConfigError, WriterError
+from zarrec.errors import ConfigError, StoreExistsError, StoreLockedError, WriterError
 from zarrec.record import shutdown
-from zarrec.record.ranks import Ranks
+from zarrec.record.ranks import Ranks, process_group_size
 from zarrec.store import contract
 from zarrec.store.location import StoreLike, describe
 from zarrec.store.run_store import RunStore
@@ -50,7 +50,7 @@ def open_store(
     """Create the store, or reopen it and roll it back to ``resume_from`` (rank 0 of a sharded
     run, telling the other ranks whether it could)."""
     with telling_the_other_ranks(ranks):
-        with writing(describe(out)), shutdown.signals_stay_with_the_main_thread():
+        with writing(describe(out)), shutdown.signals_stay_with_the_main_thread(), naming_a_forgotten_distributed(ranks, out):
             store = RunStore.create(out, attrs=attrs, overwrite=overwrite) if resume_from is None else RunStore.reopen(out)
         try:
             with writing(store.name):
@@ -93,6 +93,21 @@ def recorded_layout(store: RunStore, chunk_steps: int | None) -> tuple[dict[str,
     if chunk_steps not in (None, recorded):
         raise ConfigError(f"{store.name} has {recorded} steps per chunk, not {chunk_steps}; omit chunk_steps")
     return shapes, recorded
+
+
+@contextlib.contextmanager
+def naming_a_forgotten_distributed(ranks: Ranks | None, out: StoreLike) -> Iterator[None]:
+    """Two processes of one torch.distributed run that open the same store without
+    ``distributed=True`` find it created or locked by the other: say so, and the fix."""
+    try:
+        yield
+    except (StoreExistsError, StoreLockedError) as error:
+        if ranks is not None or (world := process_group_size()) < 2:
+            raise
+        raise ConfigError(
+            f"{describe(out)} is being created by another of this torch.distributed run's {world} processes; pass "
+            "distributed=True to every rank's Recorder (each records its rows into one store), or record on rank 0 only"
+        ) from error
 
 
 @contextlib.contextmanager
@@ -148,12 +163,13 @@ def _flatten(attrs: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _attribute_differences(stored: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
-    """``"key: recorded X, now Y"`` for each attribute given that differs from the store's (as JSON)."""
+    """``"key: recorded X, now Y"`` for each attribute given that differs from the store's (as
+    JSON); one the store never recorded (written by an earlier zarrec) cannot differ."""
     recorded = _flatten(stored)
     now = _flatten(json.loads(json.dumps(dict(given), default=str)))
     ignored = contract.RESUME_MAY_DIFFER
     return [
         f"{key}: recorded {recorded.get(key)!r}, now {value!r}"
         for key, value in now.items()
-        if recorded.get(key) != value and not any(key == i or key.startswith(f"{i}.") for i in ignored)
+        if recorded.get(key) != value and key.split(".")[0] in stored and not any(key == i or key.startswith(f"{i}.") for i in ignored)
     ]

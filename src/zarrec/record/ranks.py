@@ -39,6 +39,11 @@ def is_dtensor(value: object) -> bool:
     return DTensor is not None and isinstance(value, DTensor)
 
 
+def process_group_size() -> int:
+    """The processes of this torch.distributed run (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def rank_rows(rows: int, world: int) -> int:
     """The rows of every rank's shard but the last ones: ``⌈rows / world⌉``."""
     return -(-rows // world)

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from zarrec.errors import RecordError, WriterError, ZarrecWarning
@@ -203,7 +204,7 @@ class Recorder:
             self._dims[name] = tuple(dims)
         self._variable_attrs.setdefault(name, {}).update(attrs)
 
-    def record(self, step: int, **values: Value) -> None:
+    def record(self, step: int, /, **values: Value) -> None:
         """Stage the values of one step; cheap, never writes on the calling thread.
 
         Raises :class:`~zarrec.errors.WriterError` if the background writer has failed
@@ -216,6 +217,8 @@ class Recorder:
             raise RecordError(f"the recorder for {self.store_name} is closed; create a new Recorder to record more")
         if not values:
             raise RecordError("record() needs at least one named value, e.g. record(step, loss=loss)")
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise RecordError(f"step must be a whole number from 0 up (the optimizer step), got {step!r}")
         if self._last_step is not None and step <= self._last_step:
             raise RecordError(
                 f"step {step} is not after the last recorded step {self._last_step}; steps must increase"

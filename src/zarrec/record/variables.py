@@ -32,6 +32,17 @@ class Variable:
     staged_dtype: torch.dtype  # the dtype it is staged in
 
 
+def check_name(name: str) -> None:
+    """Refuse a variable name the store cannot hold as an array of its own."""
+    if name == contract.STEP:
+        raise RecordError(f"{contract.STEP!r} is the store's index coordinate, not a variable; name the value otherwise")
+    if not name or "/" in name or name.startswith(("__", ".")):
+        raise RecordError(
+            f"{name!r} cannot name a variable: Zarr names hold no '/' and begin with neither '.' nor '__'; "
+            "name it otherwise, e.g. with '.' between parts as 'layer.0.weight'"
+        )
+
+
 def layout_of(values: Mapping[str, Value], dims: Mapping[str, tuple[str, ...]], distributed: bool) -> dict[str, Variable]:
     """The variables of the first step's ``values``, each with the ``dims`` given for it or its
     default (:func:`default_dims`); refuses what cannot be recorded, before anything is created."""
@@ -41,6 +52,7 @@ def layout_of(values: Mapping[str, Value], dims: Mapping[str, tuple[str, ...]], 
             "a sharded tensor); create the Recorder with distributed=True on every rank to record each rank's rows"
         )
     for name, value in values.items():
+        check_name(name)
         if not isinstance(value, (torch.Tensor, np.ndarray, float, int)):
             raise RecordError(f"{name} is a {type(value).__name__}; record tensors, arrays or numbers")
     shapes = {name: _shape_of(value) for name, value in values.items()}

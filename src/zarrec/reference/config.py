@@ -19,6 +19,17 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 OPTIMIZERS = ("adamw_torch", "sgd", "adafactor")
 
 
+# Sizes past which a run cannot finish on any machine, refused before anything starts.
+_LIMITS = (
+    ("steps", 10**9, "a billion optimizer steps"),
+    ("context", 16_384, "attention's memory grows with its square"),
+    ("batch_size", 65_536, "sequences a step"),
+    ("gradient_accumulation", 65_536, "micro-batches a step"),
+    ("n_embd", 65_536, "dimensions"),
+    ("n_layer", 1_024, "layers"),
+)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyperparameters of the reference experiment (defaults reproduce the notebook)."""
@@ -71,6 +82,9 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, limit, why in _LIMITS:
+            if getattr(self, name) > limit:
+                raise ConfigError(f"{name} must be at most {limit:,} ({why}), got {getattr(self, name):,}")
         if self.mantissa_bits is not None and not 1 <= self.mantissa_bits <= 22:
             raise ConfigError(f"mantissa_bits must be between 1 and 22 (float32 keeps 23), got {self.mantissa_bits}")
         self.token_rows([True] * self.vocab_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,40 @@ def exists_message(name: str) -> str:
         f"{name} already exists; pass --resume to continue it, --overwrite (overwrite=True) to replace it, "
         "or choose another output path"
     )
+
+
+def ensure_creatable(path: str | os.PathLike, what: str) -> None:
+    """Refuse a local ``path`` that cannot be created: empty, under a file, or in a directory
+    that takes no new files (tried with a temporary file, removed at once). ``what`` names the
+    option in the message."""
+    if not os.fspath(path):
+        raise ConfigError(f"{what} is an empty path; pass a path")
+    parent = Path(path).absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{what} {os.fspath(path)} lies under {parent}, a file; choose another path")
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"{what} {os.fspath(path)} cannot be created: {parent} takes no new files ({exc.strerror}); choose another path"
+        ) from exc
+
+
+def ensure_known_protocol(out: StoreLike) -> None:
+    """Refuse an fsspec URL whose protocol fsspec does not know, naming the fix."""
+    if isinstance(out, (str, os.PathLike)) and "://" in os.fspath(out):
+        import fsspec
+
+        protocol = os.fspath(out).split("://", 1)[0]
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except (ValueError, ImportError) as exc:
+            raise ConfigError(
+                f"{os.fspath(out)}: {_first_line(exc)}; pass a local path or a URL fsspec opens (s3://, gs://, "
+                "memory://, ...; the protocol's package installed)"
+            ) from exc
 
 
 def local_directory(out: StoreLike) -> Path | None:
@@ -105,8 +140,14 @@ def ensure_resumable(out: StoreLike) -> None:
 
 
 def ensure_new(out: StoreLike, *, overwrite: bool = False) -> None:
-    """Refuse a local ``out`` that is a file, a non-empty non-Zarr directory, or a store unless ``overwrite``."""
+    """Refuse a local ``out`` that is a file, a non-empty non-Zarr directory, or a store unless
+    ``overwrite``; one that cannot be created; a URL of an unknown protocol; any other object
+    than a path, a URL or a zarr Store."""
+    if not isinstance(out, (str, os.PathLike, zarr.abc.store.Store)):
+        raise ConfigError(f"cannot record into {out!r} ({type(out).__name__}); pass a path, an fsspec URL or a zarr Store")
+    ensure_known_protocol(out)
     if (path := local_directory(out)) is not None:
+        ensure_creatable(path, "the store")
         if path.exists() and not path.is_dir():
             raise ConfigError(f"{describe(out)} exists and is not a directory; choose another output path")
         if path.is_dir() and any(path.iterdir()):
