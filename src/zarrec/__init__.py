@@ -15,6 +15,7 @@ import importlib
 
 from zarrec.analysis import accessor as _accessor  # noqa: F401  (registers ds.zarrec)
 from zarrec.errors import (
+    CheckpointError,
     ConfigError,
     MissingDependencyError,
     RankError,
@@ -36,6 +37,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
     "MissingDependencyError",
     "ModelRecorder",

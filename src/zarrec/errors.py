@@ -38,5 +38,9 @@ class StoreLockedError(ZarrecError, RuntimeError):
     """Another writer has the store open; two writers would corrupt it."""
 
 
+class CheckpointError(ZarrecError, RuntimeError):
+    """The training framework could not write a checkpoint; every recorded step is committed."""
+
+
 class ZarrecWarning(UserWarning):
     """Something went wrong that zarrec works around, such as recording stopped by on_error="warn"."""

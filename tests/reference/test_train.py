@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import torch
 import xarray as xr
 from transformers import TrainerCallback
 
-from zarrec import ConfigError
+from zarrec import CheckpointError, ConfigError
 from zarrec.reference.config import TrainConfig
 from zarrec.reference.model import initial_embeddings
 from zarrec.reference.train import checkpoint_steps, resolve_device, train
@@ -86,6 +88,44 @@ def test_a_crashed_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(t
     ds, expected = xr.open_zarr(out), xr.open_zarr(uninterrupted)
     assert ds.attrs["zarrec_resumed_after"] == [10]
     np.testing.assert_array_equal(ds.step, expected.step)
+    for name in expected.data_vars:
+        np.testing.assert_array_equal(ds[name].values, expected[name].values, err_msg=name)
+
+
+class FullDiskAt(TrainerCallback):
+    """The disk fills up while the Trainer writes the checkpoint of ``step``: its optimizer file
+    is a link to /dev/full, where every write fails with ENOSPC (the store's disk has room)."""
+
+    def __init__(self, checkpoints: Path, step: int) -> None:
+        self.optimizer_file = checkpoints / f"checkpoint-{step}" / "optimizer.pt"
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            self.optimizer_file.parent.mkdir(parents=True)
+            self.optimizer_file.symlink_to("/dev/full")
+
+
+def test_a_failed_checkpoint_write_commits_every_step_and_resume_passes_over_it(tmp_path, tiny_config, caplog):
+    config = dataclasses.replace(tiny_config, steps=15)
+    uninterrupted = tmp_path / "uninterrupted.zarr"
+    train(config, uninterrupted, progress=False)
+    out, checkpoints = tmp_path / "run.zarr", tmp_path / "checkpoints"
+    full = FullDiskAt(checkpoints, 10)
+    with pytest.raises(CheckpointError, match=f"the Trainer could not write {checkpoints}/checkpoint-10 ") as failed:
+        train(config, out, checkpoint_dir=checkpoints, save_steps=5, progress=False, callbacks=[full])
+    assert "every recorded step is committed" in str(failed.value) and "--resume" in str(failed.value)
+    stopped = xr.open_zarr(out)
+    np.testing.assert_array_equal(stopped.step, np.arange(11))
+    status = stopped.attrs["zarrec_status"]
+    assert status["state"] == "interrupted" and status["reason"].startswith("the Trainer could not write")
+
+    full.optimizer_file.unlink()  # room again; checkpoint-10 stays behind, written in part
+    with caplog.at_level(logging.WARNING, logger="zarrec"):
+        train(config, out, resume=True, checkpoint_dir=checkpoints, save_steps=5, progress=False)
+    assert "passing over checkpoint-10" in caplog.text
+    ds, expected = xr.open_zarr(out), xr.open_zarr(uninterrupted)
+    assert ds.attrs["zarrec_resumed_after"] == [5]
     for name in expected.data_vars:
         np.testing.assert_array_equal(ds[name].values, expected[name].values, err_msg=name)
 

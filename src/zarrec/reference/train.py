@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ from transformers import TrainerCallback
 from zarrec.adapters.huggingface import ZarrecCallback
 from zarrec.analysis.summary import StoreSummary, summarize
 from zarrec.capture.resume import first_unrecorded_step
-from zarrec.errors import ConfigError, WriterError
+from zarrec.errors import CheckpointError, ConfigError, WriterError
 from zarrec.record import shutdown
 from zarrec.reference.config import TrainConfig
 from zarrec.reference.corpus import ByteDataset, Corpus, load_corpus
@@ -39,6 +40,8 @@ from zarrec.store.location import (
     local_directory,
     open_run,
 )
+
+logger = logging.getLogger("zarrec")
 
 # Three, not one: a kill -9 can lose up to two chunks of recorded steps, and resuming needs a
 # checkpoint at or before the store's last committed step.
@@ -146,6 +149,16 @@ def checkpoint_steps(checkpoint_dir: str | os.PathLike) -> list[int]:
     return sorted(int(m[1]) for name in names if (m := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", name)))
 
 
+def is_complete(checkpoint: Path) -> bool:
+    """Whether a Trainer checkpoint was written to the end: the Trainer writes
+    ``trainer_state.json`` last, so one whose write failed (a full disk) has none, or a torn one."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())  # transformers.trainer.TRAINER_STATE_NAME
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def recorded_config(out: StoreLike) -> dict:
     """The :class:`TrainConfig` settings a recording was made with (its ``config`` attribute)."""
     ensure_resumable(out)
@@ -163,7 +176,14 @@ def checkpoint_to_resume(out: StoreLike, checkpoint_dir: str | os.PathLike, ever
     ensure_resumable(out)
     steps = open_run(out)[contract.STEP][:]
     committed = int(steps[-1]) if steps.size else None
-    usable = [step for step in checkpoint_steps(checkpoint_dir) if first_unrecorded_step(committed, step, every) is None]
+    present = checkpoint_steps(checkpoint_dir)
+    complete = [step for step in present if is_complete(Path(checkpoint_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}")]
+    if incomplete := sorted(set(present) - set(complete)):
+        logger.warning(
+            "zarrec: passing over %s in %s: written in part (its write failed), they cannot be resumed from",
+            ", ".join(f"{PREFIX_CHECKPOINT_DIR}-{step}" for step in incomplete), checkpoint_dir,
+        )
+    usable = [step for step in complete if first_unrecorded_step(committed, step, every) is None]
     if not usable:
         raise ConfigError(
             f"{describe(out)} holds steps up to {committed}, and {checkpoint_dir} has no checkpoint at or before it "
@@ -185,6 +205,20 @@ def _earlier_checkpoints(checkpoint_dir: Path, overwrite: bool) -> list[Path]:
             "that run, --overwrite to replace it, or another --checkpoint-dir"
         )
     return [checkpoint_dir / f"checkpoint-{step}" for step in earlier]
+
+
+class _CheckpointWatch(TrainerCallback):
+    """Knows whether the Trainer is writing a checkpoint: from the end of a step it decided to
+    save at (its flow callback runs first) until ``on_save``."""
+
+    def __init__(self) -> None:
+        self.writing: int | None = None  # the step of the checkpoint being written
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.writing = state.global_step if control.should_save else None
+
+    def on_save(self, args, state, control, **kwargs):
+        self.writing = None
 
 
 class _RemoveEarlierCheckpoints(TrainerCallback):
@@ -251,17 +285,26 @@ def train(
         resume=resume,
         flush_every=flush_every,
     )
+    watch = _CheckpointWatch()
     with tempfile.TemporaryDirectory(prefix="zarrec-trainer-") as scratch:
         trainer = make_trainer(
-            config, str(checkpoint_dir or scratch), [recorder, _RemoveEarlierCheckpoints(earlier), *callbacks],
+            config, str(checkpoint_dir or scratch), [recorder, _RemoveEarlierCheckpoints(earlier), watch, *callbacks],
             corpus=corpus, progress=progress,
             save_steps=save_steps if checkpoint_dir is not None else None,
         )
         try:
             trainer.train(resume_from_checkpoint=checkpoint)
         except BaseException as exc:
-            with contextlib.suppress(WriterError):  # the exception in flight says more
-                recorder.close(reason=shutdown.stop_reason(exc))
-            raise
+            if watch.writing is None or not isinstance(exc, Exception):  # not the checkpoint's write: a signal, a bug
+                with contextlib.suppress(WriterError):  # the exception in flight says more
+                    recorder.close(reason=shutdown.stop_reason(exc))
+                raise
+            failed = f"{checkpoint_dir}/checkpoint-{watch.writing}"
+            reason = f"the Trainer could not write {failed} ({shutdown.stop_reason(exc).splitlines()[0]})"
+            recorder.close(reason=reason)  # every recorded step is committed: the store's disk may not be full
+            raise CheckpointError(
+                f"{reason}; every recorded step is committed to {describe(out)}, marked interrupted: make room and "
+                "continue with --resume (from the newest complete checkpoint)"
+            ) from exc
         recorder.close()
     return summarize(out) if is_main_process() else None
