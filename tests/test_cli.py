@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from conftest import LAYER
+
 from zarrec.cli import main
 
 TINY = ["--steps", "3", "--context", "16", "--batch-size", "2", "--dtype", "float32", "--device", "cpu", "--quiet"]
@@ -95,6 +97,13 @@ def test_plot_writes_the_figures(tmp_path, float32_run):
     assert written == ["logits.png", "loss_lr.png", "norms_speed.png", "parameters.png", "realized_fraction.png",
                        "trajectories.png"]
     assert len(result.stdout.splitlines()) == len(written)
+
+
+def test_plot_draws_the_parameters_named(tmp_path, layers_run, capsys):
+    assert main(["plot", str(layers_run), "--out", str(tmp_path), "--quiet", "--param", LAYER]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert str(tmp_path / "realized_fraction.png") in printed and str(tmp_path / "trajectories.png") in printed
+    assert not any(line.startswith("skipped") for line in printed)  # without --param: "name one"
 
 
 def test_info_and_plot_of_a_missing_store_are_one_line_errors(tmp_path):

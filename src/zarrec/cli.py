@@ -178,6 +178,9 @@ def _plot_parser(subparsers) -> None:
     parser = subparsers.add_parser("plot", help="write the standard figures of a run as PNG files")
     parser.add_argument("store", help="path or URL of a zarrec store")
     parser.add_argument("--out", required=True, help="directory for the PNG files (created if missing)")
+    parser.add_argument("--param", action="append", metavar="NAME",
+                        help="a recorded parameter to draw (repeatable; default: the input embedding); the "
+                        "whole-model figure shows these only")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_plot)
 
@@ -189,7 +192,7 @@ def _plot(args: argparse.Namespace) -> None:
     from zarrec.store.location import open_run
 
     open_run(args.store)  # a clear error for a path that is not a zarrec store
-    written, skipped = save_all(xr.open_zarr(args.store), args.out, progress=not args.quiet)
+    written, skipped = save_all(xr.open_zarr(args.store), args.out, args.param, progress=not args.quiet)
     for path in written:
         print(path)
     for reason in skipped:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pytest
 import xarray as xr
+from conftest import LAYER_PARAMS
 
 import zarrec  # noqa: F401  (registers ds.zarrec)
-from zarrec import MissingDependencyError
+from zarrec import ConfigError, MissingDependencyError
 from zarrec.analysis import plots
 
 
@@ -65,3 +67,58 @@ def test_missing_matplotlib_is_a_clear_error(ds, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # what Python does for an uninstalled package
     with pytest.raises(MissingDependencyError, match=r"pip install 'zarrec\[plot\]'"):
         ds.zarrec.plot.loss()
+
+
+def heat_maps(figure) -> list[np.ma.MaskedArray]:
+    """The values drawn by each panel of the whole-model figure (masked: drawn grey)."""
+    return [np.ma.asarray(axis.collections[0].get_array()) for axis in figure.axes if axis.get_ylabel() == "parameter"]
+
+
+def test_the_whole_model_figure_draws_a_single_parameter(ds):
+    """The default recording, one parameter: a row of coloured cells in each panel, not blank axes."""
+    fraction, ratio = heat_maps(ds.zarrec.plot.parameters())
+    assert fraction.shape == ratio.shape == (1, ds.sizes["step"] - 1)
+    assert fraction.count() == fraction.size and ratio.count() == ratio.size  # every cell coloured
+
+
+def test_steps_not_recorded_are_drawn_as_missing(ds):
+    """Steps 5 and 6 dropped: their cells, and step 7's (no predecessor), are grey, not 'no motion'."""
+    figure = ds.drop_sel(step=[5, 6]).zarrec.plot.parameters()
+    fraction, ratio = heat_maps(figure)
+    steps = np.arange(1, ds.sizes["step"])  # one column per step, recorded or not
+    assert fraction.shape == (1, steps.size)
+    for values in (fraction, ratio):
+        np.testing.assert_array_equal(np.flatnonzero(values.mask[0]), np.flatnonzero(np.isin(steps, [5, 6, 7])))
+    assert "grey: not recorded" in figure.axes[1].get_xlabel()
+
+
+def test_a_store_of_plain_values_draws_its_loss_and_names_every_figure_it_skips(tmp_path):
+    with zarrec.Recorder(tmp_path / "plain.zarr") as recorder:
+        for step in range(5):
+            recorder.record(step, weight=np.full((3, 2), step, dtype=np.float32), loss=1.0 / (step + 1))
+    written, skipped = plots.save_all(xr.open_zarr(tmp_path / "plain.zarr"), tmp_path / "figures", progress=False)
+    assert [path.name for path in written] == ["loss_lr.png"]
+    assert [line.split(":")[0] for line in skipped] == ["trajectories", "norms_speed", "logits", "realized_fraction",
+                                                         "parameters"]
+    assert all("records no parameter" in line for line in skipped if not line.startswith("logits"))
+
+
+def test_a_store_of_one_step_skips_every_figure_saying_so(tmp_path):
+    with zarrec.Recorder(tmp_path / "one.zarr") as recorder:
+        recorder.record(0, loss=1.0)
+    written, skipped = plots.save_all(xr.open_zarr(tmp_path / "one.zarr"), tmp_path / "figures", progress=False)
+    assert written == []
+    assert skipped == [f"{name}: the store holds 1 recorded step; a figure over steps needs two" for name in plots.FIGURES]
+
+
+def test_chosen_parameters_get_their_own_figures(layers_run, tmp_path):
+    ds = xr.open_zarr(layers_run)
+    chosen = [LAYER_PARAMS[0], LAYER_PARAMS[2]]
+    written, skipped = plots.save_all(ds, tmp_path, params=chosen, progress=False)
+    names = {path.stem for path in written}
+    assert {f"{figure}-{param}" for figure in ("trajectories", "norms_speed", "realized_fraction") for param in chosen} \
+        - {f"trajectories-{LAYER_PARAMS[2]}"} <= names  # a vector has no principal-axes plane
+    labels = [label.get_text() for label in ds.zarrec.plot.parameters(chosen).axes[0].get_yticklabels()]
+    assert labels == chosen
+    with pytest.raises(ConfigError, match="'nope' is not a recorded parameter"):
+        plots.save_all(ds, tmp_path, params=["nope"], progress=False)

@@ -12,6 +12,8 @@ docstring states the formula. Registered when ``zarrec`` is imported::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import xarray as xr
 
 from zarrec import analysis
@@ -31,8 +33,8 @@ class ZarrecAccessor:
     def parameter(self, param: str | None = None) -> xr.Dataset:
         return analysis.parameter(self._ds, param)
 
-    def by_parameter(self) -> xr.Dataset:
-        return analysis.by_parameter(self._ds)
+    def by_parameter(self, params: Sequence[str] | None = None) -> xr.Dataset:
+        return analysis.by_parameter(self._ds, params)
 
     def row_statistics(self, param: str | None = None) -> xr.Dataset:
         return analysis.row_statistics(self._ds, param)
@@ -94,11 +96,11 @@ class PlotAccessor:
     def loss(self):
         return plots.loss(self._ds)
 
-    def trajectories(self):
-        return plots.trajectories(self._ds)
+    def trajectories(self, param: str | None = None):
+        return plots.trajectories(self._ds, param)
 
-    def norms(self):
-        return plots.norms(self._ds)
+    def norms(self, param: str | None = None):
+        return plots.norms(self._ds, param)
 
     def logits(self):
         return plots.logits(self._ds)
@@ -106,5 +108,5 @@ class PlotAccessor:
     def realized_fraction(self, param: str | None = None):
         return plots.realized_fraction(self._ds, param)
 
-    def parameters(self):
-        return plots.parameters(self._ds)
+    def parameters(self, params: Sequence[str] | None = None):
+        return plots.parameters(self._ds, params)

@@ -99,10 +99,18 @@ def _with_optimizer(ds: xr.Dataset, name: str, quantities: dict[str, str], attrs
     return RecordedParameter(name, quantities, "AdamW" if "adamw" in optimizer.lower() else optimizer, hyperparameters)
 
 
+NO_PARAMETER = (
+    "this store records no parameter (no variable names one in its attributes: plain values, as a Recorder writes "
+    "them); record a model's parameters with ModelRecorder or a callback"
+)
+
+
 def find_parameter(ds: xr.Dataset, param: str | None = None) -> RecordedParameter:
     """The recorded parameter named ``param`` (its name in the model, or its store variable);
     by default the input embedding, or the only parameter recorded."""
     recorded = recorded_parameters(ds)
+    if not recorded:
+        raise ConfigError(NO_PARAMETER)
     if param is None:
         embedding = [p for p in recorded.values() if p.variables.get(W) == contract.EMBEDDINGS]
         if embedding or len(recorded) == 1:

@@ -7,12 +7,15 @@ a notebook shows a returned Figure inline. Long runs are thinned to at most
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from zarrec import analysis
+from zarrec.analysis.parameters import rows_and_features
 from zarrec.errors import ConfigError, MissingDependencyError
 from zarrec.store import contract
 from zarrec.store.location import ensure_creatable
@@ -59,9 +62,10 @@ def _require(ds: xr.Dataset, *names: str) -> None:
 
 
 def loss(ds: xr.Dataset):
-    """Training loss (log scale, with a running mean) and learning rate against step."""
-    _require(ds, contract.LOSS, contract.LR)
-    figure, (loss_axis, lr_axis) = _figure(2)
+    """Training loss (log scale, with a running mean) and, where recorded, the learning rate against step."""
+    _require(ds, contract.LOSS)
+    figure, axes = _figure(2 if contract.LR in ds.variables else 1)
+    loss_axis = axes[0]
     values = ds[contract.LOSS].compute()
     loss_axis.plot(values[contract.STEP], values, lw=0.6, alpha=0.5, color="tab:gray", label="loss per step")
     window = max(1, values.sizes[contract.STEP] // 50)
@@ -71,17 +75,19 @@ def loss(ds: xr.Dataset):
     _plain_tick_labels(loss_axis)
     loss_axis.set_ylabel("loss (nats)")
     loss_axis.legend()
-    lr = ds[contract.LR].compute()
-    lr_axis.plot(lr[contract.STEP], lr, color="tab:orange")
-    lr_axis.set_ylabel("learning rate")
-    lr_axis.set_xlabel("optimizer step")
-    _title(figure, ds, "Loss and learning rate")
+    if contract.LR in ds.variables:
+        lr = ds[contract.LR].compute()
+        axes[1].plot(lr[contract.STEP], lr, color="tab:orange")
+        axes[1].set_ylabel("learning rate")
+    axes[-1].set_xlabel("optimizer step")
+    _title(figure, ds, "Loss and learning rate" if contract.LR in ds.variables else "Loss")
     return figure
 
 
-def trajectories(ds: xr.Dataset):
-    """Every row's path (the input embedding's tokens) in the plane of the first two principal axes, live vs dead."""
-    result = analysis.pca(_thin(ds), n=2)
+def trajectories(ds: xr.Dataset, param: str | None = None):
+    """Every row's path (by default the input embedding's tokens) in the plane of the first two
+    principal axes, live vs dead tokens where the store says which are which."""
+    result = analysis.pca(_thin(ds), param, n=2)
     figure, (axis,) = _figure(1, height=6.0)
     path = result["projection"].compute()
     rows = path.dims[1]
@@ -103,35 +109,42 @@ def trajectories(ds: xr.Dataset):
     axis.set_xlabel(f"PC 1 ({ratio[0]:.0%} of variance)")
     axis.set_ylabel(f"PC 2 ({ratio[1]:.0%} of variance)")
     axis.legend(loc="best")
-    _title(figure, ds, "Token trajectories on shared principal axes")
+    _title(figure, ds, f"Trajectories of {analysis.find_parameter(ds, param).name}'s {rows}s on shared principal axes")
     return figure
 
 
-def norms(ds: xr.Dataset):
-    """Mean norm and mean speed of the input embedding's live vs dead tokens against step."""
-    norm = analysis.norms(ds, split=True).compute()
+def norms(ds: xr.Dataset, param: str | None = None):
+    """Mean row norm and mean row speed of a parameter (by default the input embedding, its
+    live vs dead tokens where the store says which are which) against step."""
+    view = analysis.parameter(ds, param)
+    rows = rows_and_features(view)[0]
+    split = rows == contract.TOKEN and contract.LIVE in ds.variables
+    norm = analysis.norms(ds, param, split=split)
+    speed = analysis.speed(ds, param)
+    if split:
+        live = xr.DataArray(analysis.live_mask(ds), dims=contract.TOKEN)
+        speed = xr.concat([speed.where(live).mean(rows), speed.where(~live).mean(rows)], dim=analysis.POPULATION)
+        populations = [("live", f"live {rows}s", LIVE_COLOR), ("dead", f"dead {rows}s", DEAD_COLOR)]
+    else:
+        norm, speed = norm.mean(rows).expand_dims({analysis.POPULATION: 1}), speed.mean(rows).expand_dims({analysis.POPULATION: 1})
+        populations = [(0, f"all {rows}s", LIVE_COLOR)]
+    norm = norm.assign_coords({analysis.POPULATION: [p for p, _, _ in populations]}).compute()
+    speed = speed.assign_coords({analysis.POPULATION: [p for p, _, _ in populations]}).compute()
     figure, (norm_axis, speed_axis) = _figure(2)
-    speed = _split_mean_speed(ds)
-    for population, color in (("live", LIVE_COLOR), ("dead", DEAD_COLOR)):
+    for population, label, color in populations:
         n = norm.sel({analysis.POPULATION: population})
-        norm_axis.plot(n[contract.STEP], n, color=color, label=f"{population} tokens")
-        s = speed.sel({analysis.POPULATION: population})
-        speed_axis.plot(s[contract.STEP], s, color=color, lw=0.8, label=f"{population} tokens")
-    norm_axis.set_ylabel("mean ‖W[token]‖")
+        norm_axis.plot(n[contract.STEP], n, color=color, label=label)
+        v = speed.sel({analysis.POPULATION: population})
+        speed_axis.plot(v[contract.STEP], v, color=color, lw=0.8, label=label)
+    norm_axis.set_ylabel(f"mean ‖W[{rows}]‖")
     norm_axis.legend()
     speed_axis.set_yscale("log")
     speed_axis.set_ylabel("mean ‖W[t] − W[t−1]‖")
     speed_axis.set_xlabel("optimizer step")
     speed_axis.legend()
-    _title(figure, ds, "How far tokens are from the origin, and how fast they move")
+    name = analysis.find_parameter(ds, param).name
+    _title(figure, ds, f"How far {name}'s {rows}s are from the origin, and how fast they move")
     return figure
-
-
-def _split_mean_speed(ds: xr.Dataset) -> xr.DataArray:
-    speed = analysis.speed(ds)
-    live = xr.DataArray(analysis.live_mask(ds), dims=contract.TOKEN)
-    means = [speed.where(live).mean(contract.TOKEN), speed.where(~live).mean(contract.TOKEN)]
-    return xr.concat(means, dim=analysis.POPULATION).assign_coords({analysis.POPULATION: ["live", "dead"]}).compute()
 
 
 def logits(ds: xr.Dataset):
@@ -179,31 +192,61 @@ def realized_fraction(ds: xr.Dataset, param: str | None = None):
     return figure
 
 
-def parameters(ds: xr.Dataset):
-    """Per recorded parameter and step: the realized fraction of the intended update, and the
-    update-to-weight ratio ``‖ΔW‖ / ‖W‖`` (:func:`zarrec.analysis.by_parameter`)."""
-    overview = _thin(analysis.by_parameter(ds)).compute()
+def parameters(ds: xr.Dataset, params: Sequence[str] | None = None):
+    """Per recorded parameter (or those in ``params``) and step: the realized fraction of the
+    intended update, and the update-to-weight ratio ``‖ΔW‖ / ‖W‖`` (:func:`zarrec.analysis.by_parameter`).
+
+    Grey cells are steps with nothing to show: not recorded (or their predecessor not), or
+    lacking what the formula needs; white cells in the ratio are steps where nothing moved.
+    """
+    overview = _consecutive(analysis.by_parameter(ds, params))
+    overview = _thin(overview).compute()
     fraction = overview["realized_fraction"]
     if fraction.isnull().all():
         reasons = overview.attrs["not_computed"]
         raise ConfigError(f"no parameter has a realized fraction: {next(iter(reasons.values()), 'none recorded')}")
+    from matplotlib import colormaps
+
     names = [str(name) for name in overview[analysis.PARAM_DIM].values]
     figure, (fraction_axis, ratio_axis) = _figure(2, height=max(2.5, 0.25 * len(names) + 1.5))
     steps = overview[contract.STEP].values
-    for axis, values, label, options in (
-        (fraction_axis, fraction, "realized fraction", {"cmap": "RdYlGn", "vmin": 0, "vmax": 1}),
-        (ratio_axis, np.log10(overview["update_to_weight"].where(overview["update_to_weight"] > 0)),
-         "log₁₀ ‖ΔW‖ / ‖W‖ (white: no motion)", {"cmap": "viridis"}),
+    ratio = overview["update_to_weight"]
+    log_ratio = np.log10(ratio.where(ratio > 0))
+    floor = float(log_ratio.min()) - 1 if log_ratio.notnull().any() else -1.0
+    for axis, values, label, cmap, limits in (
+        (fraction_axis, fraction, "realized fraction", "RdYlGn", (0, 1)),
+        (ratio_axis, log_ratio.where(ratio != 0, floor), "log₁₀ ‖ΔW‖ / ‖W‖", "viridis",
+         (floor + 1, None)),
     ):
-        mesh = axis.pcolormesh(steps, np.arange(len(names)), values.transpose(analysis.PARAM_DIM, contract.STEP),
-                               shading="nearest", **options)
+        colors = colormaps[cmap].with_extremes(bad="lightgrey", under="white")
+        mesh = axis.pcolormesh(_edges(steps), _edges(np.arange(len(names))),
+                               values.transpose(analysis.PARAM_DIM, contract.STEP).values,
+                               cmap=colors, vmin=limits[0], vmax=limits[1])
         axis.set_yticks(np.arange(len(names)), names, fontsize=7)
         axis.invert_yaxis()  # model order, top to bottom
         axis.set_ylabel("parameter")
         figure.colorbar(mesh, ax=axis, label=label)
-    ratio_axis.set_xlabel("optimizer step")
+    ratio_axis.set_xlabel("optimizer step   (grey: not recorded, or not computable; white: no motion)")
     _title(figure, ds, "Every recorded parameter: how much of its intended update landed, and how far it moved")
     return figure
+
+
+def _consecutive(overview: xr.Dataset) -> xr.Dataset:
+    """``overview`` at every step from its first to its last, NaN at those not recorded, so that
+    a heat map shows them as missing rather than stretching their neighbours over them."""
+    steps = overview[contract.STEP].values
+    if steps.size < 2 or np.all(np.diff(steps) == 1) or steps[-1] - steps[0] > 100 * MAX_POINTS:
+        return overview
+    return overview.reindex({contract.STEP: np.arange(steps[0], steps[-1] + 1)})
+
+
+def _edges(centers: np.ndarray) -> np.ndarray:
+    """Cell edges around ``centers`` (ascending): midway between neighbours, half a step beyond the ends."""
+    centers = np.asarray(centers, dtype=float)
+    if centers.size == 1:
+        return np.array([centers[0] - 0.5, centers[0] + 0.5])
+    middle = (centers[1:] + centers[:-1]) / 2
+    return np.concatenate([[2 * centers[0] - middle[0]], middle, [2 * centers[-1] - middle[-1]]])
 
 
 FIGURES = {
@@ -214,24 +257,40 @@ FIGURES = {
     "realized_fraction": realized_fraction,
     "parameters": parameters,
 }
+# Figures of one parameter: drawn once for each parameter chosen (by default the input embedding).
+PER_PARAMETER = {"trajectories", "norms_speed", "realized_fraction"}
 
 
-def save_all(ds: xr.Dataset, out_dir: str | Path, progress: bool = True) -> tuple[list[Path], list[str]]:
-    """Write every figure the dataset has the variables for as ``<out_dir>/<name>.png``.
+def save_all(
+    ds: xr.Dataset, out_dir: str | Path, params: Sequence[str] | None = None, progress: bool = True
+) -> tuple[list[Path], list[str]]:
+    """Write every figure the dataset has the variables for as ``<out_dir>/<name>.png``: the
+    figures of one parameter for each of ``params`` (``<name>-<param>.png`` when there are
+    several), the whole-model figure over them.
 
     Returns the paths written and, for each figure skipped, why.
     """
     from tqdm.auto import tqdm
 
+    chosen = list(dict.fromkeys(analysis.find_parameter(ds, param).name for param in params)) if params else [None]
     directory = Path(out_dir)
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"{directory} exists and is not a directory; pass another directory for the figures (--out)")
     ensure_creatable(directory, "the figures' directory")
+    if (steps := ds.sizes.get(contract.STEP, 0)) < 2:
+        return [], [f"{name}: the store holds {steps} recorded step{'s' * (steps != 1)}; a figure over steps needs two"
+                    for name in FIGURES]
     directory.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for name, make in FIGURES.items():
+        if name in PER_PARAMETER:
+            jobs += [(name if len(chosen) == 1 else f"{name}-{param}", functools.partial(make, ds, param)) for param in chosen]
+        else:
+            jobs.append((name, functools.partial(make, ds, params) if name == "parameters" else functools.partial(make, ds)))
     written, skipped = [], []
-    for name, make in tqdm(FIGURES.items(), desc="figures", disable=not progress):
+    for name, make in tqdm(jobs, desc="figures", disable=not progress):
         try:
-            figure = make(ds)
+            figure = make()
         except MissingDependencyError:
             raise
         except ConfigError as reason:

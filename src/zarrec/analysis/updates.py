@@ -10,6 +10,7 @@ uses, chunk by chunk. The ``ds.zarrec`` accessor (:mod:`zarrec.analysis.accessor
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,8 +20,10 @@ import zarr
 
 from zarrec.analysis.parameters import (
     GRAD,
+    NO_PARAMETER,
     PARAM_DIM,
     W,
+    find_parameter,
     from_second_row,
     motion,
     norm,
@@ -243,8 +246,9 @@ def force_decomposition(ds: xr.Dataset, param: str | None = None) -> xr.Dataset:
     return xr.Dataset(result)
 
 
-def by_parameter(ds: xr.Dataset) -> xr.Dataset:
-    """The whole model at a glance: per step and recorded parameter (dim ``param``)::
+def by_parameter(ds: xr.Dataset, params: Sequence[str] | None = None) -> xr.Dataset:
+    """The whole model at a glance: per step and recorded parameter (dim ``param``; those named
+    in ``params`` only, if given)::
 
         realized_fraction[t, p] = ⟨a, u⟩ / ⟨u, u⟩ over all of p   (realized_fraction().overall)
         update_to_weight[t, p]  = ‖W[t] − W[t − 1]‖ / ‖W[t − 1]‖
@@ -262,6 +266,10 @@ def by_parameter(ds: xr.Dataset) -> xr.Dataset:
     reasons: dict[str, str] = {}
     nan = from_second_row(xr.full_like(ds[contract.STEP], np.nan, dtype=float))
     recorded = recorded_parameters(ds)
+    if not recorded:
+        raise ConfigError(NO_PARAMETER)
+    if params is not None:
+        recorded = {found.name: found for found in (find_parameter(ds, param) for param in params)}
     for name, found in recorded.items():
         view = functools.cache(functools.partial(view_of, ds, found))  # made once, on first use (a failure: each time)
         for quantity, formula in formulas.items():
