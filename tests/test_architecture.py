@@ -101,7 +101,7 @@ def test_no_import_circle():
 def test_the_tests_mirror_the_package():
     """``tests/capture/test_probe.py`` tests ``zarrec/capture/probe.py``, and so on."""
     tests = Path(__file__).parent
-    about_the_whole = {"test_architecture.py", "test_benchmarks.py"}
+    about_the_whole = {"test_architecture.py", "test_benchmarks.py", "test_readme.py"}
     unmatched = [
         str(test.relative_to(tests))
         for test in tests.rglob("test_*.py")

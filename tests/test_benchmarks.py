@@ -59,3 +59,10 @@ def test_quick_scale_benchmark_runs_every_variant(tmp_path):
     assert rows["default"]["mb_per_step"] > rows["recipe"]["mb_per_step"] > 0 == rows["none"]["mb_per_step"]
     assert {row["variant"] for row in results["fast_step"]} == {"none", "zarrec"}
     assert "## gpt2" in result.stdout and "## fast_step" in result.stdout
+
+
+def test_quick_checksum_benchmark_runs(tmp_path):
+    result, results = run_quick("checksums.py", tmp_path)
+    assert set(results) == {"128x64", "5000x64"}
+    assert all(len(r["MB/s"]["with"]) == len(r["MB/s"]["without"]) == 2 and r["median ratio"] > 0 for r in results.values())
+    assert "| 5000x64 |" in result.stdout

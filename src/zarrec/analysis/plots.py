@@ -116,25 +116,18 @@ def trajectories(ds: xr.Dataset, param: str | None = None):
 def norms(ds: xr.Dataset, param: str | None = None):
     """Mean row norm and mean row speed of a parameter (by default the input embedding, its
     live vs dead tokens where the store says which are which) against step."""
-    view = analysis.parameter(ds, param)
-    rows = rows_and_features(view)[0]
-    split = rows == contract.TOKEN and contract.LIVE in ds.variables
-    norm = analysis.norms(ds, param, split=split)
-    speed = analysis.speed(ds, param)
-    if split:
+    rows = rows_and_features(analysis.parameter(ds, param))[0]
+    norm, speed = analysis.norms(ds, param), analysis.speed(ds, param)  # (step, row)
+    if rows == contract.TOKEN and contract.LIVE in ds.variables:
         live = xr.DataArray(analysis.live_mask(ds), dims=contract.TOKEN)
-        speed = xr.concat([speed.where(live).mean(rows), speed.where(~live).mean(rows)], dim=analysis.POPULATION)
-        populations = [("live", f"live {rows}s", LIVE_COLOR), ("dead", f"dead {rows}s", DEAD_COLOR)]
+        populations = [(f"live {rows}s", LIVE_COLOR, live), (f"dead {rows}s", DEAD_COLOR, ~live)]
     else:
-        norm, speed = norm.mean(rows).expand_dims({analysis.POPULATION: 1}), speed.mean(rows).expand_dims({analysis.POPULATION: 1})
-        populations = [(0, f"all {rows}s", LIVE_COLOR)]
-    norm = norm.assign_coords({analysis.POPULATION: [p for p, _, _ in populations]}).compute()
-    speed = speed.assign_coords({analysis.POPULATION: [p for p, _, _ in populations]}).compute()
+        populations = [(f"all {rows}s", LIVE_COLOR, True)]
     figure, (norm_axis, speed_axis) = _figure(2)
-    for population, label, color in populations:
-        n = norm.sel({analysis.POPULATION: population})
+    for label, color, members in populations:
+        n = norm.where(members).mean(rows).compute()
         norm_axis.plot(n[contract.STEP], n, color=color, label=label)
-        v = speed.sel({analysis.POPULATION: population})
+        v = speed.where(members).mean(rows).compute()
         speed_axis.plot(v[contract.STEP], v, color=color, lw=0.8, label=label)
     norm_axis.set_ylabel(f"mean ‖W[{rows}]‖")
     norm_axis.legend()

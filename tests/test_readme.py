@@ -1,0 +1,71 @@
+"""The README as a reader follows it: the Quick start's run, then the worked example's code,
+whose printed outputs must be the README's, character for character (annotations after
+``  #`` aside). The run is the Quick start's own command (300 steps of the reference
+experiment, about 5 minutes on 2 CPU cores), with the versions in ``constraints.txt``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+
+
+def section(heading: str) -> str:
+    return README.split(f"\n{heading}\n", 1)[1].split("\n#", 1)[0]
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """Every fenced block of ``text``: (its info string, its body)."""
+    return re.findall(r"^```(\w*)\n(.*?)^```$", text, flags=re.S | re.M)
+
+
+def quick_start_command() -> list[str]:
+    """The ``zarrec train ...`` that ends the Quick start's first command."""
+    (language, first), *_ = fenced_blocks(section("## Quick start"))
+    command = shlex.split(first.strip().split("&&")[-1])
+    assert language == "bash" and command[:2] == ["zarrec", "train"], first
+    return command
+
+
+@pytest.fixture(scope="module")
+def quick_start(tmp_path_factory) -> Path:
+    """A directory holding the Quick start's run, made by its command as written."""
+    directory = tmp_path_factory.mktemp("quick_start")
+    command = quick_start_command()
+    subprocess.run([sys.executable, "-m", "zarrec.cli", *command[1:], "--quiet"], cwd=directory, check=True,
+                   capture_output=True, timeout=1800)
+    return directory
+
+
+def without_annotations(text: str) -> list[str]:
+    return [re.sub(r"\s+# .*$", "", line).rstrip() for line in text.strip().splitlines()]
+
+
+def test_the_worked_example_prints_what_the_readme_shows(quick_start, monkeypatch):
+    blocks = fenced_blocks(section("### Worked example: the reference notebook's questions, on the Quick start's run"))
+    pairs = [(code, shown) for (language, code), (after, shown) in zip(blocks, blocks[1:]) if language == "python" and not after]
+    assert len(pairs) == 2
+    monkeypatch.chdir(quick_start)
+    namespace: dict = {}
+    for code, shown in pairs:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(compile(code, "README.md", "exec"), namespace)
+        assert without_annotations(printed.getvalue()) == without_annotations(shown), code
+
+
+def test_the_quick_start_writes_what_the_readme_says(quick_start, tmp_path):
+    checkpoints = sorted(path.name for path in (quick_start / "run.zarr.checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-300"] and "a 300-step run has one, `checkpoint-300`" in README
+    result = subprocess.run([sys.executable, "-m", "zarrec.cli", "plot", str(quick_start / "run.zarr"), "--out",
+                             str(tmp_path), "--quiet"], capture_output=True, text=True, timeout=600, check=True)
+    figures = sorted(tmp_path.glob("*.png"))
+    assert len(figures) == 6 and "draws this figure and five more" in README, result.stdout
