@@ -206,12 +206,13 @@ def parameters(ds: xr.Dataset, params: Sequence[str] | None = None):
     ratio = overview["update_to_weight"]
     log_ratio = np.log10(ratio.where(ratio > 0))
     floor = float(log_ratio.min()) - 1 if log_ratio.notnull().any() else -1.0
-    for axis, values, label, cmap, limits in (
-        (fraction_axis, fraction, "realized fraction", "RdYlGn", (0, 1)),
-        (ratio_axis, log_ratio.where(ratio != 0, floor), "log₁₀ ‖ΔW‖ / ‖W‖", "viridis",
-         (floor + 1, None)),
+    fraction_colors = colormaps["RdYlGn"]  # beyond 0 and 1: its ends (white means no motion, below)
+    for axis, values, label, colors, limits in (
+        (fraction_axis, fraction, "realized fraction",
+         fraction_colors.with_extremes(bad="lightgrey", under=fraction_colors(0.0), over=fraction_colors(1.0)), (0, 1)),
+        (ratio_axis, log_ratio.where(ratio != 0, floor), "log₁₀ ‖ΔW‖ / ‖W‖",
+         colormaps["viridis"].with_extremes(bad="lightgrey", under="white"), (floor + 1, None)),
     ):
-        colors = colormaps[cmap].with_extremes(bad="lightgrey", under="white")
         mesh = axis.pcolormesh(_edges(steps), _edges(np.arange(len(names))),
                                values.transpose(analysis.PARAM_DIM, contract.STEP).values,
                                cmap=colors, vmin=limits[0], vmax=limits[1])
