@@ -468,3 +468,22 @@ def test_a_writer_that_keeps_up_says_nothing(tmp_path):
         warnings.simplefilter("error", ZarrecWarning)
         with Recorder(tmp_path / "fast.zarr", chunk_steps=2) as recorder:
             record_steps(recorder, 16, seconds_a_step=0.05)
+
+
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda r: r.record(0, **{"a/b": 1.0}), RecordError, "'a/b' cannot name a variable: Zarr names hold no '/'"),
+    (lambda r: r.record(0, step=1.0), RecordError, "'step' is the store's index coordinate, not a variable"),
+    (lambda r: r.record(-1, loss=1.0), RecordError, "step must be a whole number from 0 up"),
+    (lambda r: r.record(1.5, loss=1.0), RecordError, "step must be a whole number from 0 up"),
+])
+def test_a_value_the_store_cannot_hold_is_refused_and_recording_goes_on(tmp_path, call, error, message):
+    with Recorder(tmp_path / "run.zarr") as recorder:
+        with pytest.raises(error, match=message):
+            call(recorder)
+        recorder.record(0, loss=1.0)
+    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "run.zarr").loss, [1.0])
+
+
+def test_a_store_that_is_not_a_path_url_or_store_is_refused():
+    with pytest.raises(ConfigError, match=r"cannot record into 123 \(int\); pass a path, an fsspec URL or a zarr Store"):
+        Recorder(123)

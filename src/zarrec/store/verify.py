@@ -141,7 +141,8 @@ def _check_array(name: str, array: zarr.Array, steps: np.ndarray | None, bar) ->
     problems = []
     sharding = array.metadata.codecs[0]
     for coords, rows in _shards(array):
-        labels = (int(steps[rows[0]]), int(steps[rows[1]])) if steps is not None and rows is not None else None
+        labelled = steps is not None and rows is not None and rows[1] < len(steps)  # (step commits last)
+        labels = (int(steps[rows[0]]), int(steps[rows[1]])) if labelled else None
         if not isinstance(sharding, ShardingCodec):  # a static coordinate, as zarr-python wrote it
             what = _check_chunk(array, coords)
         elif (data := sync(_get(array, coords))) is None:
