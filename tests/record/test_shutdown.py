@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -91,3 +92,44 @@ def test_close_open_recorders_frees_a_store_left_open_in_a_notebook(tmp_path):
     assert status["state"] == contract.INTERRUPTED
     with Recorder(out, resume_from=0) as again:  # the lock was released
         again.record(1, x=torch.ones(2))
+
+
+# Records steps 0..9 on a disk whose every write takes 0.1 s, then fails: closing takes seconds.
+CLOSING_SLOWLY = textwrap.dedent(
+    """
+    import asyncio, sys, torch
+    from zarr.storage import LocalStore, WrapperStore
+    from zarrec import Recorder
+
+    class SlowDisk(WrapperStore):
+        def _with_store(self, store):
+            return SlowDisk(store)
+
+        async def set(self, key, value):
+            await asyncio.sleep(0.1)
+            await self._store.set(key, value)
+
+    with Recorder(SlowDisk(LocalStore(sys.argv[1])), chunk_steps=8) as recorder:
+        for step in range(10):
+            recorder.record(step, x=torch.full((3,), float(step)))
+        print("closing", flush=True)
+        raise RuntimeError("boom")
+    """
+)
+
+
+def test_a_sigterm_while_closing_waits_until_the_store_says_why_it_stopped(tmp_path):
+    """torchrun sends SIGTERM to the other ranks when one fails, often while they close their
+    recorder: the store is still marked, with the exception that stopped it, before the process ends."""
+    out = tmp_path / "run.zarr"
+    child = subprocess.Popen([sys.executable, "-c", CLOSING_SLOWLY, str(out)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "closing"
+    time.sleep(0.3)  # inside close(): the staged steps are being written
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 128 + signal.SIGTERM, stderr
+    ds = xr.open_zarr(out)
+    np.testing.assert_array_equal(ds.step, np.arange(10))
+    status = ds.attrs[contract.STATUS_ATTR]
+    assert status["state"] == contract.INTERRUPTED and status["reason"] == "RuntimeError: boom"

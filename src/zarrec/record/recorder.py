@@ -253,16 +253,16 @@ class Recorder:
         if self._closed:
             return
         self._closed = True
-        shutdown.unregister(self)
-        try:
-            if self._writer is not None:
-                # A rank of a sharded run that stops early writes no partial chunk: the other
-                # ranks, at other steps or still training, would never agree on it.
-                if self._writer.error is None and (self._ranks is None or reason is None):
-                    self._stager.submit_partial_chunk()
-                self._writer.close()
-        finally:
-            self._finish_store(reason)
+        with shutdown.closing(self):
+            try:
+                if self._writer is not None:
+                    # A rank of a sharded run that stops early writes no partial chunk: the other
+                    # ranks, at other steps or still training, would never agree on it.
+                    if self._writer.error is None and (self._ranks is None or reason is None):
+                        self._stager.submit_partial_chunk()
+                    self._writer.close()
+            finally:
+                self._finish_store(reason)
         if self._on_error == "raise":
             self._writer_failed()
 

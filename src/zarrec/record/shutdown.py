@@ -7,7 +7,9 @@ Every open :class:`~zarrec.Recorder` registers itself here (as anything with
   main thread, so ``finally`` blocks and context managers run, as Ctrl-C
   (``KeyboardInterrupt``) already does;
 - at interpreter exit, every recorder still open is closed: its staged steps are
-  written and its store is marked interrupted, with the reason.
+  written and its store is marked interrupted, with the reason;
+- a SIGTERM that comes while a recorder closes (a launcher such as torchrun stops the other
+  ranks when one fails) waits until the store is marked, then stops the process.
 
 ``kill -9`` runs nothing: the store keeps its last commit (README, "What survives a crash").
 
@@ -38,6 +40,8 @@ class Closable(Protocol):
 _open: dict[int, Closable] = {}  # strong references: an unclosed recorder still holds steps to write
 _previous_sigterm: object = None
 _received: str | None = None  # the signal that is stopping the process
+_closing = 0  # recorders closing now: a SIGTERM waits for them
+_deferred: int | None = None  # a SIGTERM that came while they closed
 
 
 def register(recorder: Closable) -> None:
@@ -49,6 +53,35 @@ def unregister(recorder: Closable) -> None:
     _open.pop(id(recorder), None)
     if not _open:
         _restore_sigterm()
+
+
+@contextlib.contextmanager
+def closing(recorder: Closable) -> Iterator[None]:
+    """While ``recorder`` closes, a SIGTERM is held back; it is unregistered once closed.
+
+    Unregistering last keeps this module's SIGTERM handler in place throughout: restored to the
+    default action, a SIGTERM would kill the process before the store says why it stopped.
+    """
+    with _sigterm_held():
+        try:
+            yield
+        finally:
+            unregister(recorder)
+
+
+@contextlib.contextmanager
+def _sigterm_held() -> Iterator[None]:
+    """A SIGTERM that comes inside stops the process on the way out (unless an exception is
+    already on its way: the process is stopping then)."""
+    global _closing, _deferred
+    _closing += 1
+    try:
+        yield
+    finally:
+        _closing -= 1
+    if _deferred is not None and not _closing:
+        signum, _deferred = _deferred, None
+        raise SystemExit(128 + signum)
 
 
 def received_signal() -> str | None:
@@ -74,11 +107,12 @@ def close_open_recorders() -> None:
     process lives on and the failed run's recorder would otherwise keep the store locked.
     """
     reason = stop_reason(getattr(sys, "last_exc", None) or getattr(sys, "last_value", None))
-    for recorder in list(_open.values()):
-        try:
-            recorder.close(reason=reason)
-        except Exception as error:  # report and go on: the other stores must be closed too
-            print(f"zarrec: error: {error}", file=sys.stderr)
+    with _sigterm_held():  # a SIGTERM waits until every store is marked
+        for recorder in list(_open.values()):
+            try:
+                recorder.close(reason=reason)
+            except Exception as error:  # report and go on: the other stores must be closed too
+                print(f"zarrec: error: {error}", file=sys.stderr)
 
 
 # Before the interpreter shuts down the thread pools that zarr writes through, which happens
@@ -103,8 +137,11 @@ def signals_stay_with_the_main_thread() -> Iterator[None]:
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
-    global _received
+    global _received, _deferred
     _received = signal.Signals(signum).name
+    if _closing:
+        _deferred = signum
+        return
     raise SystemExit(128 + signum)
 
 
