@@ -19,6 +19,7 @@ from zarr.storage import LocalStore, WrapperStore
 
 from zarrec.reference.config import TrainConfig
 from zarrec.reference.train import train
+from zarrec.store import contract
 
 # ~100 bytes: with context 16 and batch 4 an epoch is 22 steps, so short runs cross epoch boundaries.
 SMALL_TEXT = "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs! 0123456789\n"
@@ -278,3 +279,80 @@ def arrays(ds):
 def close(actual: xr.DataArray, expected: np.ndarray, rtol=1e-5, atol=1e-7):
     assert isinstance(actual.data, dask.array.Array), "results stay lazy"
     np.testing.assert_allclose(actual.values, expected, rtol=rtol, atol=atol)
+
+
+def full_state_only(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` as if not opened from its store: the analysis sees its full state, not the run's
+    health statistics (which it finds through ``ds.encoding["source"]``)."""
+    copy = ds.copy()
+    copy.encoding = {}
+    return copy
+
+
+def expected_health(ds: xr.Dataset, param: str) -> dict[str, np.ndarray]:
+    """The health statistics of ``param`` at each step after the first of a store with its full
+    state at consecutive steps, by their formulas in float64 numpy (independent of zarrec's
+    code): per parameter under each statistic's name, per row under ``row.<statistic>``."""
+    view = full_state_only(ds).zarrec.parameter(param)
+    W = view.param.values.astype(np.float64)
+    shape = (-1,) + (1,) * (W.ndim - 1)
+    lr, t = view.lr.values[1:].reshape(shape), view.step.values[1:].astype(np.float64).reshape(shape)
+    previous, g = W[:-1], view.grad.values[1:].astype(np.float64)
+    a = W[1:] - previous
+    optimizer, h = view.attrs["optimizer"], view.attrs["hyperparameters"]
+    if optimizer in ("Adam", "AdamW"):
+        m, v = view.exp_avg.values[1:].astype(np.float64), view.exp_avg_sq.values[1:].astype(np.float64)
+        (beta1, beta2), decay = h["betas"], h["weight_decay"] if optimizer == "AdamW" else 0.0
+        u = -lr * (m / (1 - beta1**t)) / (np.sqrt(v / (1 - beta2**t)) + h["eps"]) - lr * decay * previous
+    else:
+        m = view.momentum_buffer.values[1:].astype(np.float64) if "momentum_buffer" in view else None
+        if h["momentum"] and not h["nesterov"]:
+            u = -lr * m
+        else:
+            u = -lr * (g + h["weight_decay"] * previous) - (lr * h["momentum"] * m if m is not None else 0)
+    expected = {}
+    with np.errstate(invalid="ignore", divide="ignore"):  # (0 / 0: a row without gradient has no cosine, NaN)
+        for prefix, axes in (("", tuple(range(1, W.ndim))), ("row.", tuple(range(2, W.ndim)))):
+            def total(x: np.ndarray, axes: tuple[int, ...] = axes) -> np.ndarray:
+                return x.sum(axis=axes)
+
+            expected |= {
+                f"{prefix}param_norm": np.sqrt(total(W[1:] ** 2)), f"{prefix}grad_norm": np.sqrt(total(g**2)),
+                f"{prefix}update_norm": np.sqrt(total(a**2)), f"{prefix}intended_norm": np.sqrt(total(u**2)),
+                f"{prefix}update_dot_intended": total(a * u), f"{prefix}residual_norm": np.sqrt(total((a - u) ** 2)),
+                f"{prefix}cos_grad_momentum": (
+                    total(g * m) / np.sqrt(total(g**2) * total(m**2)) if m is not None else np.full(total(g).shape, np.nan)
+                ),
+            }
+    return expected
+
+
+def check_health(path: Path, param: str, per_row: bool = True) -> None:
+    """The statistics the run at ``path`` recorded of ``param`` equal :func:`expected_health` at
+    every step where the store holds the full state at steps t − 1 and t, to float32 rounding:
+    norms to 1e-5 of themselves, the product and the residual to 1e-5 of ‖a‖ ‖u‖ and ‖u‖."""
+    ds = xr.open_zarr(path)
+    stats = xr.open_zarr(Path(path) / "statistics")
+    steps = ds.step.values
+    consecutive = np.flatnonzero(np.diff(steps) == 1)  # index of t − 1 in the full state's steps
+    assert consecutive.size, "no two consecutive steps of full state to check against"
+    expected = expected_health(ds, param)
+    for prefix in ("", "row.") if per_row else ("",):
+        recorded = (stats.sel(param=param) if not prefix else
+                    stats[[f"{param}.{s}" for s in contract.HEALTH_STATISTICS]].rename(
+                        {f"{param}.{s}": s for s in contract.HEALTH_STATISTICS}))
+        recorded = recorded.sel(step=steps[consecutive + 1]).load()
+        want = {s: expected[f"{prefix}{s}"][consecutive] for s in contract.HEALTH_STATISTICS}
+        scale = want["update_norm"] * want["intended_norm"]
+        for statistic in contract.HEALTH_STATISTICS:
+            got, exact = recorded[statistic].values.astype(np.float64), want[statistic]
+            if statistic == "update_dot_intended":
+                tolerance = 1e-5 * scale + 1e-20
+            elif statistic == "residual_norm":
+                tolerance = 1e-5 * want["intended_norm"] + 1e-12
+            else:
+                tolerance = 1e-5 * np.abs(exact) + 1e-12
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(exact), err_msg=f"{prefix}{statistic} of {param}: NaN")
+            known = ~np.isnan(exact)
+            np.testing.assert_array_less(np.abs(got - exact)[known], np.broadcast_to(tolerance, exact.shape)[known],
+                                         err_msg=f"{prefix}{statistic} of {param}")

@@ -49,7 +49,25 @@ def without_annotations(text: str) -> list[str]:
     return [re.sub(r"\s+# .*$", "", line).rstrip() for line in text.strip().splitlines()]
 
 
+NUMBER = re.compile(r"-?\d+\.\d+(?:e-?\d+)?|-?\d+")
+
+
+def assert_prints_as_shown(printed: str, shown: str) -> None:
+    """The same lines, words and numbers; each number within 5 % or 0.001 of the one shown: bf16
+    kernels round differently on another CPU (AVX2, AVX-512), and 300 steps of training carry
+    the difference into the third digit (the README says so)."""
+    printed_lines, shown_lines = without_annotations(printed), without_annotations(shown)
+    def words(lines: list[str]) -> list[str]:  # (numpy pads a shorter number with spaces)
+        return [re.sub(r"\s+", "", NUMBER.sub("#", line)) for line in lines]
+
+    assert words(printed_lines) == words(shown_lines)
+    for got_line, want_line in zip(printed_lines, shown_lines):
+        for got, want in zip(NUMBER.findall(got_line), NUMBER.findall(want_line)):
+            assert abs(float(got) - float(want)) <= max(0.05 * abs(float(want)), 1e-3), f"{got_line!r} vs {want_line!r}"
+
+
 def test_the_worked_example_prints_what_the_readme_shows(quick_start, monkeypatch):
+    """Its printed lines, words and numbers, each number to 5 % (see :func:`assert_prints_as_shown`)."""
     blocks = fenced_blocks(section("### Worked example: the reference notebook's questions, on the Quick start's run"))
     pairs = [(code, shown) for (language, code), (after, shown) in zip(blocks, blocks[1:]) if language == "python" and not after]
     assert len(pairs) == 2
@@ -59,7 +77,7 @@ def test_the_worked_example_prints_what_the_readme_shows(quick_start, monkeypatc
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             exec(compile(code, "README.md", "exec"), namespace)
-        assert without_annotations(printed.getvalue()) == without_annotations(shown), code
+        assert_prints_as_shown(printed.getvalue(), shown)
 
 
 def test_the_quick_start_writes_what_the_readme_says(quick_start, tmp_path):

@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _train_parser(subparsers) -> None:
-    from zarrec.reference.config import DEVICES, DTYPES, INITS, OPTIMIZERS, TrainConfig
+    from zarrec.reference.config import DEVICES, DTYPES, INITS, OPTIMIZERS, STATISTICS, TrainConfig
 
     defaults = TrainConfig()
     parser = subparsers.add_parser(
@@ -57,6 +57,9 @@ def _train_parser(subparsers) -> None:
     run.add_argument("--rows", metavar="TOKENS",
                      help="record only these rows of the embedding: 'live' (the corpus's tokens), a range such as "
                      "0:64, or ids such as 10,32,101 (default: all)")
+    run.add_argument("--statistics", choices=STATISTICS,
+                     help="health statistics of every parameter at every step: all (default), norms (no copy of the "
+                          "parameters), none")
     run.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {defaults.optimizer}")
     run.add_argument("--probe", metavar="TEXT",
                      help="a fixed text whose logits are evaluated with the current weights at recorded steps")

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import LAYER_PARAMS
+from conftest import LAYER_PARAMS, full_state_only
 
 import zarrec  # noqa: F401  (registers ds.zarrec)
 from zarrec import ConfigError, MissingDependencyError
@@ -39,7 +39,9 @@ def test_save_all_writes_pngs(ds, tmp_path):
 
 
 def test_figures_without_their_variables_are_skipped_with_a_reason(ds, tmp_path):
-    written, skipped = plots.save_all(ds.drop_vars(["momentum", "variance"]), tmp_path, progress=False)
+    written, skipped = plots.save_all(ds.drop_vars(["momentum", "variance"]), tmp_path / "statistics", progress=False)
+    assert len(written) == len(plots.FIGURES) and skipped == []  # the health statistics need no moments
+    written, skipped = plots.save_all(full_state_only(ds.drop_vars(["momentum", "variance"])), tmp_path, progress=False)
     assert len(written) == len(plots.FIGURES) - 2
     assert skipped == [
         "realized_fraction: the store has no exp_avg, exp_avg_sq of transformer.wte.weight (recorded with AdamW: it has "
@@ -54,7 +56,10 @@ def test_the_whole_model_figure_of_a_run_without_the_embedding(layers_run, tmp_p
     ds = xr.open_zarr(layers_run)
     figure = ds.zarrec.plot.parameters()
     labels = [label.get_text() for label in figure.axes[0].get_yticklabels()]
-    assert labels == ds.attrs["recorded_params"]
+    trained = list(xr.open_zarr(layers_run / "statistics").param.values)  # every trained parameter, in model order
+    assert labels == trained and set(ds.attrs["recorded_params"]) < set(trained)
+    labels = [label.get_text() for label in full_state_only(ds).zarrec.plot.parameters().axes[0].get_yticklabels()]
+    assert labels == ds.attrs["recorded_params"]  # from the full state: the recorded ones
     written, skipped = plots.save_all(ds, tmp_path, progress=False)
     assert sorted(path.stem for path in written) == ["logits", "loss_lr", "parameters"]
     assert [line.split(":")[0] for line in skipped] == ["trajectories", "norms_speed", "realized_fraction"]
@@ -75,15 +80,16 @@ def heat_maps(figure) -> list[np.ma.MaskedArray]:
 
 
 def test_the_whole_model_figure_draws_a_single_parameter(ds):
-    """The default recording, one parameter: a row of coloured cells in each panel, not blank axes."""
-    fraction, ratio = heat_maps(ds.zarrec.plot.parameters())
+    """The full state of the default recording, one parameter: a row of coloured cells in each
+    panel, not blank axes."""
+    fraction, ratio = heat_maps(full_state_only(ds).zarrec.plot.parameters())
     assert fraction.shape == ratio.shape == (1, ds.sizes["step"] - 1)
     assert fraction.count() == fraction.size and ratio.count() == ratio.size  # every cell coloured
 
 
 def test_steps_not_recorded_are_drawn_as_missing(ds):
     """Steps 5 and 6 dropped: their cells, and step 7's (no predecessor), are grey, not 'no motion'."""
-    figure = ds.drop_sel(step=[5, 6]).zarrec.plot.parameters()
+    figure = full_state_only(ds.drop_sel(step=[5, 6])).zarrec.plot.parameters()
     fraction, ratio = heat_maps(figure)
     steps = np.arange(1, ds.sizes["step"])  # one column per step, recorded or not
     assert fraction.shape == (1, steps.size)

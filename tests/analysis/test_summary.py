@@ -68,18 +68,18 @@ def test_the_status_says_how_the_recording_stands(tmp_path):
     assert summarize(tmp_path / "r.zarr").status == "interrupted: terminated by SIGTERM (last step 2)"
 
 
-def test_summary_names_the_summaries_group_and_its_steps(tmp_path):
+def test_summary_names_the_statistics_group_and_its_steps(tmp_path):
     import zarrec
 
     model = torch.nn.Linear(4, 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    with zarrec.ModelRecorder(tmp_path / "run.zarr", model, optimizer, params=["weight"], every=2, summaries=True) as recorder:
+    with zarrec.ModelRecorder(tmp_path / "run.zarr", model, optimizer, params=["weight"], every=2) as recorder:
         for _ in range(4):
             model(torch.randn(2, 4)).sum().backward()
             optimizer.step()
             recorder.step()
             optimizer.zero_grad()
     summary = summarize(str(tmp_path / "run.zarr"))
-    assert (summary.steps, summary.summary_steps) == (3, 5)  # steps 0, 2, 4 in full; 0..4 summarised
-    assert f'xarray.open_zarr("{tmp_path / "run.zarr"}/summaries")' in summary.report()
-    assert summarize(str(tmp_path / "run.zarr" / "summaries")).summary_steps is None  # it has none of its own
+    assert (summary.steps, summary.statistics_steps) == (3, 5)  # steps 0, 2, 4 in full; health at 0..4
+    assert f'ds.zarrec.by_parameter(), or xarray.open_zarr("{tmp_path / "run.zarr"}/statistics")' in summary.report()
+    assert summarize(str(tmp_path / "run.zarr" / "statistics")).statistics_steps is None  # it has none of its own

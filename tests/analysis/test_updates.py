@@ -3,12 +3,14 @@ reference, and on real Trainer, SGD, Lightning and plain-loop runs."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import xarray as xr
 
 import zarrec  # noqa: F401  (registers ds.zarrec)
-from conftest import LAYER, LAYER_PARAMS, arrays, close, synthetic_dataset
+from conftest import LAYER, LAYER_PARAMS, arrays, close, full_state_only, synthetic_dataset
 from zarrec import ConfigError, analysis
 
 
@@ -140,15 +142,16 @@ def test_sgd_with_momentum_has_its_own_update_identity(sgd_run):
     with pytest.raises(ConfigError, match="was recorded with SGD, not Adam; its update is intended_update"):
         ds.zarrec.adam_update(LAYER)
     with pytest.raises(ConfigError, match=f"the store has no momentum_buffer of {LAYER} \\(recorded with SGD: it has param, grad\\)"):
-        ds.drop_vars(f"{LAYER}.momentum_buffer").zarrec.realized_fraction(LAYER)
+        full_state_only(ds.drop_vars(f"{LAYER}.momentum_buffer")).zarrec.realized_fraction(LAYER)
 
 
 def test_the_whole_model_at_a_glance_matches_numpy(layers_run):
     ds = xr.open_zarr(layers_run)
-    overview = ds.zarrec.by_parameter()
-    assert overview.realized_fraction.dims == ("step", "param")
-    assert list(overview.param.values) == ds.attrs["recorded_params"]  # model order: ln_1 before attn
-    for param in LAYER_PARAMS:
+    statistics, full_state = ds.zarrec.by_parameter(), full_state_only(ds).zarrec.by_parameter()
+    assert statistics.realized_fraction.dims == full_state.realized_fraction.dims == ("step", "param")
+    assert list(full_state.param.values) == ds.attrs["recorded_params"]  # model order: ln_1 before attn
+    assert list(statistics.param.values)[:2] == ["transformer.wte.weight", "transformer.wpe.weight"]  # every trained one
+    for param, overview in itertools.product(LAYER_PARAMS, (statistics, full_state)):
         W, g = ds[param].values.astype(np.float64), ds[f"{param}.grad"].values.astype(np.float64)
         every = tuple(range(1, W.ndim))
         actual, intended = W[1:] - W[:-1], adamw_reference(ds, param)
@@ -157,7 +160,8 @@ def test_the_whole_model_at_a_glance_matches_numpy(layers_run):
         moved, norm = np.sqrt((actual**2).sum(every)), np.sqrt((W[:-1] ** 2).sum(every))
         close(column.update_to_weight, np.divide(moved, norm, out=np.full_like(moved, np.nan), where=norm != 0), rtol=1e-5)
         close(column.grad_norm, np.sqrt((g[1:] ** 2).sum(every)), rtol=1e-5)
-    assert overview.attrs["not_computed"] == {}
+    assert statistics.attrs["not_computed"] == full_state.attrs["not_computed"] == {}
+    ds = full_state_only(ds)
     partial = ds.drop_vars(f"{LAYER}.exp_avg_sq").zarrec.by_parameter()
     assert partial.realized_fraction.sel(param=LAYER).isnull().all()
     assert "no exp_avg_sq of transformer.h.0.attn.c_attn.weight" in partial.attrs["not_computed"][f"realized_fraction of {LAYER}"]

@@ -48,8 +48,9 @@ class ZarrecCallback(TrainerCallback):
             keys (``"exp_avg"``, ``"momentum_buffer"``, ...); default: all of them.
         rows: record only these rows: token ids of the input embedding (a list, a ``slice``),
             or ``{glob: ids}`` per parameter (see :class:`~zarrec.ModelRecorder`).
-        summaries: record per-row statistics of each parameter at every step into the store's
-            ``summaries`` group, the full tensors following ``every`` (:mod:`zarrec.capture.row_statistics`).
+        statistics: the health of every trained parameter at every step, into the store's
+            ``statistics`` group, whatever ``every`` keeps of the full state (default; ``"norms"``:
+            a lighter set, False: none; :mod:`zarrec.capture.health`).
         every: which steps to record: every N-th, or a schedule such as ``"1:1000,10"``
             (:class:`~zarrec.store.schedule.StepSchedule`); step 0 always.
         probe: a fixed input (text, or token ids) whose logits are evaluated with the current
@@ -78,7 +79,7 @@ class ZarrecCallback(TrainerCallback):
         params: Sequence[str] | None = None,
         quantities: Sequence[str] | None = None,
         rows: Sequence[int] | slice | Mapping[str, Sequence[int] | slice] | None = None,
-        summaries: bool = False,
+        statistics: bool | str = True,
         every: int | str | StepSchedule = 1,
         probe: str | Sequence[int] | None = None,
         probe_positions: Sequence[int] | None = None,
@@ -97,7 +98,7 @@ class ZarrecCallback(TrainerCallback):
         self.params = None if params is None else list(params)
         self.quantities = None if quantities is None else list(quantities)
         self.rows = rows
-        self.summaries = summaries
+        self.statistics = statistics
         self.schedule = StepSchedule.parse(every)
         self.probe_spec = (probe, probe_positions, probe_every) if probe is not None else None
         self.chunk_steps = chunk_steps
@@ -119,7 +120,7 @@ class ZarrecCallback(TrainerCallback):
         probe, positions, probe_every = self.probe_spec or (None, None, 1)
         self.capture = ModelRecorder(
             self.out, model, optimizer, params=self.params, quantities=self.quantities, rows=self.rows,
-            summaries=self.summaries, every=self.schedule, probe=probe, probe_positions=positions, probe_every=probe_every, tokenizer=kwargs.get("processing_class"),
+            statistics=self.statistics, every=self.schedule, probe=probe, probe_positions=positions, probe_every=probe_every, tokenizer=kwargs.get("processing_class"),
             coords=self.token_coords, attrs={**run_attributes(args, state, model, optimizer), **self.attrs},
             chunk_steps=self.chunk_steps, overwrite=self.overwrite, initial_step=state.global_step, steps=state.max_steps,
             resume_from=state.global_step if resuming else None, mantissa_bits=self.mantissa_bits,

@@ -46,7 +46,7 @@ class ZarrecLightningCallback(Callback):
 
     Args:
         out: path, fsspec URL or Zarr store to create.
-        params, quantities, every, probe, probe_positions, probe_every, tokenizer, coords, chunk_steps,
+        params, quantities, every, statistics, probe, probe_positions, probe_every, tokenizer, coords, chunk_steps,
             overwrite, flush_every, on_error: as for :class:`zarrec.ModelRecorder` (a probe calls
             the module with ``input_ids=``).
         attrs: extra run attributes; the module's ``hparams`` are stored as ``hparams``.

@@ -29,7 +29,7 @@ from zarrec.store import contract
 
 POPULATION = "population"  # dimension of the live/dead split
 COMPONENT = "component"  # dimension of principal components
-PARAM_DIM = "param"  # dimension of the whole-model overview
+PARAM_DIM = contract.PARAM_DIM  # dimension of the whole-model overview (and of the health statistics)
 ROW, COL = "row", "col"  # a parameter's dims in :func:`parameter` (the input embedding keeps token, dim)
 W, GRAD = contract.PARAM, contract.GRAD  # the names of a parameter and its gradient in :func:`parameter`
 
@@ -230,6 +230,21 @@ def from_second_row(da: xr.DataArray) -> xr.DataArray:
     each chunk is computed from the same chunks of every input) and trimmed last.
     """
     return da.isel({contract.STEP: slice(1, None)})
+
+
+def with_previous_step(da: xr.DataArray) -> xr.DataArray:
+    """``da`` (a formula with ``W[t − 1]``, on every recorded step) at the steps whose step
+    t − 1 is recorded too; refuses, naming the recorded steps, where there is none."""
+    steps = da[contract.STEP].values
+    following = np.flatnonzero(np.diff(steps) == 1) + 1
+    if not len(following):
+        shown = ", ".join(map(str, steps[:4])) + (", ..." if len(steps) > 4 else "")
+        raise ConfigError(
+            f"this needs W[t−1] beside W[t], and the store holds the full state at steps {shown}, no two consecutive; "
+            "read the health statistics (by_parameter(), realized_fraction()), or record consecutive steps "
+            "(every='1:100,10': every step up to 100)"
+        )
+    return da.isel({contract.STEP: following})
 
 
 def motion(view: xr.Dataset) -> xr.DataArray:

@@ -166,21 +166,22 @@ def logits(ds: xr.Dataset):
 
 def realized_fraction(ds: xr.Dataset, param: str | None = None):
     """The fraction of the intended update that reached one parameter, overall and per row."""
-    fraction = analysis.realized_fraction(ds, param)
-    overall = fraction["overall"].compute()
-    per_row = fraction["per_row"].compute()
-    rows = per_row.dims[1]
+    fraction = analysis.realized_fraction(ds, param).compute()
+    overall = fraction["overall"]
     figure, (axis,) = _figure(1, height=4.0)
-    steps = per_row[contract.STEP]
-    low, median, high = (per_row.quantile(q, dim=rows, skipna=True) for q in (0.1, 0.5, 0.9))
-    axis.fill_between(steps, low, high, color="tab:blue", alpha=0.2, label=f"{rows}s, 10–90%")
-    axis.plot(steps, median, color="tab:blue", lw=0.8, label=f"{rows}s, median")
+    rows = "row"
+    if "per_row" in fraction:
+        per_row = fraction["per_row"]
+        rows = per_row.dims[1]
+        low, median, high = (per_row.quantile(q, dim=rows, skipna=True) for q in (0.1, 0.5, 0.9))
+        axis.fill_between(per_row[contract.STEP], low, high, color="tab:blue", alpha=0.2, label=f"{rows}s, 10–90%")
+        axis.plot(per_row[contract.STEP], median, color="tab:blue", lw=0.8, label=f"{rows}s, median")
     axis.plot(overall[contract.STEP], overall, color="k", lw=1, label=f"all {rows}s")
     axis.axhline(1, color="tab:green", ls="--", lw=0.8, label="every update landed")
     axis.set_ylabel("⟨actual, intended⟩ / ⟨intended, intended⟩")
     axis.set_xlabel("optimizer step")
     axis.legend()
-    name = analysis.find_parameter(ds, param).name
+    name = param if param is not None else analysis.find_parameter(ds).name
     _title(figure, ds, f"How much of the intended update of {name} landed")
     return figure
 

@@ -51,7 +51,7 @@ class StoreSummary:
     last_loss: float | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
     schedule: str | None = None  # the recorded step schedule (``every``), if the store says
-    summary_steps: int | None = None  # steps of per-row statistics in its summaries group, if it has one
+    statistics_steps: int | None = None  # steps of health statistics in its statistics group, if it has one
     missing_shards: list[str] = field(default_factory=list)  # committed shards not in the store, a line each
 
     @property
@@ -107,9 +107,9 @@ class StoreSummary:
             out.append(f"tokens     {self.live_tokens} live, {self.dead_tokens} dead")
         if self.first_loss is not None:
             out.append(f"loss       {self.first_loss:.4f} first, {self.last_loss:.4f} last")
-        if self.summary_steps is not None:
-            out.append(f'summaries  {self.summary_steps} steps of per-row statistics: xarray.open_zarr("{self.path}/'
-                       f'{contract.SUMMARIES_GROUP}"), ds.zarrec.row_statistics()')
+        if self.statistics_steps is not None:
+            out.append(f"health     {self.statistics_steps} steps of statistics of every trained parameter: "
+                       f'ds.zarrec.by_parameter(), or xarray.open_zarr("{self.path}/{contract.STATISTICS_GROUP}")')
         out.append(
             f"size       {_megabytes(self.raw_bytes)} raw, {_megabytes(self.stored_bytes)} on disk "
             f"({self.compression_ratio:.1f}x)"
@@ -198,17 +198,17 @@ def summarize(out: StoreLike) -> StoreSummary:
         last_loss=float(losses[-1]) if losses.size else None,
         attrs=dict(group.attrs),
         schedule=schedule,
-        summary_steps=_summary_steps(out),
+        statistics_steps=_statistics_steps(out),
         missing_shards=[problem.line() for problem in missing_shards(group)],
     )
 
 
-def _summary_steps(out: StoreLike) -> int | None:
-    """The number of steps in the store's summaries group (a store of its own inside it), or None."""
+def _statistics_steps(out: StoreLike) -> int | None:
+    """The number of steps in the store's statistics group (a store of its own inside it), or None."""
     if not isinstance(out, (str, os.PathLike)):
         return None
     try:
-        summaries = zarr.open_group(f"{os.fspath(out).rstrip('/')}/{contract.SUMMARIES_GROUP}", mode="r")
-        return int(summaries[contract.STEP].shape[0])
+        statistics = zarr.open_group(f"{os.fspath(out).rstrip('/')}/{contract.STATISTICS_GROUP}", mode="r")
+        return int(statistics[contract.STEP].shape[0])
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
         return None

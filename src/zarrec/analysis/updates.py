@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import xarray as xr
-import zarr
 
+from zarrec.analysis import statistics
 from zarrec.analysis.parameters import (
     GRAD,
     NO_PARAMETER,
@@ -35,6 +35,7 @@ from zarrec.analysis.parameters import (
     safe_ratio,
     sum_over,
     view_of,
+    with_previous_step,
 )
 from zarrec.errors import ConfigError
 from zarrec.store import contract
@@ -44,22 +45,24 @@ UPDATE_IDENTITIES = ("AdamW", "Adam", "SGD")
 
 def row_statistics(ds: xr.Dataset, param: str | None = None) -> xr.Dataset:
     """Per step and row r of ``param`` (``W``, gradient ``g``, momentum ``m``: the optimizer's
-    ``exp_avg`` or ``momentum_buffer`` after step t), the other dims reduced:
+    ``exp_avg`` or ``momentum_buffer`` after step t; ``a = W[t] − W[t−1]``; ``u`` the intended
+    update, :func:`intended_update`), the other dims reduced:
 
-    - ``param_norm[t, r] = ‖W[t, r]‖``, ``grad_norm[t, r] = ‖g[t, r]‖``
-    - ``update_norm[t, r] = ‖W[t, r] − W[t−1, r]‖`` (NaN where step t − 1 is not at hand)
-    - ``cos_grad_momentum[t, r] = ⟨g[t, r], m[t, r]⟩ / (‖g[t, r]‖ ‖m[t, r]‖)``
+    - ``param_norm = ‖W[t, r]‖``, ``grad_norm = ‖g[t, r]‖``, ``update_norm = ‖a[t, r]‖``
+    - ``intended_norm = ‖u[t, r]‖``, ``update_dot_intended = ⟨a, u⟩``, ``residual_norm = ‖a − u‖``
+    - ``cos_grad_momentum = ⟨g[t, r], m[t, r]⟩ / (‖g[t, r]‖ ‖m[t, r]‖)``
 
-    Read from the store's ``summaries`` group when the run recorded them (``summaries=True``:
-    every step, whatever ``every`` kept of the full state); else computed from the full state
-    (a missing quantity gives NaN). Dims as in :func:`parameter`: ``step`` and the row dim.
+    Read from the run's health statistics (every step, whatever ``every`` kept of the full
+    state); else computed from the full state (NaN where step t − 1 or a quantity is not at
+    hand). Dims: ``step`` and the row dim (``token``, or ``row``).
     """
-    view = parameter(ds, param)
-    rows, features = rows_and_features(view)
-    recorded = _recorded_row_statistics(ds, view.attrs["name"])
+    stats = statistics.open_statistics(ds)
+    name = statistics.parameter_name(ds, stats, param) if stats is not None else None
+    recorded = statistics.row_statistics(stats, name) if name is not None else None
     if recorded is not None:
-        dim = recorded[next(iter(recorded.data_vars))].dims[1]
-        return recorded.rename({dim: rows} if dim != rows else {})
+        return recorded
+    view = parameter(ds, param)
+    features = rows_and_features(view)[1]
     nan = xr.full_like(view[W].isel({f: 0 for f in features}, drop=True), np.nan)
     grad = view.get("grad")
     momentum = next((view[key] for key in contract.MOMENTUM_KEYS if key in view), None)
@@ -67,27 +70,20 @@ def row_statistics(ds: xr.Dataset, param: str | None = None) -> xr.Dataset:
     cos = nan
     if grad is not None and momentum is not None:
         cos = safe_ratio(sum_over(grad * momentum, features), grad_norm * norm(momentum, features))
+    actual = view[W] - previous(view)
+    try:
+        intended = _update_terms(view)["total"]
+    except ConfigError:
+        intended = xr.full_like(actual, np.nan)
     return xr.Dataset({
         "param_norm": norm(view[W], features),
         "grad_norm": grad_norm,
-        "update_norm": norm(view[W] - previous(view), features),
+        "update_norm": norm(actual, features),
+        "intended_norm": norm(intended, features),
+        "update_dot_intended": sum_over(actual * intended, features),
+        "residual_norm": norm(actual - intended, features),
         "cos_grad_momentum": cos,
     })
-
-
-def _recorded_row_statistics(ds: xr.Dataset, name: str) -> xr.Dataset | None:
-    """The ``summaries`` group's statistics of parameter ``name`` under their plain names, if recorded."""
-    source = ds.encoding.get("source")
-    if source is None:
-        return None
-    try:
-        summaries = xr.open_zarr(f"{str(source).rstrip('/')}/{contract.SUMMARIES_GROUP}")
-    except (FileNotFoundError, KeyError, ValueError, OSError, zarr.errors.GroupNotFoundError):
-        return None
-    variables = {contract.summary_variable(name, s): s for s in contract.STATISTICS}
-    if not all(v in summaries for v in variables):
-        return None
-    return summaries[list(variables)].rename(variables)
 
 
 def _hyperparameter(view: xr.Dataset, key: str) -> Any:
@@ -199,7 +195,7 @@ def update_residual(ds: xr.Dataset, param: str | None = None) -> xr.DataArray:
     intended update that bf16 rounding swallowed.
     """
     actual, intended = _actual_and_intended(parameter(ds, param))
-    return from_second_row(actual - intended).rename("update_residual")
+    return with_previous_step(actual - intended).rename("update_residual")
 
 
 def realized_fraction(ds: xr.Dataset, param: str | None = None) -> xr.Dataset:
@@ -209,8 +205,14 @@ def realized_fraction(ds: xr.Dataset, param: str | None = None) -> xr.Dataset:
     ``per_row[t, row] = ⟨a, u⟩ / ⟨u, u⟩`` over the row's entries; ``overall[t]`` the same
     over the whole parameter. Exactly 1 where every intended update landed; 0 where none did
     (as when bf16 parameters round a small update away).
+
+    From the run's health statistics where it has them (every step; ``per_row`` for the
+    parameters whose rows they kept, the recorded ones); else from the full state, at the
+    steps whose step t − 1 is recorded too.
     """
-    return _realized_fraction(parameter(ds, param))
+    stats = statistics.open_statistics(ds)
+    name = statistics.parameter_name(ds, stats, param) if stats is not None else None
+    return statistics.realized_fraction(stats, name) if name is not None else _realized_fraction(parameter(ds, param))
 
 
 def _realized_fraction(view: xr.Dataset) -> xr.Dataset:
@@ -220,7 +222,7 @@ def _realized_fraction(view: xr.Dataset) -> xr.Dataset:
         "per_row": safe_ratio(sum_over(actual * intended, features), sum_over(intended**2, features)),
         "overall": safe_ratio(sum_over(actual * intended, [rows, *features]), sum_over(intended**2, [rows, *features])),
     }
-    return xr.Dataset({name: from_second_row(fraction) for name, fraction in fractions.items()})
+    return with_previous_step(xr.Dataset(fractions))
 
 
 def force_decomposition(ds: xr.Dataset, param: str | None = None) -> xr.Dataset:
@@ -254,9 +256,18 @@ def by_parameter(ds: xr.Dataset, params: Sequence[str] | None = None) -> xr.Data
         update_to_weight[t, p]  = ‖W[t] − W[t − 1]‖ / ‖W[t − 1]‖
         grad_norm[t, p]         = ‖g[t]‖
 
-    NaN where the store lacks what a formula needs for a parameter; the attribute
-    ``not_computed`` says, per quantity, which parameters and why.
+    From the run's health statistics where it has them: every trained parameter, every step
+    (``update_to_weight`` with ``‖W[t − 1]‖ = param_norm[t − 1]``). Else from the full state of
+    the recorded parameters, NaN where the store lacks what a formula needs for a parameter;
+    the attribute ``not_computed`` says, per quantity, which parameters and why.
     """
+    stats = statistics.open_statistics(ds)
+    if stats is not None:
+        names = list(map(str, stats[PARAM_DIM].values)) if params is None else [
+            statistics.parameter_name(ds, stats, param) for param in params
+        ]
+        if all(names):
+            return statistics.overview(stats, names)
     formulas = {
         "realized_fraction": lambda view: _realized_fraction(view)["overall"],
         "update_to_weight": _update_to_weight,
@@ -288,7 +299,7 @@ def by_parameter(ds: xr.Dataset, params: Sequence[str] | None = None) -> xr.Data
 def _update_to_weight(view: xr.Dataset) -> xr.DataArray:
     every = list(view[W].dims[1:])
     before = previous(view)
-    return from_second_row(safe_ratio(norm(view[W] - before, every), norm(before, every)))
+    return with_previous_step(safe_ratio(norm(view[W] - before, every), norm(before, every)))
 
 
 def _grad_norm(view: xr.Dataset) -> xr.DataArray:

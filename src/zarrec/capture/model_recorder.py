@@ -28,7 +28,6 @@ the ranks once a chunk.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,10 +35,10 @@ import numpy as np
 import torch
 
 from zarrec.capture.attributes import optimizer_attributes
+from zarrec.capture.health import HealthStatistics, start_statistics
 from zarrec.capture.norms import gradient_norm, trained
 from zarrec.capture.probe import make_probe
-from zarrec.capture.resume import refuse_a_gap, refuse_a_gap_in_summaries, starting_step, summaries_of
-from zarrec.capture.row_statistics import RowStatistics
+from zarrec.capture.resume import refuse_a_gap, starting_step
 from zarrec.capture.selection import ParameterSelection
 from zarrec.capture.sharding import (
     is_sharded,
@@ -78,11 +77,14 @@ class ModelRecorder:
             tokens also choose what is recorded along ``token`` (logits, probe logits, ``coords``).
         every: which steps to record: every N-th, or a schedule such as ``"1:1000,10"``
             (:class:`~zarrec.store.schedule.StepSchedule`); step 0 always.
-        summaries: also record, at every step, per-row statistics of each parameter (norms of
-            its rows, of its gradient's and its update's, the cosine of gradient and momentum),
-            computed on the device, into the store's ``summaries`` group
-            (:mod:`zarrec.capture.row_statistics`); the full tensors follow ``every``. Keeps a device
-            copy of each parameter (its previous value) for the update's norm.
+        statistics: record, at every optimizer step whatever ``every``, ``rows`` and ``params``
+            keep of the full state, the health of every trained parameter (norms of it, its
+            gradient, its update and the update its optimizer intended, their product, the
+            residual, cos(gradient, momentum); per row for the recorded parameters), computed
+            on the device into the store's ``statistics`` group (:mod:`zarrec.capture.health`).
+            Keeps a device copy of every trained parameter (its previous value);
+            ``"norms"``: no copy, only the norms of the parameters and gradients and
+            cos(gradient, momentum); False: none. Needs ``out`` to be a path or URL.
         probe: a fixed input (text, or token ids) whose logits are evaluated with the current
             weights at recorded steps divisible by ``probe_every``, at ``probe_positions``
             (default: all), as ``probe_logits`` (:class:`~zarrec.capture.probe.Probe`). A text is
@@ -113,7 +115,7 @@ class ModelRecorder:
         quantities: Sequence[str] | None = None,
         rows: Sequence[int] | slice | Mapping[str, Sequence[int] | slice] | None = None,
         every: int | str | StepSchedule = 1,
-        summaries: bool = False,
+        statistics: bool | str = True,
         probe: str | Sequence[int] | None = None,
         probe_positions: Sequence[int] | None = None,
         probe_every: int = 1,
@@ -131,14 +133,14 @@ class ModelRecorder:
         on_error: str = "raise",
     ) -> None:
         initial_step = starting_step(initial_step, resume_from)
-        if summaries and resume_from and isinstance(out, (str, os.PathLike)):
-            refuse_a_gap_in_summaries(out, resume_from)  # before any store is opened (and rolled back)
+        if statistics not in (True, False, "norms"):
+            raise ConfigError(f"statistics={statistics!r}: pass True (every statistic), 'norms' (no copy of the parameters) or False")
         self.model = model
         refuse_partitioned_parameters(model)
         self.sharded = is_sharded(model)
         self.selection = ParameterSelection(model, optimizer, params, quantities, rows)
         if self.sharded:
-            refuse_unsupported_sharding(self.selection, rows=rows is not None, summaries=summaries)
+            refuse_unsupported_sharding(self.selection, rows=rows is not None)
         self.schedule = StepSchedule.parse(every)
         self.probe = make_probe(model, tokenizer, probe, probe_positions, probe_every) if probe is not None else None
         run_attrs = {
@@ -178,10 +180,15 @@ class ModelRecorder:
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._norm_queued = False  # a backward's norm before clipping is queued on the autograd engine
         self._step = CapturedStep()
-        self.statistics: RowStatistics | None = None
-        self.summary_recorder: Recorder | None = None
-        if summaries:
-            self._start_summaries(out, all_coords, overwrite, resume_from, flush_every, on_error)
+        self.health: HealthStatistics | None = None
+        try:
+            self.health = start_statistics(
+                statistics, model, self.selection, out, all_coords, sharded=self.sharded, initial=initial_step == 0,
+                overwrite=overwrite, resume_from=resume_from, flush_every=flush_every, on_error=on_error,
+            )
+        except BaseException as error:
+            self.recorder.close(f"refused to record: {error}")  # the run's store is released, as it was
+            raise
 
     # Events, in the order a step sees them.
 
@@ -227,6 +234,7 @@ class ModelRecorder:
         keep the selected ones (:meth:`~zarrec.capture.selection.ParameterSelection.grads`), their global norm, and the learning rate (if
         :meth:`before_clipping` did not: before the scheduler steps)."""
         if not self.wants(self.last_step + 1):
+            self._keep_lr()
             return
         if self.selection.wants_grads():
             self._step.grads = self.selection.grads()
@@ -234,12 +242,11 @@ class ModelRecorder:
         self._keep_lr()
 
     def end_step(self, step: int, /, **values: Value) -> None:
-        """Optimizer step ``step`` is done: record it if the schedule keeps it, with ``values``
-        (and its row statistics, with ``summaries``: the gradients are still there)."""
+        """Optimizer step ``step`` is done: record it if the schedule keeps it, with ``values``,
+        and its health statistics (every step: the gradients are still there)."""
         self.last_step = step
-        if self.statistics is not None:
-            grads = {name: p.grad for name, p in self.selection.parameters.items()}
-            self.summary_recorder.record(step, **self.statistics.of_step(grads))
+        if self.health is not None:
+            self.health.record(step, self._step.group_lrs or [group["lr"] for group in self.selection.optimizer.param_groups])
         if not self.wants(step):
             return
         captured = {
@@ -255,6 +262,10 @@ class ModelRecorder:
             self._start({**captured, **values})
         if self.schedule.records(step):
             self.recorder.record(step, **{**self.selection.values(self._step.grads), **captured, **values})
+            if self.health is not None and not self.recorder.staged_rows:
+                # A chunk was handed to the writer: the statistics go with it, so both commit about
+                # together and a crash loses few statistics beyond the run's last commit.
+                self.health.recorder.flush()
             if self._cost_untold:
                 self._cost_untold = False
                 recorded = self.recorder.recorded_rows + self.schedule.count(step, self.steps) if self.steps else None
@@ -282,8 +293,8 @@ class ModelRecorder:
         try:
             self.recorder.close(reason)
         finally:
-            if self.summary_recorder is not None:
-                self.summary_recorder.close(reason)
+            if self.health is not None:
+                self.health.recorder.close(reason)
 
     def __enter__(self) -> ModelRecorder:
         return self
@@ -293,34 +304,21 @@ class ModelRecorder:
         try:
             self.recorder.__exit__(exc_type, exc, traceback)
         finally:
-            if self.summary_recorder is not None:
-                self.summary_recorder.__exit__(exc_type, exc, traceback)
+            if self.health is not None:
+                self.health.recorder.__exit__(exc_type, exc, traceback)
 
     def _remove_hooks(self) -> None:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
 
-    def _start_summaries(self, out, coords, overwrite, resume_from, flush_every, on_error) -> None:
-        """The second recorder, of the ``summaries`` group: its variables labelled, step 0 recorded."""
-        if not isinstance(out, (str, os.PathLike)):
-            self.recorder.close("refused to record: summaries need a path")
-            raise ConfigError("summaries=True records into the store's summaries group, so out must be a path or URL")
-        self.statistics = RowStatistics(self.selection)
-        try:
-            self.summary_recorder = self.statistics.open_recorder(
-                summaries_of(out), coords, overwrite=overwrite, resume_from=resume_from, flush_every=flush_every,
-                on_error=on_error,
-            )
-        except BaseException as error:
-            self.recorder.close(f"refused to record: {error}")  # the run's store is released, as it was
-            raise
-        if self._initial is not None:
-            self.summary_recorder.record(0, **self.statistics.initial(self._initial))
-
     def _keep_lr(self) -> None:
+        """The learning rates of the step, before a scheduler changes them: the recorded
+        parameters' group's, and every group's (for the statistics)."""
         if self._step.lr is None:
             self._step.lr = self.selection.group["lr"]
+        if self._step.group_lrs is None:
+            self._step.group_lrs = [group["lr"] for group in self.selection.optimizer.param_groups]
 
     def _keep_initial_state(self) -> None:
         """Copy the selected parameters (and the probe's logits) now, before the first step

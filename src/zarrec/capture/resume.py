@@ -8,7 +8,6 @@ import os
 from zarrec.errors import ConfigError
 from zarrec.record.recorder import Recorder
 from zarrec.store import contract
-from zarrec.store.location import committed_step, store_exists
 from zarrec.store.schedule import StepSchedule
 
 
@@ -41,20 +40,9 @@ def refuse_a_gap(recorder: Recorder, resume_step: int, schedule: StepSchedule) -
         raise gap_error(recorder.store_name, recorder.committed_step, resume_step, missing)
 
 
-def summaries_of(out: str | os.PathLike) -> str:
-    """Where the summaries of the store at ``out`` are: its ``summaries`` group."""
-    return f"{os.fspath(out).rstrip('/')}/{contract.SUMMARIES_GROUP}"
-
-
-def refuse_a_gap_in_summaries(out: str | os.PathLike, resume_step: int) -> None:
-    """The summaries, recorded every step, commit apart from the run's store: refuse to resume
-    after a checkpoint newer than their last commit."""
-    summaries = summaries_of(out)
-    if store_exists(summaries):
-        committed = committed_step(summaries)
-        missing = first_unrecorded_step(committed, resume_step, 1)
-        if missing is not None:
-            raise gap_error(summaries, committed, resume_step, missing)
+def statistics_of(out: str | os.PathLike) -> str:
+    """Where the health statistics of the store at ``out`` are: its ``statistics`` group."""
+    return f"{os.fspath(out).rstrip('/')}/{contract.STATISTICS_GROUP}"
 
 
 def gap_error(store_name: str, committed: int | None, resume_step: int, missing: int) -> ConfigError:

@@ -18,13 +18,13 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return any(is_dtensor(p) for p in model.parameters())
 
 
-def refuse_unsupported_sharding(selection: ParameterSelection, *, rows: bool, summaries: bool) -> None:
-    """Refuse what a sharded run cannot record yet, or not as a whole matrix: chosen rows and
-    summaries (each would gather across ranks), and a parameter laid out other than FSDP2's."""
-    if rows or summaries:
+def refuse_unsupported_sharding(selection: ParameterSelection, *, rows: bool) -> None:
+    """Refuse what a sharded run cannot record yet, or not as a whole matrix: chosen rows (they
+    would gather across ranks), and a parameter laid out other than FSDP2's."""
+    if rows:
         raise ConfigError(
-            f"{'rows=' if rows else 'summaries='} is not supported for a sharded (FSDP2) model yet: each would gather "
-            "across ranks every step; record whole parameters (params=[...]) and every=N instead"
+            "rows= is not supported for a sharded (FSDP2) model yet: it would gather across ranks every step; "
+            "record whole parameters (params=[...]) and every=N instead"
         )
     for name, parameter in selection.parameters.items():
         if is_dtensor(parameter):

@@ -22,6 +22,7 @@ class CapturedStep:
         self.grad_norm: torch.Tensor = NAN
         self.grad_norm_before_clipping: torch.Tensor = NAN
         self.lr: float | torch.Tensor | None = None
+        self.group_lrs: list[float | torch.Tensor] | None = None  # every param group's
 
     def loss_description(self) -> str:
         """What :attr:`loss` is, from how the step's micro-batch losses came."""

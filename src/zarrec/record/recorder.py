@@ -178,6 +178,11 @@ class Recorder:
         return self._stager.handed_rows + self._stager.staged_rows
 
     @property
+    def staged_rows(self) -> int:
+        """Steps staged and not yet handed to the writer (0 right after a chunk was handed over)."""
+        return self._stager.staged_rows if self._stager is not None else 0
+
+    @property
     def staging_bytes(self) -> int:
         """Host memory allocated for staging so far (slabs are made as they are first needed)."""
         return sum(slab.memory.nbytes for slab in self._stager.slabs) if self._stager is not None else 0

@@ -17,6 +17,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 # Trainer optimizers (TrainingArguments.optim) whose state differs: AdamW's two moments, SGD's
 # momentum buffer, Adafactor's factored second moment.
 OPTIMIZERS = ("adamw_torch", "sgd", "adafactor")
+# The health statistics of every parameter at every step (zarrec.capture.health): all of them,
+# the norms only (no copy of the parameters), or none.
+STATISTICS = ("all", "norms", "none")
 
 
 # Sizes past which a run cannot finish on any machine, refused before anything starts.
@@ -65,6 +68,7 @@ class TrainConfig:
     probe: str | None = None  # a fixed text whose logits are evaluated every probe_every recorded steps
     probe_positions: tuple[int, ...] | None = None  # None: every position of the probe
     probe_every: int = 1
+    statistics: str = "all"  # one of STATISTICS
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first setting that cannot work."""
@@ -76,6 +80,8 @@ class TrainConfig:
             raise ConfigError(f"device {self.device!r} is not supported; use one of {list(DEVICES)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer {self.optimizer!r} is not supported; use one of {list(OPTIMIZERS)}")
+        if self.statistics not in STATISTICS:
+            raise ConfigError(f"statistics {self.statistics!r} is not supported; use one of {list(STATISTICS)}")
         StepSchedule.parse(self.every)
         positive = ("vocab_size", "n_embd", "n_layer", "n_head", "context", "batch_size", "gradient_accumulation",
                     "steps", "chunk_steps", "probe_every")

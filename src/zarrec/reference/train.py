@@ -274,6 +274,7 @@ def train(
         quantities=config.quantities,
         rows=config.token_rows(corpus.counts(config.vocab_size) > 0),
         every=config.every,
+        statistics={"all": True, "norms": "norms", "none": False}[config.statistics],
         probe=config.probe,
         probe_positions=config.probe_positions,
         probe_every=config.probe_every,

@@ -102,15 +102,20 @@ LR_RATIO = "lr_ratio"
 PARAMS_ATTR = "recorded_params"
 QUANTITIES_ATTR = "recorded_quantities"
 SCHEDULE_ATTR = "recorded_every"
-# The group of per-row statistics at every step (summaries=True, zarrec.capture.row_statistics): for
-# each parameter P, variables "P.<statistic>" along (step, P's row dim).
-SUMMARIES_GROUP = "summaries"
-STATISTICS = ("param_norm", "grad_norm", "update_norm", "cos_grad_momentum")
+# The group of health statistics at every step (zarrec.capture.health), a zarrec store of its
+# own inside the run's: each statistic along (step, param), the ``param`` coordinate naming the
+# trained parameters; for each parameter P kept per row, "P.<statistic>" along (step, P's row dim).
+STATISTICS_GROUP = "statistics"
+PARAM_DIM = "param"
+HEALTH_STATISTICS = (
+    "param_norm", "grad_norm", "update_norm", "intended_norm", "update_dot_intended", "residual_norm",
+    "cos_grad_momentum",
+)
 MOMENTUM_KEYS = ("exp_avg", "momentum_buffer")  # the optimizer state cos_grad_momentum uses
 
 
-def summary_variable(param: str, statistic: str) -> str:
-    """The summaries group's variable of ``statistic`` of parameter ``param``."""
+def row_statistic(param: str, statistic: str) -> str:
+    """The statistics group's variable of ``statistic`` of each row of parameter ``param``."""
     return f"{param}.{statistic}"
 
 

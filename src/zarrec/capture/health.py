@@ -1,0 +1,371 @@
+"""Health statistics of every trained parameter at every optimizer step, computed on its device.
+
+The full state of a large model costs more to record than to train; its health costs a few
+numbers a parameter. For parameter ``W`` with gradient ``g`` (as the step used it), optimizer
+state ``m`` (``exp_avg`` or ``momentum_buffer``) after step t, actual update
+``a = W[t] − W[t−1]`` and the update ``u`` the optimizer intended by its own formula
+(:data:`INTENDED`), each step records, per parameter (dims ``step`` × ``param``):
+
+- ``param_norm = ‖W[t]‖``, ``grad_norm = ‖g‖``, ``update_norm = ‖a‖``
+- ``intended_norm = ‖u‖``, ``update_dot_intended = ⟨a, u⟩``, ``residual_norm = ‖a − u‖``
+  (so the realized fraction ``⟨a, u⟩ / ‖u‖²``)
+- ``cos_grad_momentum = ⟨g, m⟩ / (‖g‖ ‖m‖)``
+
+and the same per row (the other dims reduced) for the recorded parameters with rows (the
+input embedding by default: one value per token), as ``<param>.<statistic>`` along that
+parameter's row dim. NaN where a quantity does not exist (no gradient this step; step 0 has
+only ``param_norm``; ``u`` for an optimizer whose update zarrec does not know).
+
+Cost: one pass over ``W``, ``W[t−1]``, ``g``, ``m``, ``v`` of each parameter (a
+``torch.compile``d function for large parameters: eager operations would make a temporary per
+operation), and one device copy of every trained parameter (``W[t−1]``, in its own dtype).
+``statistics="norms"`` keeps no copy: ``param_norm``, ``grad_norm`` and ``cos_grad_momentum`` only.
+Nothing here waits for the device: the values are staged like every recorded tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from zarrec.capture.resume import statistics_of
+from zarrec.capture.selection import ParameterSelection
+from zarrec.errors import ZarrecWarning
+from zarrec.record.recorder import Recorder
+from zarrec.store import contract
+from zarrec.store.contract import HEALTH_STATISTICS, MOMENTUM_KEYS, row_statistic
+from zarrec.store.location import committed_step, store_exists
+
+_LOGGER = logging.getLogger("zarrec")
+
+DESCRIPTIONS = {
+    "param_norm": "‖W[t]‖: norm of {of} after step t",
+    "grad_norm": "‖g[t]‖: norm of the gradient of {of} that step t used",
+    "update_norm": "‖a[t]‖, a[t] = W[t] − W[t−1]: norm of step t's actual update of {of}",
+    "intended_norm": "‖u[t]‖: norm of the update of {of} that the optimizer intended at step t (its own formula)",
+    "update_dot_intended": "⟨a[t], u[t]⟩ of {of}: the realized fraction is ⟨a, u⟩ / ‖u‖²",
+    "residual_norm": "‖a[t] − u[t]‖: norm of what {of} did not take of the intended update",
+    "cos_grad_momentum": "⟨g, m⟩ / (‖g‖ ‖m‖) of {of}'s gradient and momentum (exp_avg or momentum_buffer after step t)",
+}
+
+# The intended update u of each optimizer zarrec knows, with lr the step's learning rate, wd
+# the group's weight decay, m̂ = m / (1 − β1ᵗ), v̂ = v / (1 − β2ᵗ), b the momentum buffer:
+INTENDED = {
+    "AdamW": "u = −lr · m̂ / (√v̂ + eps) − lr · wd · W[t−1]",
+    "Adam": "u = −lr · m̂ / (√v̂ + eps)   (the weight decay is in g, so in m and v)",
+    "SGD": "u = −lr · b (momentum); −lr · (g + wd · W[t−1]) − lr · μ · b (Nesterov); −lr · (g + wd · W[t−1]) (none)",
+}
+
+# Parameters of at least this many entries are reduced by a compiled function (one pass, no
+# temporaries); smaller ones by eager operations (a compilation costs seconds, once a shape kind).
+COMPILE_FROM_ELEMENTS = 1 << 20
+
+_SUMS = 8  # the sums each pass returns per row, in this order:
+_W2, _G2, _A2, _U2, _AU, _R2, _GM, _M2 = range(_SUMS)
+
+
+def _sums(w, previous, g, m, u):
+    """Per row: ‖W‖², ‖g‖², ‖a‖², ‖u‖², ⟨a, u⟩, ‖a − u‖², ⟨g, m⟩, ‖m‖² (float32, a = W − W[t−1])."""
+    a = w - previous
+    r = a - u
+    return torch.stack([(w * w).sum(-1), (g * g).sum(-1), (a * a).sum(-1), (u * u).sum(-1), (a * u).sum(-1),
+                        (r * r).sum(-1), (g * m).sum(-1), (m * m).sum(-1)])
+
+
+def _adam_sums(w, previous, g, m, v, k):
+    """:func:`_sums` with Adam's u; ``k`` = [lr / (1 − β1ᵗ), 1 / (1 − β2ᵗ), eps, lr · wd (AdamW; Adam: 0)]."""
+    w, previous, g, m, v = w.float(), previous.float(), g.float(), m.float(), v.float()
+    u = -k[0] * m / ((v * k[1]).sqrt() + k[2]) - k[3] * previous
+    return _sums(w, previous, g, m, u)
+
+
+def _sgd_sums(w, previous, g, b, k):
+    """:func:`_sums` with SGD's u; ``k`` = [lr (gradient term), lr · wd, lr or lr · μ (momentum term)]."""
+    w, previous, g, b = w.float(), previous.float(), g.float(), b.float()
+    u = -k[0] * g - k[1] * previous - k[2] * b
+    return _sums(w, previous, g, b, u)
+
+
+def _norm_sums(w, previous, g, m):
+    """:func:`_sums` without an intended update (NaN there)."""
+    w, previous, g, m = w.float(), previous.float(), g.float(), m.float()
+    return _sums(w, previous, g, m, torch.full_like(w, float("nan")))
+
+
+class _Pass:
+    """One of the passes, compiled for large parameters when the compiler works here."""
+
+    def __init__(self, function: Callable) -> None:
+        self.function = function
+        self._compiled: Callable | None = None
+        self._compiler_failed = False
+
+    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
+        if tensors[0].numel() < COMPILE_FROM_ELEMENTS or self._compiler_failed:
+            return self.function(*tensors)
+        if self._compiled is None:
+            self._compiled = torch.compile(self.function, dynamic=True, fullgraph=True)
+        try:
+            return self._compiled(*tensors)
+        except Exception as error:  # no compiler for this device: the same arithmetic, eagerly
+            self._compiler_failed = True
+            _LOGGER.warning("zarrec: health statistics computed without torch.compile (%s): slower, the same numbers",
+                            str(error).splitlines()[0] if str(error) else type(error).__name__)
+            return self.function(*tensors)
+
+
+_PASSES = {"adam": _Pass(_adam_sums), "sgd": _Pass(_sgd_sums), "norms": _Pass(_norm_sums)}
+
+
+@dataclass
+class _Tracked:
+    """A trained parameter, its optimizer's kind and its copy of the previous step."""
+
+    name: str
+    parameter: torch.nn.Parameter
+    group: int  # its param group's index
+    kind: str  # "AdamW", "Adam", "SGD", or "" (its update unknown)
+    rows: torch.Tensor | None  # its recorded rows (None: all), when its statistics are kept per row
+    per_row: bool
+    previous: torch.Tensor | None = None
+
+
+class HealthStatistics:
+    """The statistics of every trained parameter of ``model`` at every step.
+
+    ``selection``: the recorded parameters, whose rows (its chosen ones) are kept per row;
+    ``light``: keep no copy of ``W[t−1]`` (no update statistics).
+    """
+
+    def __init__(self, model: torch.nn.Module, selection: ParameterSelection, *, light: bool = False) -> None:
+        optimizer = selection.optimizer
+        groups = {id(p): index for index, group in enumerate(optimizer.param_groups) for p in group["params"]}
+        self.optimizer = optimizer
+        self.selection = selection
+        self.light = light
+        kind = _kind(optimizer)
+        self.tracked = [
+            _Tracked(name, p, groups[id(p)], kind, selection.rows.get(name),
+                     per_row=name in selection.parameters and p.ndim >= 2)
+            for name, p in model.named_parameters() if p.requires_grad and id(p) in groups
+        ]
+        self.recorder: Recorder | None = None  # opened by open_recorder
+        self.unknown_update = "" if kind else (
+            f"the intended update of {type(optimizer).__name__} is not known to zarrec "
+            f"(it is for {', '.join(INTENDED)}): only the norms are recorded"
+        )
+
+    @property
+    def params(self) -> list[str]:
+        return [t.name for t in self.tracked]
+
+    def labels(self) -> dict[str, tuple[tuple[str, ...], dict[str, str]]]:
+        """Each variable's dims (after ``step``) and attributes."""
+        labels = {
+            statistic: ((contract.PARAM_DIM,), {"statistic": statistic, "description": DESCRIPTIONS[statistic].format(of="each parameter")})
+            for statistic in HEALTH_STATISTICS
+        }
+        for t in self.tracked:
+            if t.per_row:
+                row_dim = self.selection.dims(t.name)[:1]
+                for statistic in HEALTH_STATISTICS:
+                    of = f"each row of {t.name}"
+                    labels[row_statistic(t.name, statistic)] = (
+                        row_dim, {contract.PARAM_ATTR: t.name, "statistic": statistic, "description": DESCRIPTIONS[statistic].format(of=of)},
+                    )
+        return labels
+
+    def attrs(self) -> dict[str, Any]:
+        """The group's attributes: what it holds and, per optimizer, the intended update's formula."""
+        return {
+            "description": "health statistics of every trained parameter at every optimizer step (zarrec.capture.health)",
+            "intended_update": INTENDED.get(_kind(self.optimizer), self.unknown_update),
+            "light": self.light,
+        }
+
+    def open_recorder(
+        self, out: str | os.PathLike, coords: Mapping[str, tuple[str, Any]], *, overwrite: bool,
+        resume_from: int | None, flush_every: int | None, on_error: str,
+    ) -> Recorder:
+        """The recorder of the statistics into the run store ``out``'s ``statistics`` group,
+        every variable labelled, with the ``param`` coordinate and the run's ``coords`` along the
+        rows kept. A run resumed from a store recorded without statistics starts them there; one
+        whose statistics end before the step it resumes after (a crash between the commits of
+        the run's arrays and of its statistics) continues them after a gap, with a warning."""
+        where = statistics_of(out)
+        if resume_from is not None and not store_exists(where):
+            resume_from = None
+        elif resume_from:
+            committed = committed_step(where)
+            if committed is None or committed < resume_from:
+                lost = f"{0 if committed is None else committed + 1}..{resume_from}"
+                warnings.warn(f"zarrec: {where} holds no statistics of steps {lost} (lost when the run stopped); "
+                              f"they continue after step {resume_from}", ZarrecWarning, stacklevel=4)
+                resume_from = committed if committed is not None else 0
+        rows = {self.selection.dims(t.name)[0] for t in self.tracked if t.per_row}
+        recorder = Recorder(
+            where, overwrite=overwrite, attrs=self.attrs(),
+            coords={contract.PARAM_DIM: (contract.PARAM_DIM, self.params),
+                    **{name: (dim, values) for name, (dim, values) in coords.items() if dim in rows}},
+            resume_from=(resume_from or -1) if resume_from is not None else None, flush_every=flush_every,
+            on_error=on_error,
+        )
+        for name, (dims, attrs) in self.labels().items():
+            recorder.label(name, dims, **attrs)
+        self.recorder = recorder
+        return recorder
+
+    def record(self, step: int, lrs: Sequence[float | torch.Tensor]) -> None:
+        """Record optimizer step ``step``'s statistics (its param groups used the rates ``lrs``)."""
+        self.recorder.record(step, **self.of_step(lrs))
+
+    @torch.no_grad()
+    def keep_previous(self) -> None:
+        """Copy every parameter as it is now: ``W[t−1]`` of the next step."""
+        if self.light:
+            return
+        for t in self.tracked:
+            t.previous = t.parameter.detach().clone()
+
+    @torch.no_grad()
+    def initial(self) -> dict[str, torch.Tensor]:
+        """Step 0 (the parameters before training): ``param_norm``; the rest NaN."""
+        sums = {t.name: _pass_of_norms(t.parameter.detach(), None, None, None, t) for t in self.tracked}
+        return self._values(sums, initial=True)
+
+    @torch.no_grad()
+    def of_step(self, lrs: Sequence[float | torch.Tensor]) -> dict[str, torch.Tensor]:
+        """After an optimizer step whose param groups used learning rates ``lrs``: its
+        statistics, from the live parameters, their gradients and the optimizer's state; the
+        parameters are then kept as the next step's ``W[t−1]``."""
+        coefficients: dict[tuple[int, Any], torch.Tensor] = {}
+        sums = {}
+        for t in self.tracked:
+            state = self.optimizer.state.get(t.parameter, {})
+            w, g = t.parameter.detach(), t.parameter.grad
+            previous = t.previous
+            momentum = next((state[key] for key in MOMENTUM_KEYS if key in state), None)
+            k = self._coefficients(t, state, lrs[t.group], coefficients) if g is not None and previous is not None else None
+            if k is None:
+                sums[t.name] = _pass_of_norms(w, previous, g, momentum, t)
+            elif t.kind == "SGD":
+                sums[t.name] = _PASSES["sgd"](*_rows(t, w, previous, g, g if momentum is None else momentum), k)
+                if momentum is None:
+                    sums[t.name][[_GM, _M2]] = float("nan")
+            else:
+                sums[t.name] = _PASSES["adam"](*_rows(t, w, previous, g, momentum, state["exp_avg_sq"]), k)
+            if previous is not None:
+                previous.copy_(w)
+        return self._values(sums)
+
+    def _coefficients(self, t: _Tracked, state: Mapping[str, Any], lr: float | torch.Tensor,
+                      cache: dict[tuple[int, Any], torch.Tensor]) -> torch.Tensor | None:
+        """The constants of ``t``'s intended update this step (see :func:`_adam_sums`,
+        :func:`_sgd_sums`), on its device; None where its optimizer's update is not known."""
+        group = self.optimizer.param_groups[t.group]
+        if not t.kind or group.get("maximize") or group.get("amsgrad"):
+            return None
+        if t.kind in ("Adam", "AdamW") and not ("exp_avg" in state and "exp_avg_sq" in state and "step" in state):
+            return None
+        step = state.get("step", 0)
+        step = step.item() if isinstance(step, torch.Tensor) and step.device.type == "cpu" else step
+        key = (t.group, step if not isinstance(step, torch.Tensor) else id(step))
+        if key not in cache:
+            wd = float(group.get("weight_decay", 0.0))
+            if t.kind == "SGD":
+                momentum, nesterov = float(group.get("momentum", 0.0)), bool(group.get("nesterov"))
+                if momentum and not nesterov:
+                    values = [0.0, 0.0, lr]
+                else:
+                    values = [lr, lr * wd, lr * momentum]
+            else:
+                beta1, beta2 = group["betas"]
+                values = [lr / (1 - beta1**step), 1 / (1 - beta2**step), group["eps"], lr * wd if t.kind == "AdamW" else 0.0]
+            device = t.parameter.device
+            cache[key] = torch.stack([torch.as_tensor(v, dtype=torch.float32).to(device, non_blocking=True) for v in values])
+        return cache[key]
+
+    def _values(self, sums: Mapping[str, torch.Tensor], initial: bool = False) -> dict[str, torch.Tensor]:
+        """The recorded values from each parameter's per-row sums (8 × rows)."""
+        totals = torch.stack([s.sum(-1) for s in sums.values()], dim=1)  # 8 × params
+        values = {name: value for name, value in _statistics(totals).items()}
+        for t in self.tracked:
+            if t.per_row:
+                per_row = sums[t.name] if t.rows is None else sums[t.name].index_select(1, t.rows.to(sums[t.name].device))
+                for statistic, value in _statistics(per_row).items():
+                    values[row_statistic(t.name, statistic)] = value
+        if initial:
+            for name, value in values.items():
+                if not name.endswith("param_norm"):
+                    value.fill_(float("nan"))
+        return values
+
+
+def _kind(optimizer: torch.optim.Optimizer) -> str:
+    """The optimizer's name in :data:`INTENDED`, or "" (its update unknown)."""
+    for cls in (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD):
+        if type(optimizer) is cls:
+            return cls.__name__
+    return ""
+
+
+def _rows(t: _Tracked, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors as rows × entries: the parameter's rows when kept per row, else one row."""
+    shape = (t.parameter.shape[0], -1) if t.per_row else (1, -1)
+    return [x.detach().reshape(shape) for x in tensors]
+
+
+def _pass_of_norms(w, previous, g, momentum, t: _Tracked) -> torch.Tensor:
+    """The sums without an intended update, NaN for what is missing (no copy of ``W[t−1]``, no
+    gradient or momentum): ``W`` stands in for it, then its sums are set to NaN."""
+    sums = _PASSES["norms"](*_rows(t, w, w if previous is None else previous, w if g is None else g,
+                                   w if momentum is None else momentum))
+    missing = [_A2, _R2] * (previous is None) + [_G2, _GM] * (g is None) + [_GM, _M2] * (momentum is None)
+    if missing:
+        sums[missing] = float("nan")
+    return sums
+
+
+def _statistics(sums: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The statistics from sums of squares and products (``sums[i]`` as in :func:`_sums`)."""
+    return {
+        "param_norm": sums[_W2].sqrt(),
+        "grad_norm": sums[_G2].sqrt(),
+        "update_norm": sums[_A2].sqrt(),
+        "intended_norm": sums[_U2].sqrt(),
+        "update_dot_intended": sums[_AU],
+        "residual_norm": sums[_R2].sqrt(),
+        "cos_grad_momentum": sums[_GM] / (sums[_G2] * sums[_M2]).sqrt(),
+    }
+
+
+def start_statistics(
+    statistics: bool | str, model: torch.nn.Module, selection: ParameterSelection, out: Any,
+    coords: Mapping[str, tuple[str, Any]], *, sharded: bool, initial: bool, overwrite: bool, resume_from: int | None,
+    flush_every: int | None, on_error: str,
+) -> HealthStatistics | None:
+    """The statistics of ``model``'s run into ``out``'s ``statistics`` group, recording: step 0
+    recorded (with ``initial``), the parameters kept as the first step's ``W[t−1]``. None where
+    ``statistics`` is off, or they cannot be recorded here (logged, with why)."""
+    if not statistics:
+        return None
+    if sharded:
+        _LOGGER.info("zarrec: health statistics are not recorded under FSDP2 yet")
+        return None
+    if not isinstance(out, (str, os.PathLike)):
+        _LOGGER.info("zarrec: health statistics are recorded into the store's statistics group, which needs a path "
+                     "or URL, not a %s: pass one to record them", type(out).__name__)
+        return None
+    health = HealthStatistics(model, selection, light=statistics == "norms")
+    health.open_recorder(out, coords, overwrite=overwrite, resume_from=resume_from, flush_every=flush_every,
+                         on_error=on_error)
+    if initial:
+        health.recorder.record(0, **health.initial())
+    health.keep_previous()
+    return health
