@@ -66,11 +66,15 @@ def assert_prints_as_shown(printed: str, shown: str) -> None:
             assert abs(float(got) - float(want)) <= max(0.05 * abs(float(want)), 1e-3), f"{got_line!r} vs {want_line!r}"
 
 
-def test_the_worked_example_prints_what_the_readme_shows(quick_start, monkeypatch):
-    """Its printed lines, words and numbers, each number to 5 % (see :func:`assert_prints_as_shown`)."""
-    blocks = fenced_blocks(section("### Worked example: the reference notebook's questions, on the Quick start's run"))
+@pytest.mark.parametrize(("heading", "examples"), [
+    ("### Worked example: the reference notebook's questions, on the Quick start's run", 2),
+    ("### The whole model at a glance: how much of each update lands", 1),
+])
+def test_the_examples_on_the_quick_starts_run_print_what_the_readme_shows(quick_start, monkeypatch, heading, examples):
+    """Their printed lines, words and numbers, each number to 5 % (see :func:`assert_prints_as_shown`)."""
+    blocks = fenced_blocks(section(heading))
     pairs = [(code, shown) for (language, code), (after, shown) in zip(blocks, blocks[1:]) if language == "python" and not after]
-    assert len(pairs) == 2
+    assert len(pairs) == examples
     monkeypatch.chdir(quick_start)
     namespace: dict = {}
     for code, shown in pairs:

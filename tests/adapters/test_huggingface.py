@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import record_run
+from conftest import LAYER_PARAMS, check_health, record_run
 from transformers import TrainerCallback
 
 from zarrec import ConfigError, Recorder, ZarrecCallback, ZarrecWarning
@@ -351,3 +351,16 @@ def test_mantissa_bits_reach_the_store_from_the_trainer(tmp_path, tiny_config):
     ds = xr.open_zarr(tmp_path / "run.zarr")
     assert ds.embeddings.attrs["mantissa_bits"] == 7 and ds.grads.attrs["mantissa_bits"] == 7
     assert (ds.momentum.values.view(np.uint32) & 0xFFFF == 0).all() and "mantissa_bits" not in ds.loss.attrs
+
+
+@pytest.mark.parametrize(("run", "params"), [
+    ("float32_run", ("transformer.wte.weight",)),  # clipped every step: the statistics use the clipped gradient
+    ("layers_run", LAYER_PARAMS),  # AdamW with and without weight decay (the Trainer's two param groups)
+    ("sgd_run", ("transformer.wte.weight", *LAYER_PARAMS)),  # SGD with momentum and weight decay
+])
+def test_the_trainers_health_statistics_equal_their_formulas_on_the_full_state(run, params, request):
+    store = request.getfixturevalue(run)
+    path = getattr(store, "path", store)
+    ds = xr.open_zarr(path)
+    for param in params:
+        check_health(path, param, per_row=ds.zarrec.parameter(param).param.ndim == 3)

@@ -8,6 +8,7 @@ import pytest
 import torch
 import xarray as xr
 
+from conftest import check_health
 from lightning_module import DECAY, LR, TinyLMWithLogits, fit
 from zarrec import ConfigError
 from zarrec.adapters.lightning import ZarrecLightningCallback
@@ -80,3 +81,21 @@ def test_logits_a_probe_and_a_resume_as_the_hf_callback_records_them(tmp_path):
     np.testing.assert_array_equal(resumed.step, np.arange(8))
     xr.testing.assert_equal(resumed.isel(step=slice(0, 4)).embeddings, first.isel(step=slice(0, 4)).embeddings)
     assert resumed.attrs["zarrec_resumed_after"] == [3]
+
+
+def test_the_health_statistics_equal_their_formulas_on_the_full_state(lightning_run):
+    """With an exponential learning-rate schedule: the statistics use each step's rate."""
+    for param, per_row in (("embed.weight", True), ("out.weight", True), ("out.bias", False)):
+        check_health(lightning_run, param, per_row)
+
+
+def test_the_statistics_of_steps_not_recorded_use_the_rate_the_step_used(tmp_path):
+    """every=3: the full state every third step, the statistics at every step, each with the
+    learning rate before the scheduler's step (a rate off by DECAY would show as a fraction of 0.9)."""
+    path = tmp_path / "run.zarr"
+    fit(ZarrecLightningCallback(path, params=["embed.weight", "out.*"], every=3))
+    ds = xr.open_zarr(path)
+    np.testing.assert_array_equal(ds.step, [0, 3, 6])
+    overview = ds.zarrec.by_parameter()
+    np.testing.assert_array_equal(overview.step, np.arange(1, 7))
+    np.testing.assert_allclose(overview.realized_fraction, 1, rtol=1e-4)

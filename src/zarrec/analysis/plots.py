@@ -187,8 +187,9 @@ def realized_fraction(ds: xr.Dataset, param: str | None = None):
 
 
 def parameters(ds: xr.Dataset, params: Sequence[str] | None = None):
-    """Per recorded parameter (or those in ``params``) and step: the realized fraction of the
-    intended update, and the update-to-weight ratio ``‖ΔW‖ / ‖W‖`` (:func:`zarrec.analysis.by_parameter`).
+    """Per parameter (every trained one, from the health statistics; or those in ``params``) and
+    step: the realized fraction of the intended update, and the update-to-weight ratio
+    ``‖ΔW‖ / ‖W‖`` (:func:`zarrec.analysis.by_parameter`).
 
     Grey cells are steps with nothing to show: not recorded (or their predecessor not), or
     lacking what the formula needs; white cells in the ratio are steps where nothing moved.
@@ -222,7 +223,7 @@ def parameters(ds: xr.Dataset, params: Sequence[str] | None = None):
         axis.set_ylabel("parameter")
         figure.colorbar(mesh, ax=axis, label=label)
     ratio_axis.set_xlabel("optimizer step   (grey: not recorded, or not computable; white: no motion)")
-    _title(figure, ds, "Every recorded parameter: how much of its intended update landed, and how far it moved")
+    _title(figure, ds, "Every parameter: how much of its intended update landed, and how far it moved")
     return figure
 
 

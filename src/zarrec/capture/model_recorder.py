@@ -227,19 +227,18 @@ class ModelRecorder:
         learning rate the step will use."""
         if self.wants(self.last_step + 1):
             self._step.grad_norm_before_clipping = gradient_norm(self.model, self.sharded)
-            self._keep_lr()
+        self._keep_lr()  # (every step: the statistics use it)
 
     def gradients_used(self) -> None:
         """The gradients are those the optimizer uses (after clipping, before ``zero_grad``):
         keep the selected ones (:meth:`~zarrec.capture.selection.ParameterSelection.grads`), their global norm, and the learning rate (if
         :meth:`before_clipping` did not: before the scheduler steps)."""
+        self._keep_lr()  # (every step: the statistics use it)
         if not self.wants(self.last_step + 1):
-            self._keep_lr()
             return
         if self.selection.wants_grads():
             self._step.grads = self.selection.grads()
         self._step.grad_norm = gradient_norm(self.model, self.sharded)
-        self._keep_lr()
 
     def end_step(self, step: int, /, **values: Value) -> None:
         """Optimizer step ``step`` is done: record it if the schedule keeps it, with ``values``,

@@ -190,15 +190,7 @@ class Recorder:
     def cost_line(self, recorded_steps: int | None = None) -> str:
         """One line saying what a recorded step costs (after the first :meth:`record`) and, for
         ``recorded_steps`` recorded steps, the store's size before compression and its files."""
-        sizes = {name: 4 * math.prod(shape) for name, shape in self._shapes.items()}
-        step_bytes = sum(sizes.values()) + 8
-        line = (f"zarrec: {len(sizes)} variables, {human_size(step_bytes)} a recorded step as float32, "
-                f"{self.chunk_steps} steps a chunk")
-        if recorded_steps is not None:
-            shards = sum(-(-recorded_steps // contract.shard_steps(self.chunk_steps, size)) for size in [*sizes.values(), 8])
-            line += (f"; {recorded_steps:,} recorded steps: {human_size(step_bytes * recorded_steps)} before compression "
-                     f"(float32 training state compresses ~1.1x, bf16 values ~6x), {shards:,} shard files")
-        return line
+        return _cost_line(self._shapes, self.chunk_steps, recorded_steps)
 
     def label(self, name: str, dims: tuple[str, ...] | None = None, **attrs: Any) -> None:
         """Name the dimensions of variable ``name`` and give it attributes, before the first
@@ -351,6 +343,17 @@ class Recorder:
         last = self._store.last_step
         kept = f"steps up to {last} are in the store" if last is not None else "no step was committed"
         return WriterError(f"writing to {self.store_name} failed ({type(cause).__name__}: {cause}); {kept}; fix the cause and resume")
+
+
+def _cost_line(shapes: Mapping[str, tuple[int, ...]], chunk_steps: int, recorded_steps: int | None) -> str:
+    sizes = {name: 4 * math.prod(shape) for name, shape in shapes.items()}
+    step_bytes = sum(sizes.values()) + 8
+    line = f"zarrec: {len(sizes)} variables, {human_size(step_bytes)} a recorded step as float32, {chunk_steps} steps a chunk"
+    if recorded_steps is not None:
+        shards = sum(-(-recorded_steps // contract.shard_steps(chunk_steps, size)) for size in [*sizes.values(), 8])
+        line += (f"; {recorded_steps:,} recorded steps: {human_size(step_bytes * recorded_steps)} before compression "
+                 f"(float32 training state compresses ~1.1x, bf16 values ~6x), {shards:,} shard files")
+    return line
 
 
 def _check_options(
