@@ -9,8 +9,8 @@ no recording in the same invocation; ratios are against that baseline, medians q
 Sections:
   gpt2       GPT2Config(n_layer=2): vocab 50257, n_embd 768, float32, AdamW, batch 2 x context 64;
              variants: none, default (with the health statistics of every parameter), the default
-             without them, every=10, rows (1,000 tokens), mantissa_bits=7, and the README's
-             large-model recipe.
+             without them, the statistics alone (params=[]: no full state), every=10, rows (1,000
+             tokens), mantissa_bits=7, and the README's large-model recipe (--variants: some).
              Median step and wall clock vs none, peak RSS over none, bytes on disk per step,
              shard files per 1,000 steps, and whether the slow-writer warning fired.
   fast_step  the reference model (128 x 64) under bf16 autocast, ~110 ms a step, zarrec with
@@ -41,6 +41,7 @@ VARIANTS = {
     "none": None,
     "default": {},
     "no_statistics": {"statistics": False},
+    "statistics_only": {"params": []},  # every parameter's health every step, no full state
     "every_10": {"every": 10},
     "rows_1000": {"rows": "first 1000"},
     "mantissa_7": {"mantissa_bits": 7},
@@ -159,10 +160,10 @@ def run_child(kind: str, **arguments) -> dict:
         return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def section_gpt2(plan: dict, device: str) -> list[dict]:
+def section_gpt2(plan: dict, device: str, variants: list[str]) -> list[dict]:
     """Every variant once per round, the order reversed every other round (A B C .. C B A)."""
-    runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    names = list(VARIANTS)
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    names = list(variants)
     for repeat in range(plan["repeats"]):
         for variant in names if repeat % 2 == 0 else names[::-1]:
             runs[variant].append(run_child("gpt2", variant=variant, steps=plan["steps"], vocab=plan["vocab"],
@@ -220,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run of every section at tiny shapes")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--sections", default="gpt2,fast_step", help="comma-separated: gpt2, fast_step")
+    parser.add_argument("--variants", help=f"comma-separated gpt2 variants, 'none' among them (default: all of "
+                                           f"{', '.join(VARIANTS)})")
     parser.add_argument("--json", default="scale_results.json", help="where to write the results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -229,9 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     plan = PLANS["quick" if args.quick else "full"]
     results = {"plan": plan, "device": args.device}
-    sections = {"gpt2": section_gpt2, "fast_step": section_fast_step}
+    variants = args.variants.split(",") if args.variants else list(VARIANTS)
+    sections = {"gpt2": lambda: section_gpt2(plan, args.device, variants),
+                "fast_step": lambda: section_fast_step(plan, args.device)}
     for name in args.sections.split(","):
-        results[name] = sections[name](plan, args.device)
+        results[name] = sections[name]()
         print(f"\n## {name}\n\n{table(results[name])}\n")
     Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

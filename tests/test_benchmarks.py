@@ -55,7 +55,7 @@ def test_quick_precision_benchmark_runs(tmp_path):
 def test_quick_scale_benchmark_runs_every_variant(tmp_path):
     result, results = run_quick("scale.py", tmp_path)
     rows = {row["variant"]: row for row in results["gpt2"]}
-    assert set(rows) == {"none", "default", "no_statistics", "every_10", "rows_1000", "mantissa_7", "recipe"}
+    assert set(rows) == {"none", "default", "no_statistics", "statistics_only", "every_10", "rows_1000", "mantissa_7", "recipe"}
     assert rows["default"]["mb_per_step"] > rows["recipe"]["mb_per_step"] > 0 == rows["none"]["mb_per_step"]
     assert {row["variant"] for row in results["fast_step"]} == {"none", "zarrec"}
     assert "## gpt2" in result.stdout and "## fast_step" in result.stdout

@@ -119,3 +119,13 @@ def test_statistics_off_and_a_bad_setting(tmp_path):
     with pytest.raises(ConfigError, match="statistics='all': pass True"):
         train(tmp_path / "bad.zarr", statistics="all")
     assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_no_full_state_and_the_statistics_of_every_parameter(tmp_path):
+    """params=[]: the scalars and the health statistics only, the cheapest recording of a model."""
+    path = tmp_path / "run.zarr"
+    train(path, params=[])
+    ds = xr.open_zarr(path)
+    assert set(ds.data_vars) == {"loss", "lr", "grad_norm", "grad_norm_before_clipping"}
+    overview = ds.zarrec.by_parameter()
+    assert overview.param.values.tolist() == ["0.weight", "1.weight", "1.bias"] and overview.to_array().notnull().all()

@@ -68,7 +68,8 @@ class ModelRecorder:
         params: glob patterns over ``model.named_parameters()``, e.g. ``["*.attn.c_attn.*"]``;
             default: the input embedding (``model.get_input_embeddings()``), stored as
             ``embeddings``, ``grads``, ``momentum``, ``variance``; other parameters as
-            ``<name>``, ``<name>.grad``, ``<name>.<optimizer state key>``.
+            ``<name>``, ``<name>.grad``, ``<name>.<optimizer state key>``; ``[]``: no
+            parameter's full state (the scalars and the health statistics only).
         quantities: of each parameter, from ``"param"``, ``"grad"`` and the optimizer's state
             keys (``"exp_avg"``, ``"momentum_buffer"``, ...); default: all of them.
         rows: record only these rows of the input embedding (token ids, a ``slice``, e.g. the

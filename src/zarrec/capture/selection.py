@@ -132,7 +132,9 @@ class ParameterSelection:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(iter(self.parameters.values())).dtype
+        """The recorded parameters' dtype (with none recorded, the optimizer's first parameter's)."""
+        first = next(iter(self.parameters.values()), None)
+        return (first if first is not None else self.optimizer.param_groups[0]["params"][0]).dtype
 
     def wants_grads(self) -> bool:
         return self.quantities is None or contract.GRAD in self.quantities
