@@ -16,6 +16,28 @@ from zarrec import Recorder, StoreLockedError
 from zarrec.store.lock import StoreLock, lock_path
 
 
+def test_the_lock_of_a_store_inside_another_lies_beside_the_outermost(tmp_path):
+    """The statistics group of a run being recorded: every reader listing the run's hierarchy
+    finds only Zarr nodes (the project's tests turn zarr's warning about others into errors)."""
+    import zarr
+
+    import zarrec
+
+    model = torch.nn.Embedding(5, 3)
+    model.get_input_embeddings = lambda: model
+    optimizer = torch.optim.AdamW(model.parameters())
+    with zarrec.ModelRecorder(tmp_path / "run.zarr", model, optimizer) as recorder:
+        assert lock_path(tmp_path / "run.zarr" / "statistics") == tmp_path / "run.zarr.statistics.lock"
+        assert sorted(p.name for p in tmp_path.glob("*.lock")) == ["run.zarr.lock", "run.zarr.statistics.lock"]
+        run = zarr.open_group(tmp_path / "run.zarr", mode="r", use_consolidated=False)
+        members = dict(run.members(max_depth=None))  # (a warning about an unknown object: an error here)
+        assert "statistics" in members and not any(name.endswith(".lock") for name in members)
+        model(torch.tensor([1])).sum().backward()
+        optimizer.step()
+        recorder.step()
+    assert not list(tmp_path.glob("*.lock"))
+
+
 def test_a_second_writer_is_refused_until_the_first_closes(tmp_path):
     out = tmp_path / "run.zarr"
     first = Recorder(out)

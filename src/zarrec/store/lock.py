@@ -26,9 +26,16 @@ _held_here: set[Path] = set()  # locks held by writers in this process
 
 
 def lock_path(store_dir: str | os.PathLike) -> Path:
-    """The lock file of the local store ``store_dir``: beside it, named after it."""
+    """The lock file of the local store ``store_dir``: beside it, named after it. A store inside
+    another (a run's ``statistics`` group) has its lock beside the outermost one, named after
+    both (``run.zarr.statistics.lock``): inside, it would be an object the outer store's readers
+    do not know."""
     store = Path(store_dir).absolute()
-    return store.with_name(store.name + LOCK_SUFFIX)
+    inside: list[str] = []
+    while (store.parent / "zarr.json").is_file():
+        inside.insert(0, store.name)
+        store = store.parent
+    return store.with_name(".".join([store.name, *inside]) + LOCK_SUFFIX)
 
 
 def _process_alive(pid: int) -> bool:
