@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default="gpt2,fast_step", help="comma-separated: gpt2, fast_step")
     parser.add_argument("--variants", help=f"comma-separated gpt2 variants, 'none' among them (default: all of "
                                            f"{', '.join(VARIANTS)})")
+    parser.add_argument("--repeats", type=int, help="rounds of the gpt2 variants (default 2), and pairs of fast_step (10)")
     parser.add_argument("--json", default="scale_results.json", help="where to write the results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -230,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = json.loads(args.child)
         print(json.dumps(CASES[spec.pop("kind")](**spec)))
         return 0
-    plan = PLANS["quick" if args.quick else "full"]
+    plan = dict(PLANS["quick" if args.quick else "full"])
+    if args.repeats:
+        plan.update(repeats=args.repeats, pairs=args.repeats)
     results = {"plan": plan, "device": args.device}
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
     sections = {"gpt2": lambda: section_gpt2(plan, args.device, variants),

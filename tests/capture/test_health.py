@@ -12,7 +12,7 @@ from conftest import check_health, full_state_only
 
 import zarrec
 from zarrec import ConfigError
-from zarrec.capture import health
+from zarrec.capture import health, passes
 
 OPTIMIZERS = {
     "AdamW": lambda params: torch.optim.AdamW(params, lr=0.02, weight_decay=0.1),
@@ -63,7 +63,7 @@ def test_every_statistic_equals_its_formula_on_the_full_state(tmp_path, optimize
 
 def test_the_compiled_pass_gives_the_eager_numbers(tmp_path, monkeypatch):
     """Large parameters are reduced by a torch.compile'd function: the same statistics."""
-    monkeypatch.setattr(health, "COMPILE_FROM_ELEMENTS", 1)
+    monkeypatch.setattr(passes, "COMPILE_FROM_ELEMENTS", 1)  # every parameter alone, compiled
     train(tmp_path / "run.zarr", params=["*"], steps=3)
     for param in ("0.weight", "1.weight", "1.bias"):
         check_health(tmp_path / "run.zarr", param, per_row=param != "1.bias")
@@ -129,3 +129,4 @@ def test_no_full_state_and_the_statistics_of_every_parameter(tmp_path):
     assert set(ds.data_vars) == {"loss", "lr", "grad_norm", "grad_norm_before_clipping"}
     overview = ds.zarrec.by_parameter()
     assert overview.param.values.tolist() == ["0.weight", "1.weight", "1.bias"] and overview.to_array().notnull().all()
+    assert ds.zarrec.realized_fraction().overall.notnull().all()  # the input embedding's, named by the statistics

@@ -39,6 +39,8 @@ def parameter_name(ds: xr.Dataset, stats: xr.Dataset, param: str | None) -> str 
     its name in the model or its store variable; default the input embedding), or None."""
     if param is not None and param in stats[contract.PARAM_DIM].values:
         return param
+    if param is None and contract.EMBEDDING_ATTR in stats.attrs:
+        return stats.attrs[contract.EMBEDDING_ATTR]
     try:
         name = find_parameter(ds, param).name
     except ConfigError:

@@ -28,14 +28,16 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from zarrec.capture import passes
+from zarrec.capture.passes import PASSES, FlatGroup
 from zarrec.capture.resume import statistics_of
-from zarrec.capture.selection import ParameterSelection
+from zarrec.capture.selection import ParameterSelection, input_embedding
 from zarrec.errors import ZarrecWarning
 from zarrec.record.recorder import Recorder
 from zarrec.store import contract
@@ -61,67 +63,6 @@ INTENDED = {
     "Adam": "u = −lr · m̂ / (√v̂ + eps)   (the weight decay is in g, so in m and v)",
     "SGD": "u = −lr · b (momentum); −lr · (g + wd · W[t−1]) − lr · μ · b (Nesterov); −lr · (g + wd · W[t−1]) (none)",
 }
-
-# Parameters of at least this many entries are reduced by a compiled function (one pass, no
-# temporaries); smaller ones by eager operations (a compilation costs seconds, once a shape kind).
-COMPILE_FROM_ELEMENTS = 1 << 20
-
-_SUMS = 8  # the sums each pass returns per row, in this order:
-_W2, _G2, _A2, _U2, _AU, _R2, _GM, _M2 = range(_SUMS)
-
-
-def _sums(w, previous, g, m, u):
-    """Per row: ‖W‖², ‖g‖², ‖a‖², ‖u‖², ⟨a, u⟩, ‖a − u‖², ⟨g, m⟩, ‖m‖² (float32, a = W − W[t−1])."""
-    a = w - previous
-    r = a - u
-    return torch.stack([(w * w).sum(-1), (g * g).sum(-1), (a * a).sum(-1), (u * u).sum(-1), (a * u).sum(-1),
-                        (r * r).sum(-1), (g * m).sum(-1), (m * m).sum(-1)])
-
-
-def _adam_sums(w, previous, g, m, v, k):
-    """:func:`_sums` with Adam's u; ``k`` = [lr / (1 − β1ᵗ), 1 / (1 − β2ᵗ), eps, lr · wd (AdamW; Adam: 0)]."""
-    w, previous, g, m, v = w.float(), previous.float(), g.float(), m.float(), v.float()
-    u = -k[0] * m / ((v * k[1]).sqrt() + k[2]) - k[3] * previous
-    return _sums(w, previous, g, m, u)
-
-
-def _sgd_sums(w, previous, g, b, k):
-    """:func:`_sums` with SGD's u; ``k`` = [lr (gradient term), lr · wd, lr or lr · μ (momentum term)]."""
-    w, previous, g, b = w.float(), previous.float(), g.float(), b.float()
-    u = -k[0] * g - k[1] * previous - k[2] * b
-    return _sums(w, previous, g, b, u)
-
-
-def _norm_sums(w, previous, g, m):
-    """:func:`_sums` without an intended update (NaN there)."""
-    w, previous, g, m = w.float(), previous.float(), g.float(), m.float()
-    return _sums(w, previous, g, m, torch.full_like(w, float("nan")))
-
-
-class _Pass:
-    """One of the passes, compiled for large parameters when the compiler works here."""
-
-    def __init__(self, function: Callable) -> None:
-        self.function = function
-        self._compiled: Callable | None = None
-        self._compiler_failed = False
-
-    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
-        if tensors[0].numel() < COMPILE_FROM_ELEMENTS or self._compiler_failed:
-            return self.function(*tensors)
-        if self._compiled is None:
-            self._compiled = torch.compile(self.function, dynamic=True, fullgraph=True)
-        try:
-            return self._compiled(*tensors)
-        except Exception as error:  # no compiler for this device: the same arithmetic, eagerly
-            self._compiler_failed = True
-            _LOGGER.warning("zarrec: health statistics computed without torch.compile (%s): slower, the same numbers",
-                            str(error).splitlines()[0] if str(error) else type(error).__name__)
-            return self.function(*tensors)
-
-
-_PASSES = {"adam": _Pass(_adam_sums), "sgd": _Pass(_sgd_sums), "norms": _Pass(_norm_sums)}
-
 
 @dataclass
 class _Tracked:
@@ -155,6 +96,9 @@ class HealthStatistics:
                      per_row=name in selection.parameters and p.ndim >= 2)
             for name, p in model.named_parameters() if p.requires_grad and id(p) in groups
         ]
+        embedding = input_embedding(model)
+        self.embedding_name = next((name for name, p in model.named_parameters() if p is embedding), None)
+        self.flat_groups: list[tuple[FlatGroup, list[_Tracked]]] = []  # made by keep_previous
         self.recorder: Recorder | None = None  # opened by open_recorder
         self.unknown_update = "" if kind else (
             f"the intended update of {type(optimizer).__name__} is not known to zarrec "
@@ -187,6 +131,7 @@ class HealthStatistics:
             "description": "health statistics of every trained parameter at every optimizer step (zarrec.capture.health)",
             "intended_update": INTENDED.get(_kind(self.optimizer), self.unknown_update),
             "light": self.light,
+            **({contract.EMBEDDING_ATTR: self.embedding_name} if self.embedding_name else {}),
         }
 
     def open_recorder(
@@ -227,11 +172,22 @@ class HealthStatistics:
 
     @torch.no_grad()
     def keep_previous(self) -> None:
-        """Copy every parameter as it is now: ``W[t−1]`` of the next step."""
+        """Copy every parameter as it is now: ``W[t−1]`` of the next step. Small parameters of
+        a known optimizer are grouped (:class:`~zarrec.capture.passes.FlatGroup`) by param
+        group, device and dtype: their copies are views of the group's buffer."""
         if self.light:
             return
+        small: dict[tuple, list[_Tracked]] = {}
         for t in self.tracked:
-            t.previous = t.parameter.detach().clone()
+            if t.kind and t.parameter.numel() < passes.COMPILE_FROM_ELEMENTS:
+                small.setdefault((t.group, t.parameter.device, t.parameter.dtype), []).append(t)
+            else:
+                t.previous = t.parameter.detach().clone()
+        for members in small.values():
+            flat = FlatGroup([t.parameter for t in members], [t.parameter.shape[0] if t.per_row else 1 for t in members])
+            for t, view in zip(members, flat.previous_of()):
+                t.previous = view
+            self.flat_groups.append((flat, members))
 
     @torch.no_grad()
     def initial(self) -> dict[str, torch.Tensor]:
@@ -246,7 +202,11 @@ class HealthStatistics:
         parameters are then kept as the next step's ``W[t−1]``."""
         coefficients: dict[tuple[int, Any], torch.Tensor] = {}
         sums = {}
+        for flat, members in self.flat_groups:
+            sums.update(self._flat_sums(flat, members, lrs, coefficients))
         for t in self.tracked:
+            if t.name in sums:
+                continue
             state = self.optimizer.state.get(t.parameter, {})
             w, g = t.parameter.detach(), t.parameter.grad
             previous = t.previous
@@ -255,14 +215,36 @@ class HealthStatistics:
             if k is None:
                 sums[t.name] = _pass_of_norms(w, previous, g, momentum, t)
             elif t.kind == "SGD":
-                sums[t.name] = _PASSES["sgd"](*_rows(t, w, previous, g, g if momentum is None else momentum), k)
+                sums[t.name] = PASSES["sgd"](*_rows(t, w, previous, g, g if momentum is None else momentum), k)
                 if momentum is None:
-                    sums[t.name][[_GM, _M2]] = float("nan")
+                    sums[t.name][[passes.GM, passes.M2]] = float("nan")
             else:
-                sums[t.name] = _PASSES["adam"](*_rows(t, w, previous, g, momentum, state["exp_avg_sq"]), k)
+                sums[t.name] = PASSES["adam"](*_rows(t, w, previous, g, momentum, state["exp_avg_sq"]), k)
             if previous is not None:
                 previous.copy_(w)
-        return self._values(sums)
+        return self._values({t.name: sums[t.name] for t in self.tracked})
+
+    def _flat_sums(self, flat: FlatGroup, members: list[_Tracked], lrs: Sequence[float | torch.Tensor],
+                   cache: dict[tuple[int, Any], torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The sums of a group of small parameters in one pass; none (each is then reduced
+        alone) where one of them lacks a gradient or state this step, or their constants differ."""
+        grads, states, constants = [], [], []
+        for t in members:
+            state = self.optimizer.state.get(t.parameter, {})
+            momentum = next((state[key] for key in MOMENTUM_KEYS if key in state), None)
+            k = self._coefficients(t, state, lrs[t.group], cache) if t.parameter.grad is not None else None
+            if k is None or (t.kind != "SGD" and momentum is None):
+                return {}
+            grads.append(t.parameter.grad)
+            states.append([momentum, state["exp_avg_sq"]] if t.kind != "SGD" else [t.parameter.grad if momentum is None else momentum])
+            constants.append(k)
+        if any(k is not constants[0] for k in constants):
+            return {}
+        found = flat.sums(grads, states, "sgd" if members[0].kind == "SGD" else "adam", constants[0])
+        for t, total in zip(members, found):
+            if t.kind == "SGD" and "momentum_buffer" not in self.optimizer.state.get(t.parameter, {}):
+                total[[passes.GM, passes.M2]] = float("nan")
+        return {t.name: total for t, total in zip(members, found)}
 
     def _coefficients(self, t: _Tracked, state: Mapping[str, Any], lr: float | torch.Tensor,
                       cache: dict[tuple[int, Any], torch.Tensor]) -> torch.Tensor | None:
@@ -324,9 +306,9 @@ def _rows(t: _Tracked, *tensors: torch.Tensor) -> list[torch.Tensor]:
 def _pass_of_norms(w, previous, g, momentum, t: _Tracked) -> torch.Tensor:
     """The sums without an intended update, NaN for what is missing (no copy of ``W[t−1]``, no
     gradient or momentum): ``W`` stands in for it, then its sums are set to NaN."""
-    sums = _PASSES["norms"](*_rows(t, w, w if previous is None else previous, w if g is None else g,
+    sums = PASSES["norms"](*_rows(t, w, w if previous is None else previous, w if g is None else g,
                                    w if momentum is None else momentum))
-    missing = [_A2, _R2] * (previous is None) + [_G2, _GM] * (g is None) + [_GM, _M2] * (momentum is None)
+    missing = [passes.A2, passes.R2] * (previous is None) + [passes.G2, passes.GM] * (g is None) + [passes.GM, passes.M2] * (momentum is None)
     if missing:
         sums[missing] = float("nan")
     return sums
@@ -335,13 +317,13 @@ def _pass_of_norms(w, previous, g, momentum, t: _Tracked) -> torch.Tensor:
 def _statistics(sums: torch.Tensor) -> dict[str, torch.Tensor]:
     """The statistics from sums of squares and products (``sums[i]`` as in :func:`_sums`)."""
     return {
-        "param_norm": sums[_W2].sqrt(),
-        "grad_norm": sums[_G2].sqrt(),
-        "update_norm": sums[_A2].sqrt(),
-        "intended_norm": sums[_U2].sqrt(),
-        "update_dot_intended": sums[_AU],
-        "residual_norm": sums[_R2].sqrt(),
-        "cos_grad_momentum": sums[_GM] / (sums[_G2] * sums[_M2]).sqrt(),
+        "param_norm": sums[passes.W2].sqrt(),
+        "grad_norm": sums[passes.G2].sqrt(),
+        "update_norm": sums[passes.A2].sqrt(),
+        "intended_norm": sums[passes.U2].sqrt(),
+        "update_dot_intended": sums[passes.AU],
+        "residual_norm": sums[passes.R2].sqrt(),
+        "cos_grad_momentum": sums[passes.GM] / (sums[passes.G2] * sums[passes.M2]).sqrt(),
     }
 
 

@@ -88,7 +88,7 @@ class ParameterSelection:
         rows: Sequence[int] | slice | Mapping[str, Sequence[int] | slice] | None = None,
     ) -> None:
         self.optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
-        embedding = _input_embedding(model)
+        embedding = input_embedding(model)
         if params is None:
             if embedding is None:
                 raise ConfigError(
@@ -285,7 +285,7 @@ def _constant(value: float, like: torch.Tensor) -> torch.Tensor:
 _LEAVES_GRADIENTS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 
 
-def _input_embedding(model: torch.nn.Module) -> torch.nn.Parameter | None:
+def input_embedding(model: torch.nn.Module) -> torch.nn.Parameter | None:
     get = getattr(model, "get_input_embeddings", None)
     try:
         module = get() if get is not None else None

@@ -112,6 +112,7 @@ HEALTH_STATISTICS = (
     "cos_grad_momentum",
 )
 MOMENTUM_KEYS = ("exp_avg", "momentum_buffer")  # the optimizer state cos_grad_momentum uses
+EMBEDDING_ATTR = "input_embedding"  # the group's attribute naming the model's input embedding, if it has one
 
 
 def row_statistic(param: str, statistic: str) -> str:

@@ -1,0 +1,134 @@
+"""The passes that reduce a parameter to the sums its health statistics come from
+(:mod:`zarrec.capture.health`): per row, ``‖W‖², ‖g‖², ‖a‖², ‖u‖², ⟨a, u⟩, ‖a − u‖², ⟨g, m⟩,
+‖m‖²`` with ``a = W − W[t−1]`` and ``u`` the optimizer's intended update.
+
+A large parameter is reduced alone, by a ``torch.compile``d function: one pass over its
+tensors, no temporary the size of the parameter. Small ones would cost more in per-operation
+overhead than in arithmetic (28 parameters of the reference model: ~4 ms a step, eagerly), so
+those of one param group are reduced together (:class:`FlatGroup`): concatenated and
+multiplied elementwise at once, then summed per segment (a row, or a whole parameter).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+
+_LOGGER = logging.getLogger("zarrec")
+
+# Parameters of at least this many entries are reduced by a compiled function (one pass, no
+# temporaries); smaller ones by eager operations (a compilation costs seconds, once a shape kind).
+COMPILE_FROM_ELEMENTS = 1 << 20
+
+SUMS = 8  # the sums each pass returns per row, in this order:
+W2, G2, A2, U2, AU, R2, GM, M2 = range(SUMS)
+
+
+def adam_update(previous, m, v, k):
+    """Adam's u; ``k`` = [lr / (1 − β1ᵗ), 1 / (1 − β2ᵗ), eps, lr · wd (AdamW; Adam: 0)]."""
+    return -k[0] * m / ((v * k[1]).sqrt() + k[2]) - k[3] * previous
+
+
+def sgd_update(previous, g, b, k):
+    """SGD's u; ``k`` = [lr (gradient term), lr · wd, lr or lr · μ (momentum term)]."""
+    return -k[0] * g - k[1] * previous - k[2] * b
+
+
+def products(w, previous, g, m, u):
+    """The 8 × entries products whose sums :func:`sums_of` returns (float32 inputs)."""
+    a = w - previous
+    r = a - u
+    return torch.stack([w * w, g * g, a * a, u * u, a * u, r * r, g * m, m * m])
+
+
+def sums_of(w, previous, g, m, u):
+    """Per row: ‖W‖², ‖g‖², ‖a‖², ‖u‖², ⟨a, u⟩, ‖a − u‖², ⟨g, m⟩, ‖m‖² (float32, a = W − W[t−1]):
+    :func:`products` summed, written out so that a compiled pass fuses each sum (no 8 × entries stack)."""
+    a = w - previous
+    r = a - u
+    return torch.stack([(w * w).sum(-1), (g * g).sum(-1), (a * a).sum(-1), (u * u).sum(-1), (a * u).sum(-1),
+                        (r * r).sum(-1), (g * m).sum(-1), (m * m).sum(-1)])
+
+
+def _adam_sums(w, previous, g, m, v, k):
+    """:func:`sums_of` with Adam's u (:func:`adam_update`)."""
+    w, previous, g, m, v = w.float(), previous.float(), g.float(), m.float(), v.float()
+    return sums_of(w, previous, g, m, adam_update(previous, m, v, k))
+
+
+def _sgd_sums(w, previous, g, b, k):
+    """:func:`sums_of` with SGD's u (:func:`sgd_update`)."""
+    w, previous, g, b = w.float(), previous.float(), g.float(), b.float()
+    return sums_of(w, previous, g, b, sgd_update(previous, g, b, k))
+
+
+def _norm_sums(w, previous, g, m):
+    """:func:`sums_of` without an intended update (NaN there)."""
+    w, previous, g, m = w.float(), previous.float(), g.float(), m.float()
+    return sums_of(w, previous, g, m, torch.full_like(w, float("nan")))
+
+
+class Pass:
+    """One of the passes, compiled for large parameters when the compiler works here."""
+
+    def __init__(self, function: Callable) -> None:
+        self.function = function
+        self._compiled: Callable | None = None
+        self._compiler_failed = False
+
+    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
+        if tensors[0].numel() < COMPILE_FROM_ELEMENTS or self._compiler_failed:
+            return self.function(*tensors)
+        if self._compiled is None:
+            self._compiled = torch.compile(self.function, dynamic=True, fullgraph=True)
+        try:
+            return self._compiled(*tensors)
+        except Exception as error:  # no compiler for this device: the same arithmetic, eagerly
+            self._compiler_failed = True
+            _LOGGER.warning("zarrec: health statistics computed without torch.compile (%s): slower, the same numbers",
+                            str(error).splitlines()[0] if str(error) else type(error).__name__)
+            return self.function(*tensors)
+
+
+PASSES = {"adam": Pass(_adam_sums), "sgd": Pass(_sgd_sums), "norms": Pass(_norm_sums)}
+
+
+class FlatGroup:
+    """Small parameters of one param group (one device and dtype), reduced together: their
+    ``W[t−1]`` copies are views of one buffer, and each step their tensors are concatenated,
+    multiplied once (:func:`products`) and summed per parameter's segments. ``rows``: for
+    each parameter, its segments (its rows when its statistics are kept per row, else 1)."""
+
+    def __init__(self, parameters: Sequence[torch.Tensor], rows: Sequence[int]) -> None:
+        self.parameters = list(parameters)
+        self.rows = list(rows)
+        self.sizes = [p.numel() for p in self.parameters]
+        self.previous = torch.cat([p.detach().reshape(-1) for p in self.parameters])
+
+    def previous_of(self) -> list[torch.Tensor]:
+        """Each parameter's ``W[t−1]``, a view of the group's buffer."""
+        return [part.view(p.shape) for part, p in zip(self.previous.split(self.sizes), self.parameters)]
+
+    def sums(self, grads: Sequence[torch.Tensor], states: Sequence[Sequence[torch.Tensor]], kind: str,
+             k: torch.Tensor) -> list[torch.Tensor]:
+        """Each parameter's sums (8 × its segments): ``grads`` and, per parameter, its state
+        (Adam: ``exp_avg, exp_avg_sq``; SGD: the momentum buffer or its gradient), then keeps
+        the parameters as the next ``W[t−1]``."""
+        w = _flat(self.parameters)
+        g = _flat(grads)
+        first = _flat([state[0] for state in states])
+        previous = self.previous.float()
+        if kind == "adam":
+            u = adam_update(previous, first, _flat([state[1] for state in states]), k)
+        else:
+            u = sgd_update(previous, g, first, k)
+        product = products(w, previous, g, first, u)
+        self.previous.copy_(w)
+        # (per parameter, a reshape and a sum: faster on a CPU than one index_add over every entry)
+        return [part.reshape(SUMS, count, -1).sum(-1) for part, count in zip(product.split(self.sizes, dim=1), self.rows)]
+
+
+def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in tensors]).float()
