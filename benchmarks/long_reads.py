@@ -13,7 +13,7 @@ timed from ``xr.open_zarr`` to its computed answer, with the bytes it read (``/p
 - ``speed_of_one_token``: ``ds.zarrec.speed().sel(token=101)`` (the full state).
 
     python benchmarks/long_reads.py                  # 10,000 steps (~6 min on 2 CPU cores)
-    python benchmarks/long_reads.py --steps 300      # a smoke run
+    python benchmarks/long_reads.py --quick          # a smoke run of 50 steps (a test runs it)
 """
 
 from __future__ import annotations
@@ -84,12 +84,15 @@ def ask(out: str, question: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--quick", action="store_true", help="a smoke run of 50 steps")
     parser.add_argument("--json", default="long_reads_results.json")
     parser.add_argument("--ask", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.ask:
         print(json.dumps(ask(*args.ask)))
         return 0
+    if args.quick:
+        args.steps = 50
     with tempfile.TemporaryDirectory(prefix="zarrec-long-") as scratch:
         out = str(Path(scratch) / "run.zarr")
         seconds = record(out, args.steps)

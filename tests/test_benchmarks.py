@@ -66,3 +66,12 @@ def test_quick_checksum_benchmark_runs(tmp_path):
     assert set(results) == {"128x64", "5000x64"}
     assert all(len(r["MB/s"]["with"]) == len(r["MB/s"]["without"]) == 2 and r["median ratio"] > 0 for r in results.values())
     assert "| 5000x64 |" in result.stdout
+
+
+def test_quick_long_reads_benchmark_asks_every_question(tmp_path):
+    result, results = run_quick("long_reads.py", tmp_path)
+    assert [row["question"] for row in results["questions"]] == [
+        "by_parameter", "realized_fraction", "realized_fraction_full_state", "speed_of_one_token"
+    ]
+    assert results["steps"] == 50 and all(row["seconds"] > 0 and row["bytes_read_mb"] > 0 for row in results["questions"])
+    assert "| by_parameter |" in result.stdout
