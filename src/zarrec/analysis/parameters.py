@@ -254,6 +254,11 @@ def motion(view: xr.Dataset) -> xr.DataArray:
 
 def previous(view: xr.Dataset) -> xr.DataArray:
     """``W[t − 1]`` on every row: NaN where step t − 1 was not recorded (and on the first row)."""
-    steps = view[contract.STEP]
+    return at_previous_step(view[W])
+
+
+def at_previous_step(da: xr.DataArray) -> xr.DataArray:
+    """``da[t − 1]`` labelled ``t``: NaN where step t − 1 is not there (and on the first step)."""
+    steps = da[contract.STEP]
     consecutive = (steps - steps.shift({contract.STEP: 1})) == 1
-    return view[W].shift({contract.STEP: 1}).where(consecutive)
+    return da.shift({contract.STEP: 1}).where(consecutive)

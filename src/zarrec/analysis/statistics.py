@@ -16,7 +16,7 @@ from __future__ import annotations
 import xarray as xr
 import zarr
 
-from zarrec.analysis.parameters import ROW, find_parameter, safe_ratio
+from zarrec.analysis.parameters import ROW, at_previous_step, find_parameter, safe_ratio
 from zarrec.errors import ConfigError
 from zarrec.store import contract
 
@@ -58,7 +58,7 @@ def overview(stats: xr.Dataset, names: list[str]) -> xr.Dataset:
     and parameter: ``realized_fraction = ⟨a, u⟩ / ‖u‖²``, ``update_to_weight = ‖a[t]‖ / ‖W[t−1]‖``
     (NaN where step t − 1 is not in the statistics), ``grad_norm = ‖g[t]‖``."""
     chosen = stats.sel({contract.PARAM_DIM: names})
-    before = _at_previous_step(chosen["param_norm"])
+    before = at_previous_step(chosen["param_norm"])
     result = xr.Dataset({
         "realized_fraction": safe_ratio(chosen["update_dot_intended"], chosen["intended_norm"] ** 2),
         "update_to_weight": safe_ratio(chosen["update_norm"], before),
@@ -98,9 +98,3 @@ def row_statistics(stats: xr.Dataset, name: str) -> xr.Dataset | None:
     found = stats[list(variables)].rename(variables)
     dim = found[contract.HEALTH_STATISTICS[0]].dims[1]
     return found.rename({dim: ROW}) if dim != contract.TOKEN else found
-
-
-def _at_previous_step(da: xr.DataArray) -> xr.DataArray:
-    """``da[t − 1]`` labelled ``t``: NaN where step t − 1 is not there."""
-    steps = da[contract.STEP]
-    return da.shift({contract.STEP: 1}).where(steps - steps.shift({contract.STEP: 1}) == 1)

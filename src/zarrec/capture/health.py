@@ -207,10 +207,9 @@ class HealthStatistics:
         for t in self.tracked:
             if t.name in sums:
                 continue
-            state = self.optimizer.state.get(t.parameter, {})
+            state, momentum = self._state_of(t)
             w, g = t.parameter.detach(), t.parameter.grad
             previous = t.previous
-            momentum = next((state[key] for key in MOMENTUM_KEYS if key in state), None)
             k = self._coefficients(t, state, lrs[t.group], coefficients) if g is not None and previous is not None else None
             if k is None:
                 sums[t.name] = _pass_of_norms(w, previous, g, momentum, t)
@@ -228,28 +227,34 @@ class HealthStatistics:
                    cache: dict[tuple[int, Any], torch.Tensor]) -> dict[str, torch.Tensor]:
         """The sums of a group of small parameters in one pass; none (each is then reduced
         alone) where one of them lacks a gradient or state this step, or their constants differ."""
-        grads, states, constants = [], [], []
+        grads, states, constants, without_momentum = [], [], [], []
         for t in members:
-            state = self.optimizer.state.get(t.parameter, {})
-            momentum = next((state[key] for key in MOMENTUM_KEYS if key in state), None)
+            state, momentum = self._state_of(t)
             k = self._coefficients(t, state, lrs[t.group], cache) if t.parameter.grad is not None else None
             if k is None or (t.kind != "SGD" and momentum is None):
                 return {}
             grads.append(t.parameter.grad)
             states.append([momentum, state["exp_avg_sq"]] if t.kind != "SGD" else [t.parameter.grad if momentum is None else momentum])
             constants.append(k)
+            without_momentum.append(momentum is None)
         if any(k is not constants[0] for k in constants):
             return {}
         found = flat.sums(grads, states, "sgd" if members[0].kind == "SGD" else "adam", constants[0])
-        for t, total in zip(members, found):
-            if t.kind == "SGD" and "momentum_buffer" not in self.optimizer.state.get(t.parameter, {}):
+        for total, missing in zip(found, without_momentum):
+            if missing:  # (plain SGD: its gradient stood in for the momentum)
                 total[[passes.GM, passes.M2]] = float("nan")
         return {t.name: total for t, total in zip(members, found)}
 
+    def _state_of(self, t: _Tracked) -> tuple[Mapping[str, Any], torch.Tensor | None]:
+        """The optimizer's state of ``t``'s parameter, and its momentum (None: it keeps none)."""
+        state = self.optimizer.state.get(t.parameter, {})
+        return state, next((state[key] for key in MOMENTUM_KEYS if key in state), None)
+
     def _coefficients(self, t: _Tracked, state: Mapping[str, Any], lr: float | torch.Tensor,
                       cache: dict[tuple[int, Any], torch.Tensor]) -> torch.Tensor | None:
-        """The constants of ``t``'s intended update this step (see :func:`_adam_sums`,
-        :func:`_sgd_sums`), on its device; None where its optimizer's update is not known."""
+        """The constants ``k`` of ``t``'s intended update this step (see
+        :func:`~zarrec.capture.passes.adam_update`, :func:`~zarrec.capture.passes.sgd_update`),
+        on its device; None where its optimizer's update is not known."""
         group = self.optimizer.param_groups[t.group]
         if not t.kind or group.get("maximize") or group.get("amsgrad"):
             return None
@@ -276,7 +281,7 @@ class HealthStatistics:
     def _values(self, sums: Mapping[str, torch.Tensor], initial: bool = False) -> dict[str, torch.Tensor]:
         """The recorded values from each parameter's per-row sums (8 × rows)."""
         totals = torch.stack([s.sum(-1) for s in sums.values()], dim=1)  # 8 × params
-        values = {name: value for name, value in _statistics(totals).items()}
+        values = _statistics(totals)
         for t in self.tracked:
             if t.per_row:
                 per_row = sums[t.name] if t.rows is None else sums[t.name].index_select(1, t.rows.to(sums[t.name].device))
@@ -315,7 +320,7 @@ def _pass_of_norms(w, previous, g, momentum, t: _Tracked) -> torch.Tensor:
 
 
 def _statistics(sums: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The statistics from sums of squares and products (``sums[i]`` as in :func:`_sums`)."""
+    """The statistics from sums of squares and products (``sums[i]`` as in :func:`~zarrec.capture.passes.sums_of`)."""
     return {
         "param_norm": sums[passes.W2].sqrt(),
         "grad_norm": sums[passes.G2].sqrt(),
