@@ -20,6 +20,7 @@ import zarr
 import zarrec
 from foreign_readers import tensorstore_read
 from zarrec.errors import ConfigError, RecordError
+from zarrec.record.ranks import norms_over_ranks
 
 LOOP = Path(__file__).with_name("sharded_loop.py")
 STEPS = 12
@@ -233,9 +234,9 @@ def test_distributed_without_a_process_group_is_refused(tmp_path):
     assert not (tmp_path / "r.zarr").exists()
 
 
-def test_norms_over_ranks_without_distributed_are_refused(tmp_path):
+def test_sums_over_ranks_without_distributed_are_refused(tmp_path):
     with pytest.raises(RecordError, match="pass distributed=True too"):
-        zarrec.Recorder(tmp_path / "r.zarr", norms_over_ranks=("grad_norm",))
+        zarrec.Recorder(tmp_path / "r.zarr", over_ranks=norms_over_ranks("grad_norm"))
     assert not (tmp_path / "r.zarr").exists()
 
 

@@ -47,6 +47,7 @@ from zarrec.capture.sharding import (
 )
 from zarrec.capture.step import CapturedStep
 from zarrec.errors import ConfigError
+from zarrec.record.ranks import norms_over_ranks
 from zarrec.record.recorder import Recorder
 from zarrec.record.variables import Value
 from zarrec.store import contract
@@ -166,7 +167,7 @@ class ModelRecorder:
             resume_from=(resume_from or -1) if resume_from is not None else None,  # from step 0 nothing is kept
             mantissa_bits=mantissa_bits, staging_bytes=staging_bytes, flush_every=flush_every, on_error=on_error,
             distributed=self.sharded,
-            norms_over_ranks=(contract.GRAD_NORM, contract.GRAD_NORM_BEFORE_CLIPPING) if self.sharded else (),
+            over_ranks=norms_over_ranks(contract.GRAD_NORM, contract.GRAD_NORM_BEFORE_CLIPPING) if self.sharded else None,
         )
         self.last_step = initial_step
         self.steps = steps

@@ -10,16 +10,17 @@ has whole (the loss, the learning rate, logits, an unsharded tensor) are written
 The ranks talk once per committed chunk, never per step: :meth:`Ranks.agree`, an all-reduce
 on a gloo group of their own (a CPU group apart from the training's, so the writer threads can
 use it while training runs), after which rank 0 commits; and twice at the start, as rank 0
-opens the store and creates its arrays. The same all-reduce sums what is
-recorded as a norm over every rank's rows (the global gradient norms): each rank records the
-sum of squares of its own part, ``Σ_r ‖x_r‖²``, and rank 0 stores ``√Σ``.
+opens the store and creates its arrays. The same all-reduce sums what each rank records as its
+addend of a sum over every rank's rows (:class:`SumsOverRanks`): the global gradient norms
+(each rank records ``‖x_r‖²`` of its own part, rank 0 stores ``√Σ_r``), the health statistics.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,21 @@ def is_dtensor(value: object) -> bool:
 def process_group_size() -> int:
     """The processes of this torch.distributed run (1 without one)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@dataclass(frozen=True)
+class SumsOverRanks:
+    """Variables whose value on each rank is its addend of a sum over the ranks (a sum over its
+    own part of something sharded), and the values stored from those sums: each rank records
+    its addends, the chunk's all-reduce sums them, rank 0 writes ``finish(sums)`` (same names)."""
+
+    names: tuple[str, ...]
+    finish: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def norms_over_ranks(*names: str) -> SumsOverRanks:
+    """Norms over the ranks: each rank's addend is ``‖x_r‖²``, the store holds ``√Σ_r ‖x_r‖²``."""
+    return SumsOverRanks(tuple(sorted(names)), lambda sums: {name: np.sqrt(total) for name, total in sums.items()})
 
 
 def rank_rows(rows: int, world: int) -> int:

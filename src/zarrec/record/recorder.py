@@ -30,7 +30,7 @@ from zarrec.record.opening import (
     writing,
 )
 from zarrec.record.pace import WriterPace
-from zarrec.record.ranks import Ranks, is_dtensor, sharded
+from zarrec.record.ranks import Ranks, SumsOverRanks, is_dtensor, sharded
 from zarrec.record.stager import ChunkStager
 from zarrec.record.staging import SLABS, human_size, plan_staging
 from zarrec.record.variables import (
@@ -86,9 +86,10 @@ class Recorder:
             a DTensor sharded on dim 0 (:mod:`zarrec.record.ranks`), rank 0 writes every other value
             whole, creates the store and commits each chunk once every rank has written it
             (one collective a chunk). Without it a DTensor is refused.
-        norms_over_ranks: with ``distributed``, variables whose value on each rank is the sum
-            of squares of that rank's part of something sharded (``Σ‖x_r‖²``); the store holds
-            the norm over every rank, ``√Σ_r``, summed in the same collective.
+        over_ranks: with ``distributed``, variables whose value on each rank is its addend of a
+            sum over the ranks (:class:`~zarrec.record.ranks.SumsOverRanks`, e.g.
+            :func:`~zarrec.record.ranks.norms_over_ranks`: each rank's ``‖x_r‖²``, the store
+            holds ``√Σ_r``), summed in the same collective.
 
     Memory is bounded, however long the run: ``staging_bytes`` of staging (three slabs of a
     chunk, or of a part of one, in the source dtype), and the writer's one part as float32
@@ -124,10 +125,10 @@ class Recorder:
         flush_every: int | None = None,
         on_error: str = "raise",
         distributed: bool = False,
-        norms_over_ranks: tuple[str, ...] = (),
+        over_ranks: SumsOverRanks | None = None,
     ) -> None:
         _check_options(chunk_steps, staging_bytes, overwrite, resume_from, mantissa_bits, flush_every, on_error,
-                       distributed, norms_over_ranks)
+                       distributed, over_ranks)
         self._dims = dict(dims or {})
         self._variable_attrs: dict[str, dict[str, Any]] = {}
         self._compressor = compressor or contract.default_compressor()
@@ -136,7 +137,7 @@ class Recorder:
         self._flush_every = flush_every
         self._mantissa_bits = mantissa_bits
         self._on_error = on_error
-        self._norms_over_ranks = tuple(sorted(norms_over_ranks))  # (in one order on every rank)
+        self._over_ranks = over_ranks
         self._sharded: set[str] = set()  # variables recorded from DTensors sharded on their rows
         self._staged_dtypes: dict[str, torch.dtype] = {}
         self._writer: ChunkWriter | None = None  # these three from the first step on
@@ -302,10 +303,10 @@ class Recorder:
         self._staged_dtypes = {name: layout[name].staged_dtype if name in layout else torch.float32 for name in self._shapes}
         shard_rows = {name: array.shards[1] if array.ndim > 1 else 1 for name, array in self._store.variables().items()}
         parts = plan_staging(self._shapes, self._staged_dtypes, shard_rows, self.chunk_steps, self._staging_bytes // SLABS,
-                             self._ranks, self._sharded, self._norms_over_ranks)
+                             self._ranks, self._sharded, self._over_ranks.names if self._over_ranks else ())
         self._pace = WriterPace(self.store_name, sum(4 * math.prod(shape) for shape in self._shapes.values()) + 8)
         with shutdown.signals_stay_with_the_main_thread():
-            self._writer = ChunkWriter(self._store, self._ranks, self._norms_over_ranks)
+            self._writer = ChunkWriter(self._store, self._ranks, self._over_ranks, self._shapes)
         self._stager = ChunkStager(
             parts, self.chunk_steps, self._writer, self._pace, rows=self._opened.rows,
             pinned=any(isinstance(v, torch.Tensor) and v.is_cuda for v in values.values()),
@@ -358,7 +359,7 @@ def _cost_line(shapes: Mapping[str, tuple[int, ...]], chunk_steps: int, recorded
 
 def _check_options(
     chunk_steps: int | None, staging_bytes: int | None, overwrite: bool, resume_from: int | None, mantissa_bits: int | None,
-    flush_every: int | None, on_error: str, distributed: bool, norms_over_ranks: tuple[str, ...],
+    flush_every: int | None, on_error: str, distributed: bool, over_ranks: SumsOverRanks | None,
 ) -> None:
     """Refuse options that cannot work, before anything is opened."""
     if mantissa_bits is not None and not 1 <= mantissa_bits <= 22:
@@ -370,7 +371,7 @@ def _check_options(
         raise RecordError(f"staging_bytes must be positive, got {staging_bytes}")
     if on_error not in ("raise", "warn"):
         raise RecordError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
-    if norms_over_ranks and not distributed:
-        raise RecordError("norms_over_ranks sums over the ranks of a sharded run: pass distributed=True too")
+    if over_ranks is not None and not distributed:
+        raise RecordError("over_ranks sums over the ranks of a sharded run: pass distributed=True too")
     if overwrite and resume_from is not None:
         raise RecordError("overwrite and resume_from exclude each other: replace the store or continue it")

@@ -90,10 +90,10 @@ def plan_staging(
     part_bytes: int,
     ranks: Ranks | None = None,
     sharded: set[str] = frozenset(),
-    norms_over_ranks: tuple[str, ...] = (),
+    over_ranks: tuple[str, ...] = (),
 ) -> list[list[Piece]]:
     """How a chunk is staged (:func:`plan_parts`): every variable (in a sharded run, this rank's
-    rows of the ``sharded`` ones, and on rank 0 the others), in parts of at most ``part_bytes``
+    rows of the ``sharded`` ones, its addends of the ``over_ranks`` ones, and on rank 0 the others), in parts of at most ``part_bytes``
     where it can. ``shard_rows``: the rows of each variable's shards in the store."""
     whole_values = ranks is None or ranks.writes_whole_values
     own, staged = {}, {}
@@ -103,7 +103,7 @@ def plan_staging(
             start, stop = own[name]
             if stop > start:  # (a rank beyond the last row holds none)
                 staged[name] = ((stop - start, *shape[1:]), staged_dtypes[name], shard_rows[name])
-        elif whole_values or name in norms_over_ranks:
+        elif whole_values or name in over_ranks:
             staged[name] = (shape, staged_dtypes[name], shard_rows[name])
     parts = plan_parts(staged, chunk_steps, part_bytes) or [[]]  # every rank takes part in each commit
     return [[_own_piece(piece, own.get(piece.name)) for piece in part] for part in parts]

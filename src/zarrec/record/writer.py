@@ -15,16 +15,17 @@ against it, and cost as much on a fast step and more on a large one (benchmarks/
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from zarrec.errors import WriterError
-from zarrec.record.ranks import Ranks
+from zarrec.record.ranks import Ranks, SumsOverRanks
 from zarrec.store.run_store import RunStore
 
 
@@ -51,14 +52,17 @@ class ChunkWriter:
     In a sharded run (``ranks``) every rank's writer writes its own shards of a chunk, then the
     ranks agree that all of them did (one all-reduce a chunk) before rank 0 commits it; a rank
     that failed makes every rank's writer fail, so none goes on waiting for it. The values of
-    ``norms_over_ranks`` are each rank's sums of squares: held back until that all-reduce has
-    summed them over the ranks, then written by rank 0 as their square roots.
+    ``over_ranks`` (:class:`~zarrec.record.ranks.SumsOverRanks`) are each rank's addends: held
+    back until that all-reduce has summed them over the ranks, then written by rank 0 as what
+    they finish to. ``shapes``: each variable's shape at one step.
     """
 
-    def __init__(self, store: RunStore, ranks: Ranks | None = None, norms_over_ranks: tuple[str, ...] = ()) -> None:
+    def __init__(self, store: RunStore, ranks: Ranks | None = None, over_ranks: SumsOverRanks | None = None,
+                 shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
         self.store = store
         self.ranks = ranks
-        self.norms_over_ranks = norms_over_ranks
+        self.over_ranks = over_ranks or SumsOverRanks((), dict)
+        self.shapes = shapes or {}
         self.error: BaseException | None = None
         self.written_bytes = 0  # of values (as float32), and the seconds spent writing them
         self.writing_seconds = 0.0
@@ -82,30 +86,33 @@ class ChunkWriter:
 
     def _run(self) -> None:
         agreeing = self.ranks is not None  # until the ranks have agreed on a failure
-        squares: dict[str, np.ndarray] = {}  # of norms_over_ranks, held until the chunk commits
+        names = self.over_ranks.names
+        addends: dict[str, np.ndarray] = {}  # of over_ranks, held until the chunk commits
         while (chunk := self._queue.get()) is not None:
             start = time.perf_counter()
             try:
                 if self.error is None:
                     values = chunk.values()
-                    squares.update({name: np.array(values.pop(name)) for name in self.norms_over_ranks if name in values})
+                    addends.update({name: np.array(values.pop(name), dtype=np.float64) for name in names if name in values})
                     self.store.write(values, chunk.starts)
                     self.written_bytes += sum(v.nbytes for v in values.values())
             except BaseException as exc:  # kept for the producer thread, which raises it
                 self.error = exc
             try:
-                norms = {}
+                summed = {}
                 if chunk.commits and agreeing:
-                    rows = len(chunk.steps)
-                    held = np.array([squares.get(name, np.zeros(rows)) for name in self.norms_over_ranks])
-                    ok, sums = self.ranks.agree_summing(self.error is None, held.reshape(len(self.norms_over_ranks), rows))
-                    norms = {name: np.sqrt(total).astype(np.float32) for name, total in zip(self.norms_over_ranks, sums)}
+                    shapes = [(len(chunk.steps), *self.shapes[name]) for name in names]
+                    held = [addends.get(name, np.zeros(shape)).reshape(-1) for name, shape in zip(names, shapes)]
+                    ok, sums = self.ranks.agree_summing(self.error is None, np.concatenate([np.zeros(0), *held]))
+                    parts = np.split(sums, np.cumsum([math.prod(shape) for shape in shapes])[:-1]) if names else []
+                    summed = {name: part.reshape(shape) for name, part, shape in zip(names, parts, shapes)}
                     if not ok:
                         agreeing = False
                         self.error = self.error or WriterError(f"another rank could not write its rows of {self.store.name}")
                 if chunk.commits and self.error is None:
-                    if norms and self.ranks.writes_whole_values:
-                        self.store.write(norms)
+                    if summed and self.ranks.writes_whole_values:
+                        self.store.write({name: np.asarray(value, dtype=np.float32)
+                                          for name, value in self.over_ranks.finish(summed).items()})
                     self.store.commit(chunk.steps)
                 self.writing_seconds += time.perf_counter() - start
             except BaseException as exc:
@@ -113,6 +120,6 @@ class ChunkWriter:
                 self.error = self.error or exc
             finally:
                 if chunk.commits:
-                    squares.clear()
+                    addends.clear()
                 chunk.release()
                 self._queue.task_done()
