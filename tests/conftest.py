@@ -320,6 +320,7 @@ def expected_health(ds: xr.Dataset, param: str) -> dict[str, np.ndarray]:
                 f"{prefix}param_norm": np.sqrt(total(W[1:] ** 2)), f"{prefix}grad_norm": np.sqrt(total(g**2)),
                 f"{prefix}update_norm": np.sqrt(total(a**2)), f"{prefix}intended_norm": np.sqrt(total(u**2)),
                 f"{prefix}update_dot_intended": total(a * u), f"{prefix}residual_norm": np.sqrt(total((a - u) ** 2)),
+                f"{prefix}momentum_norm": np.sqrt(total(m**2)) if m is not None else np.full(total(g).shape, np.nan),
                 f"{prefix}cos_grad_momentum": (
                     total(g * m) / np.sqrt(total(g**2) * total(m**2)) if m is not None else np.full(total(g).shape, np.nan)
                 ),
@@ -330,7 +331,8 @@ def expected_health(ds: xr.Dataset, param: str) -> dict[str, np.ndarray]:
 def check_health(path: Path, param: str, per_row: bool = True) -> None:
     """The statistics the run at ``path`` recorded of ``param`` equal :func:`expected_health` at
     every step where the store holds the full state at steps t − 1 and t, to float32 rounding:
-    norms to 1e-5 of themselves, the product and the residual to 1e-5 of ‖a‖ ‖u‖ and ‖u‖."""
+    norms to 1e-5 of themselves, the product and the residual to 1e-5 of ‖a‖ ‖u‖ and ‖u‖, the
+    cosine to 1e-5."""
     ds = xr.open_zarr(path)
     stats = xr.open_zarr(Path(path) / "statistics")
     steps = ds.step.values
@@ -350,6 +352,8 @@ def check_health(path: Path, param: str, per_row: bool = True) -> None:
                 tolerance = 1e-5 * scale + 1e-20
             elif statistic == "residual_norm":
                 tolerance = 1e-5 * want["intended_norm"] + 1e-12
+            elif statistic == "cos_grad_momentum":  # (⟨g, m⟩ rounds to ‖g‖ ‖m‖, so the cosine to 1)
+                tolerance = 1e-5
             else:
                 tolerance = 1e-5 * np.abs(exact) + 1e-12
             np.testing.assert_array_equal(np.isnan(got), np.isnan(exact), err_msg=f"{prefix}{statistic} of {param}: NaN")

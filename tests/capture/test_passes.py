@@ -23,7 +23,7 @@ def test_a_flat_group_sums_as_each_parameter_alone(kind):
     if kind == "sgd":
         states = [state[:1] for state in states]
     k = torch.tensor([0.01, 0.9, 1e-8, 1e-3]) if kind == "adam" else torch.tensor([0.0, 0.0, 0.05])
-    together = flat.sums(grads, states, kind, k)
+    together = flat.sums(parameters, grads, states, kind, k)
     for p, count, before, g, state, total in zip(parameters, rows, previous, grads, states, together):
         alone = PASSES[kind](*(x.reshape(count, -1) for x in (p, before, g, *state)), k)
         torch.testing.assert_close(total, alone, rtol=1e-5, atol=1e-7)

@@ -18,9 +18,11 @@ import xarray as xr
 import zarr
 
 import zarrec
+from conftest import check_health
 from foreign_readers import tensorstore_read
 from zarrec.errors import ConfigError, RecordError
 from zarrec.record.ranks import norms_over_ranks
+from zarrec.store import contract
 
 LOOP = Path(__file__).with_name("sharded_loop.py")
 STEPS = 12
@@ -42,14 +44,20 @@ def sharded_run(tmp_path_factory) -> Path:
     return out
 
 
-def test_two_fsdp2_ranks_record_the_store_of_one_process_with_their_batch(sharded_run, tmp_path):
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory) -> Path:
+    """The same loop in one process, whose batch is both ranks' batches."""
+    out = tmp_path_factory.mktemp("single") / "one.zarr"
+    run_loop(out, ranks=0)
+    return out
+
+
+def test_two_fsdp2_ranks_record_the_store_of_one_process_with_their_batch(sharded_run, single_run):
     """Every rank records parameters, gradients and AdamW moments of its own rows (65 and 64 of
     129), no rank writes another's shard, and the store is that of one process whose batch is
     both ranks' batches: bitwise at step 0, then within 1e-5 of each variable's largest value
     (FSDP2 averages the ranks' gradients in another order than one process sums them)."""
-    single = tmp_path / "one.zarr"
-    run_loop(single, ranks=0)
-    two, one = xr.open_zarr(sharded_run).load(), xr.open_zarr(single).load()
+    two, one = xr.open_zarr(sharded_run).load(), xr.open_zarr(single_run).load()
     assert two.attrs["zarrec_status"]["state"] == "complete"
     np.testing.assert_array_equal(two.step, np.arange(STEPS + 1))
     assert set(two.data_vars) == set(one.data_vars)
@@ -69,6 +77,27 @@ def test_two_fsdp2_ranks_record_the_store_of_one_process_with_their_batch(sharde
     for name in ("grad_norm", "grad_norm_before_clipping"):  # summed over the ranks once a chunk
         np.testing.assert_allclose(two[name][1:], one[name][1:], rtol=1e-5, err_msg=name)
     assert (two.grad_norm_before_clipping[1:] > 0.5).any() and (two.grad_norm[1:] <= 0.5 * (1 + 1e-5)).all()
+
+
+def test_two_fsdp2_ranks_record_the_health_statistics_of_one_process(sharded_run, single_run):
+    """Each rank reduces its own rows (65 and 64 of 129): its rows' statistics are its part of
+    the row dim, and its sums of each parameter ride the chunk's all-reduce. The statistics are
+    one process's (to the 1e-5 the gradients differ by), and their formulas on the full state."""
+    two, one = xr.open_zarr(sharded_run / "statistics").load(), xr.open_zarr(single_run / "statistics").load()
+    assert two.attrs["zarrec_status"]["state"] == "complete"
+    assert set(two.data_vars) == set(one.data_vars) >= {f"{p}.{s}" for p in ("0.weight", "1.weight")
+                                                         for s in contract.HEALTH_STATISTICS}
+    assert list(two.param.values) == ["0.weight", "1.weight", "1.bias"]
+    for name in two.data_vars:
+        assert two[name].dims == one[name].dims, name
+        np.testing.assert_array_equal(np.isnan(two[name]), np.isnan(one[name]), err_msg=name)
+        assert np.isfinite(two[name][1:].values).any(), name
+        # (the residual is float32 rounding of the update, differences of equal terms: to the intended update's norm)
+        scale = np.nanmax(np.abs(one[name.replace("residual_norm", "intended_norm")].values))
+        np.testing.assert_array_less(np.nan_to_num(np.abs(two[name] - one[name]).values), 1e-4 * scale + 1e-12, err_msg=name)
+    for param in ("0.weight", "1.weight"):
+        check_health(sharded_run, param)
+    check_health(sharded_run, "1.bias", per_row=False)
 
 
 def test_a_rank_whose_rows_exceed_its_staging_budget_writes_them_a_shard_at_a_time(sharded_run, tmp_path):

@@ -4,8 +4,8 @@ read back: the whole-run answers that need no full state.
 A store recorded with statistics (the default) holds, in its ``statistics`` group, per step
 ``t`` and trained parameter ``p``: ``param_norm = ‖W[t]‖``, ``grad_norm = ‖g[t]‖``,
 ``update_norm = ‖a[t]‖`` with ``a[t] = W[t] − W[t−1]``, ``intended_norm = ‖u[t]‖`` (the update
-the optimizer intended), ``update_dot_intended = ⟨a[t], u[t]⟩``, ``residual_norm = ‖a[t] − u[t]‖``
-and ``cos_grad_momentum``; and the same per row of the recorded parameters. The functions of
+the optimizer intended), ``update_dot_intended = ⟨a[t], u[t]⟩``, ``residual_norm = ‖a[t] − u[t]‖``,
+``momentum_norm = ‖m[t]‖`` and ``cos_grad_momentum``; and the same per row of the recorded parameters. The functions of
 :mod:`zarrec.analysis.updates` read them first: they are there at every step, whatever the
 run's ``every`` kept of the full state, and they are small (a 10,000-step run of a GPT-2 reads
 in well under a second).

@@ -50,7 +50,7 @@ def row_statistics(ds: xr.Dataset, param: str | None = None) -> xr.Dataset:
 
     - ``param_norm = ‖W[t, r]‖``, ``grad_norm = ‖g[t, r]‖``, ``update_norm = ‖a[t, r]‖``
     - ``intended_norm = ‖u[t, r]‖``, ``update_dot_intended = ⟨a, u⟩``, ``residual_norm = ‖a − u‖``
-    - ``cos_grad_momentum = ⟨g[t, r], m[t, r]⟩ / (‖g[t, r]‖ ‖m[t, r]‖)``
+    - ``momentum_norm = ‖m[t, r]‖``, ``cos_grad_momentum = ⟨g[t, r], m[t, r]⟩ / (‖g[t, r]‖ ‖m[t, r]‖)``
 
     Read from the run's health statistics (every step, whatever ``every`` kept of the full
     state); else computed from the full state (NaN where step t − 1 or a quantity is not at
@@ -67,9 +67,10 @@ def row_statistics(ds: xr.Dataset, param: str | None = None) -> xr.Dataset:
     grad = view.get("grad")
     momentum = next((view[key] for key in contract.MOMENTUM_KEYS if key in view), None)
     grad_norm = norm(grad, features) if grad is not None else nan
+    momentum_norm = norm(momentum, features) if momentum is not None else nan
     cos = nan
     if grad is not None and momentum is not None:
-        cos = safe_ratio(sum_over(grad * momentum, features), grad_norm * norm(momentum, features))
+        cos = safe_ratio(sum_over(grad * momentum, features), grad_norm * momentum_norm)
     actual = view[W] - previous(view)
     try:
         intended = _update_terms(view)["total"]
@@ -82,6 +83,7 @@ def row_statistics(ds: xr.Dataset, param: str | None = None) -> xr.Dataset:
         "intended_norm": norm(intended, features),
         "update_dot_intended": sum_over(actual * intended, features),
         "residual_norm": norm(actual - intended, features),
+        "momentum_norm": momentum_norm,
         "cos_grad_momentum": cos,
     })
 

@@ -9,7 +9,7 @@ state ``m`` (``exp_avg`` or ``momentum_buffer``) after step t, actual update
 - ``param_norm = ‖W[t]‖``, ``grad_norm = ‖g‖``, ``update_norm = ‖a‖``
 - ``intended_norm = ‖u‖``, ``update_dot_intended = ⟨a, u⟩``, ``residual_norm = ‖a − u‖``
   (so the realized fraction ``⟨a, u⟩ / ‖u‖²``)
-- ``cos_grad_momentum = ⟨g, m⟩ / (‖g‖ ‖m‖)``
+- ``momentum_norm = ‖m‖``, ``cos_grad_momentum = ⟨g, m⟩ / (‖g‖ ‖m‖)``
 
 and the same per row (the other dims reduced) for the recorded parameters with rows (the
 input embedding by default: one value per token), as ``<param>.<statistic>`` along that
@@ -19,8 +19,14 @@ only ``param_norm``; ``u`` for an optimizer whose update zarrec does not know).
 Cost: one pass over ``W``, ``W[t−1]``, ``g``, ``m``, ``v`` of each parameter (a
 ``torch.compile``d function for large parameters: eager operations would make a temporary per
 operation), and one device copy of every trained parameter (``W[t−1]``, in its own dtype).
-``statistics="norms"`` keeps no copy: ``param_norm``, ``grad_norm`` and ``cos_grad_momentum`` only.
-Nothing here waits for the device: the values are staged like every recorded tensor.
+``statistics="norms"`` keeps no copy: ``param_norm``, ``grad_norm``, ``momentum_norm`` and
+``cos_grad_momentum`` only. Nothing here waits for the device: the values are staged like
+every recorded tensor.
+
+Under FSDP2 each rank reduces its own rows: the per-row statistics are its rows' (recorded as
+its part of the row dim), and of each parameter it records the sums above
+(:data:`ADDENDS`), which the chunk's all-reduce sums over the ranks before the statistics are
+taken from them (:class:`~zarrec.record.ranks.SumsOverRanks`): no collective per step.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from zarrec.capture import passes
@@ -39,6 +46,7 @@ from zarrec.capture.passes import PASSES, FlatGroup
 from zarrec.capture.resume import statistics_of
 from zarrec.capture.selection import ParameterSelection, input_embedding
 from zarrec.errors import ZarrecWarning
+from zarrec.record.ranks import DTensor, Shard, SumsOverRanks, is_dtensor
 from zarrec.record.recorder import Recorder
 from zarrec.store import contract
 from zarrec.store.contract import HEALTH_STATISTICS, MOMENTUM_KEYS, row_statistic
@@ -53,7 +61,16 @@ DESCRIPTIONS = {
     "intended_norm": "‖u[t]‖: norm of the update of {of} that the optimizer intended at step t (its own formula)",
     "update_dot_intended": "⟨a[t], u[t]⟩ of {of}: the realized fraction is ⟨a, u⟩ / ‖u‖²",
     "residual_norm": "‖a[t] − u[t]‖: norm of what {of} did not take of the intended update",
+    "momentum_norm": "‖m[t]‖: norm of the momentum of {of} (exp_avg or momentum_buffer after step t)",
     "cos_grad_momentum": "⟨g, m⟩ / (‖g‖ ‖m‖) of {of}'s gradient and momentum (exp_avg or momentum_buffer after step t)",
+}
+
+# Each statistic's sum over a parameter's entries (the pass's index): what a rank of a sharded
+# run records of its part, summed over the ranks before the statistics are taken.
+ADDENDS = {
+    "param_norm": passes.W2, "grad_norm": passes.G2, "update_norm": passes.A2, "intended_norm": passes.U2,
+    "update_dot_intended": passes.AU, "residual_norm": passes.R2, "momentum_norm": passes.M2,
+    "cos_grad_momentum": passes.GM,
 }
 
 # The intended update u of each optimizer zarrec knows, with lr the step's learning rate, wd
@@ -81,15 +98,18 @@ class HealthStatistics:
     """The statistics of every trained parameter of ``model`` at every step.
 
     ``selection``: the recorded parameters, whose rows (its chosen ones) are kept per row;
-    ``light``: keep no copy of ``W[t−1]`` (no update statistics).
+    ``light``: keep no copy of ``W[t−1]`` (no update statistics); ``sharded``: the model is
+    sharded by FSDP2, this rank reduces its own rows.
     """
 
-    def __init__(self, model: torch.nn.Module, selection: ParameterSelection, *, light: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, selection: ParameterSelection, *, light: bool = False,
+                 sharded: bool = False) -> None:
         optimizer = selection.optimizer
         groups = {id(p): index for index, group in enumerate(optimizer.param_groups) for p in group["params"]}
         self.optimizer = optimizer
         self.selection = selection
         self.light = light
+        self.sharded = sharded
         kind = _kind(optimizer)
         self.tracked = [
             _Tracked(name, p, groups[id(p)], kind, selection.rows.get(name),
@@ -159,7 +179,8 @@ class HealthStatistics:
             coords={contract.PARAM_DIM: (contract.PARAM_DIM, self.params),
                     **{name: (dim, values) for name, (dim, values) in coords.items() if dim in rows}},
             resume_from=(resume_from or -1) if resume_from is not None else None, flush_every=flush_every,
-            on_error=on_error,
+            on_error=on_error, distributed=self.sharded,
+            over_ranks=SumsOverRanks(tuple(sorted(HEALTH_STATISTICS)), _finish) if self.sharded else None,
         )
         for name, (dims, attrs) in self.labels().items():
             recorder.label(name, dims, **attrs)
@@ -179,12 +200,14 @@ class HealthStatistics:
             return
         small: dict[tuple, list[_Tracked]] = {}
         for t in self.tracked:
-            if t.kind and t.parameter.numel() < passes.COMPILE_FROM_ELEMENTS:
-                small.setdefault((t.group, t.parameter.device, t.parameter.dtype), []).append(t)
+            w = _local(t.parameter.detach())
+            if t.kind and w.numel() < passes.COMPILE_FROM_ELEMENTS:
+                small.setdefault((t.group, w.device, w.dtype), []).append(t)
             else:
-                t.previous = t.parameter.detach().clone()
+                t.previous = w.clone()
         for members in small.values():
-            flat = FlatGroup([t.parameter for t in members], [t.parameter.shape[0] if t.per_row else 1 for t in members])
+            weights = [_local(t.parameter.detach()) for t in members]
+            flat = FlatGroup(weights, [w.shape[0] if t.per_row else 1 for t, w in zip(members, weights)])
             for t, view in zip(members, flat.previous_of()):
                 t.previous = view
             self.flat_groups.append((flat, members))
@@ -192,7 +215,7 @@ class HealthStatistics:
     @torch.no_grad()
     def initial(self) -> dict[str, torch.Tensor]:
         """Step 0 (the parameters before training): ``param_norm``; the rest NaN."""
-        sums = {t.name: _pass_of_norms(t.parameter.detach(), None, None, None, t) for t in self.tracked}
+        sums = {t.name: _pass_of_norms(_local(t.parameter.detach()), None, None, None, t) for t in self.tracked}
         return self._values(sums, initial=True)
 
     @torch.no_grad()
@@ -208,7 +231,7 @@ class HealthStatistics:
             if t.name in sums:
                 continue
             state, momentum = self._state_of(t)
-            w, g = t.parameter.detach(), t.parameter.grad
+            w, g = _local(t.parameter.detach()), _local(t.parameter.grad)
             previous = t.previous
             k = self._coefficients(t, state, lrs[t.group], coefficients) if g is not None and previous is not None else None
             if k is None:
@@ -218,7 +241,7 @@ class HealthStatistics:
                 if momentum is None:
                     sums[t.name][[passes.GM, passes.M2]] = float("nan")
             else:
-                sums[t.name] = PASSES["adam"](*_rows(t, w, previous, g, momentum, state["exp_avg_sq"]), k)
+                sums[t.name] = PASSES["adam"](*_rows(t, w, previous, g, momentum, _local(state["exp_avg_sq"])), k)
             if previous is not None:
                 previous.copy_(w)
         return self._values({t.name: sums[t.name] for t in self.tracked})
@@ -233,22 +256,24 @@ class HealthStatistics:
             k = self._coefficients(t, state, lrs[t.group], cache) if t.parameter.grad is not None else None
             if k is None or (t.kind != "SGD" and momentum is None):
                 return {}
-            grads.append(t.parameter.grad)
-            states.append([momentum, state["exp_avg_sq"]] if t.kind != "SGD" else [t.parameter.grad if momentum is None else momentum])
+            grads.append(_local(t.parameter.grad))
+            states.append([momentum, _local(state["exp_avg_sq"])] if t.kind != "SGD" else [grads[-1] if momentum is None else momentum])
             constants.append(k)
             without_momentum.append(momentum is None)
         if any(k is not constants[0] for k in constants):
             return {}
-        found = flat.sums(grads, states, "sgd" if members[0].kind == "SGD" else "adam", constants[0])
+        weights = [_local(t.parameter.detach()) for t in members]
+        found = flat.sums(weights, grads, states, "sgd" if members[0].kind == "SGD" else "adam", constants[0])
         for total, missing in zip(found, without_momentum):
             if missing:  # (plain SGD: its gradient stood in for the momentum)
                 total[[passes.GM, passes.M2]] = float("nan")
         return {t.name: total for t, total in zip(members, found)}
 
     def _state_of(self, t: _Tracked) -> tuple[Mapping[str, Any], torch.Tensor | None]:
-        """The optimizer's state of ``t``'s parameter, and its momentum (None: it keeps none)."""
+        """The optimizer's state of ``t``'s parameter, and its momentum (None: it keeps none;
+        this rank's part of it when sharded)."""
         state = self.optimizer.state.get(t.parameter, {})
-        return state, next((state[key] for key in MOMENTUM_KEYS if key in state), None)
+        return state, _local(next((state[key] for key in MOMENTUM_KEYS if key in state), None))
 
     def _coefficients(self, t: _Tracked, state: Mapping[str, Any], lr: float | torch.Tensor,
                       cache: dict[tuple[int, Any], torch.Tensor]) -> torch.Tensor | None:
@@ -279,14 +304,15 @@ class HealthStatistics:
         return cache[key]
 
     def _values(self, sums: Mapping[str, torch.Tensor], initial: bool = False) -> dict[str, torch.Tensor]:
-        """The recorded values from each parameter's per-row sums (8 × rows)."""
+        """The recorded values from each parameter's per-row sums (8 × rows): its statistics,
+        or when sharded its :data:`ADDENDS`, and those of its rows (this rank's part)."""
         totals = torch.stack([s.sum(-1) for s in sums.values()], dim=1)  # 8 × params
-        values = _statistics(totals)
+        values = {name: totals[index] for name, index in ADDENDS.items()} if self.sharded else _statistics(totals)
         for t in self.tracked:
             if t.per_row:
                 per_row = sums[t.name] if t.rows is None else sums[t.name].index_select(1, t.rows.to(sums[t.name].device))
                 for statistic, value in _statistics(per_row).items():
-                    values[row_statistic(t.name, statistic)] = value
+                    values[row_statistic(t.name, statistic)] = _as_part_of(value, t.parameter) if self.sharded else value
         if initial:
             for name, value in values.items():
                 if not name.endswith("param_norm"):
@@ -303,9 +329,24 @@ def _kind(optimizer: torch.optim.Optimizer) -> str:
 
 
 def _rows(t: _Tracked, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    """The tensors as rows × entries: the parameter's rows when kept per row, else one row."""
-    shape = (t.parameter.shape[0], -1) if t.per_row else (1, -1)
+    """The tensors (of one shape) as rows × entries: their rows when kept per row, else one row."""
+    rows = tensors[0].shape[0] if t.per_row else 1
+    shape = (rows, -1) if rows else (0, 0)  # (a rank may hold none of a small parameter's rows)
     return [x.detach().reshape(shape) for x in tensors]
+
+
+def _local(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """This rank's part of a DTensor (FSDP2: its own rows); any other tensor as it is."""
+    return tensor.to_local() if is_dtensor(tensor) else tensor
+
+
+def _as_part_of(per_row: torch.Tensor, parameter: torch.Tensor) -> torch.Tensor:
+    """This rank's per-row values of a sharded ``parameter``, as the DTensor of every row
+    whose part they are (the recorder records each rank's part)."""
+    if not is_dtensor(parameter):
+        return per_row
+    return DTensor.from_local(per_row, parameter.device_mesh, [Shard(0)], run_check=False,
+                              shape=torch.Size(parameter.shape[:1]), stride=(1,))
 
 
 def _pass_of_norms(w, previous, g, momentum, t: _Tracked) -> torch.Tensor:
@@ -319,17 +360,26 @@ def _pass_of_norms(w, previous, g, momentum, t: _Tracked) -> torch.Tensor:
     return sums
 
 
-def _statistics(sums: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The statistics from sums of squares and products (``sums[i]`` as in :func:`~zarrec.capture.passes.sums_of`)."""
+def _statistics(sums: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor | np.ndarray]:
+    """The statistics from sums of squares and products (``sums[i]`` as in
+    :func:`~zarrec.capture.passes.sums_of`), of torch tensors or numpy arrays."""
     return {
-        "param_norm": sums[passes.W2].sqrt(),
-        "grad_norm": sums[passes.G2].sqrt(),
-        "update_norm": sums[passes.A2].sqrt(),
-        "intended_norm": sums[passes.U2].sqrt(),
+        "param_norm": sums[passes.W2] ** 0.5,
+        "grad_norm": sums[passes.G2] ** 0.5,
+        "update_norm": sums[passes.A2] ** 0.5,
+        "intended_norm": sums[passes.U2] ** 0.5,
         "update_dot_intended": sums[passes.AU],
-        "residual_norm": sums[passes.R2].sqrt(),
-        "cos_grad_momentum": sums[passes.GM] / (sums[passes.G2] * sums[passes.M2]).sqrt(),
+        "residual_norm": sums[passes.R2] ** 0.5,
+        "momentum_norm": sums[passes.M2] ** 0.5,
+        "cos_grad_momentum": sums[passes.GM] / (sums[passes.G2] * sums[passes.M2]) ** 0.5,
     }
+
+
+def _finish(summed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The statistics of each parameter of a sharded run from its :data:`ADDENDS` summed over the ranks."""
+    sums = np.stack([summed[name] for name in sorted(ADDENDS, key=ADDENDS.get)])
+    with np.errstate(invalid="ignore", divide="ignore"):  # (no gradient or momentum: 0 / 0, NaN)
+        return _statistics(sums)
 
 
 def start_statistics(
@@ -342,14 +392,11 @@ def start_statistics(
     ``statistics`` is off, or they cannot be recorded here (logged, with why)."""
     if not statistics:
         return None
-    if sharded:
-        _LOGGER.info("zarrec: health statistics are not recorded under FSDP2 yet")
-        return None
     if not isinstance(out, (str, os.PathLike)):
         _LOGGER.info("zarrec: health statistics are recorded into the store's statistics group, which needs a path "
                      "or URL, not a %s: pass one to record them", type(out).__name__)
         return None
-    health = HealthStatistics(model, selection, light=statistics == "norms")
+    health = HealthStatistics(model, selection, light=statistics == "norms", sharded=sharded)
     health.open_recorder(out, coords, overwrite=overwrite, resume_from=resume_from, flush_every=flush_every,
                          on_error=on_error)
     if initial:

@@ -102,21 +102,21 @@ class FlatGroup:
     each parameter, its segments (its rows when its statistics are kept per row, else 1)."""
 
     def __init__(self, parameters: Sequence[torch.Tensor], rows: Sequence[int]) -> None:
-        self.parameters = list(parameters)
+        self.shapes = [p.shape for p in parameters]
         self.rows = list(rows)
-        self.sizes = [p.numel() for p in self.parameters]
-        self.previous = torch.cat([p.detach().reshape(-1) for p in self.parameters])
+        self.sizes = [p.numel() for p in parameters]
+        self.previous = torch.cat([p.detach().reshape(-1) for p in parameters])
 
     def previous_of(self) -> list[torch.Tensor]:
         """Each parameter's ``W[t−1]``, a view of the group's buffer."""
-        return [part.view(p.shape) for part, p in zip(self.previous.split(self.sizes), self.parameters)]
+        return [part.view(shape) for part, shape in zip(self.previous.split(self.sizes), self.shapes)]
 
-    def sums(self, grads: Sequence[torch.Tensor], states: Sequence[Sequence[torch.Tensor]], kind: str,
-             k: torch.Tensor) -> list[torch.Tensor]:
-        """Each parameter's sums (8 × its segments): ``grads`` and, per parameter, its state
-        (Adam: ``exp_avg, exp_avg_sq``; SGD: the momentum buffer or its gradient), then keeps
-        the parameters as the next ``W[t−1]``."""
-        w = _flat(self.parameters)
+    def sums(self, parameters: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+             states: Sequence[Sequence[torch.Tensor]], kind: str, k: torch.Tensor) -> list[torch.Tensor]:
+        """Each parameter's sums (8 × its segments) from the ``parameters`` now, their ``grads``
+        and, per parameter, its state (Adam: ``exp_avg, exp_avg_sq``; SGD: the momentum buffer
+        or its gradient), then keeps the parameters as the next ``W[t−1]``."""
+        w = _flat(parameters)
         g = _flat(grads)
         first = _flat([state[0] for state in states])
         previous = self.previous.float()

@@ -109,7 +109,7 @@ STATISTICS_GROUP = "statistics"
 PARAM_DIM = "param"
 HEALTH_STATISTICS = (
     "param_norm", "grad_norm", "update_norm", "intended_norm", "update_dot_intended", "residual_norm",
-    "cos_grad_momentum",
+    "momentum_norm", "cos_grad_momentum",
 )
 MOMENTUM_KEYS = ("exp_avg", "momentum_buffer")  # the optimizer state cos_grad_momentum uses
 EMBEDDING_ATTR = "input_embedding"  # the group's attribute naming the model's input embedding, if it has one
