@@ -16,10 +16,10 @@ import torch
 import torch.distributed as dist
 import xarray as xr
 import zarr
-
-import zarrec
 from conftest import check_health
 from foreign_readers import tensorstore_read
+
+import zarrec
 from zarrec.errors import ConfigError, RecordError
 from zarrec.record.ranks import norms_over_ranks
 from zarrec.store import contract
