@@ -2,7 +2,7 @@
 that torchrun starts (gloo, CPU): the tests of zarrec.record.ranks run it as a real subprocess.
 
     python sharded_loop.py OUT --steps N [--checkpoints DIR] [--die-at STEP --die-rank R] [--raise-at STEP]
-                           [--resume] [--chunk-steps N] [--staging-bytes B]
+                           [--resume] [--chunk-steps N] [--staging-bytes B] [--rows I,J,...]
 
 The model is an embedding of 129 rows (odd: uneven shards, 65 and 64) and a linear head,
 trained with AdamW, gradients clipped at a norm of 0.5;
@@ -11,7 +11,7 @@ r-th slice of it, so one process trains on every rank's batch. With ``--checkpoi
 model and optimizer are saved (torch.distributed.checkpoint) after every second step;
 ``--resume`` continues from the newest checkpoint the store has recorded up to. ``--die-at``:
 rank ``--die-rank`` kills itself with SIGKILL after that step; ``--raise-at``: rank 1 raises an
-exception after that step (the other ranks train on).
+exception after that step (the other ranks train on). ``--rows``: record the embedding at these rows only.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--chunk-steps", type=int, default=4)
     parser.add_argument("--staging-bytes", type=int)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--rows", type=lambda text: [int(i) for i in text.split(",")])
     args = parser.parse_args()
     model = build()
     rank, world = 0, 1
@@ -75,7 +76,7 @@ def main() -> None:
         dcp.load(state, checkpoint_id=args.checkpoints / str(start))
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     with zarrec.ModelRecorder(
-        args.out, model, optimizer, params=["*"], chunk_steps=args.chunk_steps, staging_bytes=args.staging_bytes,
+        args.out, model, optimizer, params=["*"], rows=args.rows, chunk_steps=args.chunk_steps, staging_bytes=args.staging_bytes,
         overwrite=not args.resume, initial_step=start, resume_from=start if args.resume else None,
     ) as recorder:
         for step in range(start + 1, args.steps + 1):

@@ -100,6 +100,32 @@ def test_two_fsdp2_ranks_record_the_health_statistics_of_one_process(sharded_run
     check_health(sharded_run, "1.bias", per_row=False)
 
 
+def test_chosen_rows_of_a_sharded_embedding_are_recorded_by_the_ranks_that_hold_them(tmp_path):
+    """rows= of an embedding sharded 65/64: rank 0 records the 3 chosen rows among its own, rank 1
+    the other 2, in shards no two ranks write, with their per-row statistics; the store is that of
+    one process recording the same rows (to the 1e-5 the gradients differ by)."""
+    rows = "1,2,64,70,128"
+    two, one = tmp_path / "two.zarr", tmp_path / "one.zarr"
+    run_loop(two, "--rows", rows)
+    run_loop(one, "--rows", rows, ranks=0)
+    for group in ("", "statistics"):
+        sharded, single = xr.open_zarr(two / group).load(), xr.open_zarr(one / group).load()
+        assert sharded.attrs["zarrec_status"]["state"] == "complete"
+        assert set(sharded.data_vars) == set(single.data_vars)
+        np.testing.assert_array_equal(sharded.token, [1, 2, 64, 70, 128])
+        for name in set(sharded.data_vars) - {"loss", "logits"}:  # (those are rank 0's share of the batch)
+            assert sharded[name].dims == single[name].dims, name
+            np.testing.assert_array_equal(np.isnan(sharded[name]), np.isnan(single[name]), err_msg=name)
+            scale = np.nanmax(np.abs(single[name.replace("residual_norm", "intended_norm")].values))
+            np.testing.assert_array_less(np.nan_to_num(np.abs(sharded[name] - single[name]).values), 1e-4 * scale + 1e-12,
+                                         err_msg=name)
+    recorded = ["embeddings", "grads", "momentum", "variance", "0.weight.param_norm"]
+    for name in recorded:
+        where = two / ("statistics" if name.startswith("0.") else "") / name
+        assert zarr.open_array(where, mode="r").shards[1] == 3, name  # the gcd of the ranks' 3 and 2 rows
+    assert xr.open_zarr(two / "statistics")["0.weight.param_norm"].dims == ("step", "token")
+
+
 def test_a_rank_whose_rows_exceed_its_staging_budget_writes_them_a_shard_at_a_time(sharded_run, tmp_path):
     """With staging for 31 embedding rows a part, each rank's 65 (or 64) rows go in shards of 13, a
     divisor of 65, so no shard spans two ranks; the store is the one written a rank's rows at once."""
@@ -161,7 +187,7 @@ def test_resuming_on_another_number_of_ranks_is_refused(tmp_path):
     recorded = xr.open_zarr(out).load()
     refused = run_loop(out, "--checkpoints", str(checkpoints), "--resume", check=False)
     assert refused.returncode != 0
-    assert "which do not split the 65 each of this run's 2 ranks holds: resume it on as many ranks as recorded it (1)" in refused.stderr
+    assert "which do not split it where this run's 2 ranks do (at rows (65,)): resume it on as many ranks as recorded it" in refused.stderr
     resumed = xr.open_zarr(out).load()
     assert resumed.sizes["step"] == 9  # rolled back to the checkpoint at step 8: nothing lost
     xr.testing.assert_identical(resumed.drop_attrs(), recorded.drop_attrs().isel(step=slice(0, resumed.sizes["step"])))
@@ -307,11 +333,3 @@ def test_zero3_partitioned_parameters_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="1.weight is partitioned by DeepSpeed ZeRO-3"):
         zarrec.ModelRecorder(tmp_path / "r.zarr", model, optimizer)
 
-
-def test_rows_of_a_sharded_model_are_refused(one_rank, tmp_path):
-    from torch.distributed.fsdp import fully_shard
-
-    model, optimizer = model_and_optimizer()
-    fully_shard(model, mesh=one_rank)
-    with pytest.raises(ConfigError, match="rows= is not supported for a sharded \\(FSDP2\\) model"):
-        zarrec.ModelRecorder(tmp_path / "r.zarr", model, optimizer, rows=[1, 2])

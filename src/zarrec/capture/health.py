@@ -46,7 +46,7 @@ from zarrec.capture.passes import PASSES, FlatGroup
 from zarrec.capture.resume import statistics_of
 from zarrec.capture.selection import ParameterSelection, input_embedding
 from zarrec.errors import ZarrecWarning
-from zarrec.record.ranks import DTensor, Shard, SumsOverRanks, is_dtensor
+from zarrec.record.ranks import SumsOverRanks, is_dtensor, rows_part
 from zarrec.record.recorder import Recorder
 from zarrec.store import contract
 from zarrec.store.contract import HEALTH_STATISTICS, MOMENTUM_KEYS, row_statistic
@@ -89,8 +89,9 @@ class _Tracked:
     parameter: torch.nn.Parameter
     group: int  # its param group's index
     kind: str  # "AdamW", "Adam", "SGD", or "" (its update unknown)
-    rows: torch.Tensor | None  # its recorded rows (None: all), when its statistics are kept per row
+    rows: torch.Tensor | None  # its recorded rows (None: all), when its statistics are kept per row (sharded: ids in this rank's part)
     per_row: bool
+    split: tuple[int, ...] | None = None  # sharded, rows chosen: where the ranks split the recorded rows
     previous: torch.Tensor | None = None
 
 
@@ -112,8 +113,9 @@ class HealthStatistics:
         self.sharded = sharded
         kind = _kind(optimizer)
         self.tracked = [
-            _Tracked(name, p, groups[id(p)], kind, selection.rows.get(name),
-                     per_row=name in selection.parameters and p.ndim >= 2)
+            _Tracked(name, p, groups[id(p)], kind, selection.own_chosen.get(name, (selection.rows.get(name),))[0],
+                     per_row=name in selection.parameters and p.ndim >= 2,
+                     split=selection.own_chosen[name][1] if name in selection.own_chosen else None)
             for name, p in model.named_parameters() if p.requires_grad and id(p) in groups
         ]
         embedding = input_embedding(model)
@@ -184,6 +186,10 @@ class HealthStatistics:
         )
         for name, (dims, attrs) in self.labels().items():
             recorder.label(name, dims, **attrs)
+        for t in self.tracked:
+            if t.per_row and t.split is not None:
+                for statistic in HEALTH_STATISTICS:
+                    recorder.split_rows(row_statistic(t.name, statistic), t.split)
         self.recorder = recorder
         return recorder
 
@@ -312,7 +318,7 @@ class HealthStatistics:
             if t.per_row:
                 per_row = sums[t.name] if t.rows is None else sums[t.name].index_select(1, t.rows.to(sums[t.name].device))
                 for statistic, value in _statistics(per_row).items():
-                    values[row_statistic(t.name, statistic)] = _as_part_of(value, t.parameter) if self.sharded else value
+                    values[row_statistic(t.name, statistic)] = _as_part_of(value, t) if self.sharded else value
         if initial:
             for name, value in values.items():
                 if not name.endswith("param_norm"):
@@ -340,13 +346,12 @@ def _local(tensor: torch.Tensor | None) -> torch.Tensor | None:
     return tensor.to_local() if is_dtensor(tensor) else tensor
 
 
-def _as_part_of(per_row: torch.Tensor, parameter: torch.Tensor) -> torch.Tensor:
-    """This rank's per-row values of a sharded ``parameter``, as the DTensor of every row
-    whose part they are (the recorder records each rank's part)."""
-    if not is_dtensor(parameter):
+def _as_part_of(per_row: torch.Tensor, t: _Tracked) -> torch.Tensor:
+    """This rank's per-row values of ``t``'s sharded parameter, as the DTensor of every
+    recorded row whose part they are (the recorder records each rank's part)."""
+    if not is_dtensor(t.parameter):
         return per_row
-    return DTensor.from_local(per_row, parameter.device_mesh, [Shard(0)], run_check=False,
-                              shape=torch.Size(parameter.shape[:1]), stride=(1,))
+    return rows_part(per_row, t.parameter, t.split[-1] if t.split is not None else t.parameter.shape[0])
 
 
 def _pass_of_norms(w, previous, g, momentum, t: _Tracked) -> torch.Tensor:

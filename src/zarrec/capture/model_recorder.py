@@ -142,7 +142,7 @@ class ModelRecorder:
         self.sharded = is_sharded(model)
         self.selection = ParameterSelection(model, optimizer, params, quantities, rows)
         if self.sharded:
-            refuse_unsupported_sharding(self.selection, rows=rows is not None)
+            refuse_unsupported_sharding(self.selection)
         self.schedule = StepSchedule.parse(every)
         self.probe = make_probe(model, tokenizer, probe, probe_positions, probe_every) if probe is not None else None
         run_attrs = {
@@ -338,6 +338,8 @@ class ModelRecorder:
             raise
         for target in targets:
             self.recorder.label(target.variable, target.dims, **target.attrs)
+        for variable, bounds in self.selection.splits().items():
+            self.recorder.split_rows(variable, bounds)
         self.recorder.label(contract.LOSS, description=self._step.loss_description())
         self._started = True
         if self._initial is not None:

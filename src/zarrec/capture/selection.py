@@ -20,7 +20,7 @@ import torch
 
 from zarrec.capture.attributes import group_hyperparameters
 from zarrec.errors import ConfigError
-from zarrec.record.ranks import is_dtensor
+from zarrec.record.ranks import chosen_split, even_split, is_dtensor, rows_part
 from zarrec.store import contract
 
 
@@ -112,6 +112,10 @@ class ParameterSelection:
         self.group = groups[id(first_trained)] if first_trained is not None else self.optimizer.param_groups[0]
         self._groups = {name: groups.get(id(p)) for name, p in self.parameters.items()}
         self.rows = self._chosen_rows(rows)
+        # Of a sharded parameter (FSDP2) each rank records the chosen rows among its own:
+        # their ids in its local part, and where the ranks split the chosen rows.
+        self.own_chosen = {name: own_chosen_rows(self.parameters[name], ids) for name, ids in self.rows.items()
+                           if is_dtensor(self.parameters[name])}
         self._targets: list[Target] | None = None
 
     @property
@@ -121,6 +125,12 @@ class ParameterSelection:
     def dims(self, name: str) -> tuple[str, ...]:
         """The dims of parameter ``name`` (and of its gradient and same-shaped state)."""
         return contract.parameter_dims(name, self.parameters[name].ndim, name == self.embedding_name)
+
+    def splits(self) -> dict[str, tuple[int, ...]]:
+        """Each variable recorded at the chosen rows of a sharded parameter: where the ranks
+        split those rows (:meth:`zarrec.Recorder.split_rows`)."""
+        return {target.variable: self.own_chosen[target.param][1] for target in self.targets()
+                if target.at_rows and target.param in self.own_chosen}
 
     def row_coords(self) -> dict[str, tuple[str, np.ndarray]]:
         """The index coordinate of each row dim recorded at chosen rows: the chosen ids."""
@@ -197,7 +207,10 @@ class ParameterSelection:
 
     def at_rows(self, name: str, value: torch.Tensor) -> torch.Tensor:
         """``value`` (of parameter ``name``'s shape) at its chosen rows, gathered on its device;
-        all of it when no rows are chosen."""
+        all of it when no rows are chosen. Of a sharded parameter: this rank's part of them."""
+        if name in self.own_chosen:
+            ids, bounds = self.own_chosen[name]
+            return rows_part(value.detach().to_local().index_select(0, ids), value, bounds[-1])
         return value.detach().index_select(0, self.rows[name]) if name in self.rows else value.detach()
 
     def _chosen_rows(self, rows) -> dict[str, torch.Tensor]:
@@ -283,6 +296,16 @@ def _constant(value: float, like: torch.Tensor) -> torch.Tensor:
 # foreach implementations; a fused one may unscale them in place): a gradient is recorded
 # from the live tensor, without a device copy (154 MB for a GPT-2 embedding).
 _LEAVES_GRADIENTS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+
+
+def own_chosen_rows(parameter: torch.Tensor, chosen: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Of a parameter sharded on its rows over the ranks (FSDP2's even split), the ``chosen``
+    rows (ascending ids) this rank holds, as ids in its local part, and where the ranks split
+    the chosen rows (:func:`~zarrec.record.ranks.chosen_split`)."""
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    rows = even_split(parameter.shape[0], world)
+    bounds = chosen_split(chosen.cpu().numpy(), rows)
+    return chosen[bounds[rank]:bounds[rank + 1]] - rows[rank], bounds
 
 
 def input_embedding(model: torch.nn.Module) -> torch.nn.Parameter | None:

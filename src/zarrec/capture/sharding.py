@@ -18,14 +18,8 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return any(is_dtensor(p) for p in model.parameters())
 
 
-def refuse_unsupported_sharding(selection: ParameterSelection, *, rows: bool) -> None:
-    """Refuse what a sharded run cannot record yet, or not as a whole matrix: chosen rows (they
-    would gather across ranks), and a parameter laid out other than FSDP2's."""
-    if rows:
-        raise ConfigError(
-            "rows= is not supported for a sharded (FSDP2) model yet: it would gather across ranks every step; "
-            "record whole parameters (params=[...]) and every=N instead"
-        )
+def refuse_unsupported_sharding(selection: ParameterSelection) -> None:
+    """Refuse a selected parameter laid out other than FSDP2's: it would not be recorded as a whole matrix."""
     for name, parameter in selection.parameters.items():
         if is_dtensor(parameter):
             check_layout(name, parameter, torch.distributed.get_world_size())

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,27 @@ def norms_over_ranks(*names: str) -> SumsOverRanks:
 def rank_rows(rows: int, world: int) -> int:
     """The rows of every rank's shard but the last ones: ``⌈rows / world⌉``."""
     return -(-rows // world)
+
+
+def even_split(rows: int, world: int) -> tuple[int, ...]:
+    """Where FSDP2 splits ``rows`` rows over ``world`` ranks (``torch.chunk``): rank ``r``
+    holds rows ``bounds[r]:bounds[r + 1]``."""
+    per_rank = rank_rows(rows, world)
+    return tuple(min(r * per_rank, rows) for r in range(world + 1))
+
+
+def chosen_split(chosen: Sequence[int], bounds: Sequence[int]) -> tuple[int, ...]:
+    """Where the ranks split a variable of the ``chosen`` rows (ascending) of one split at
+    ``bounds``: each rank holds the chosen rows among its own."""
+    return tuple(int(i) for i in np.searchsorted(np.asarray(chosen), bounds))
+
+
+def split_shard_rows(bounds: Sequence[int]) -> int:
+    """The most rows a shard may hold so that none spans two ranks' parts of a variable split at
+    ``bounds``: the greatest common divisor of the bounds inside the variable (every rank's
+    rows in one shard when split evenly)."""
+    inside = [b for b in bounds if 0 < b < bounds[-1]]
+    return math.gcd(*inside) if inside else max(bounds[-1], 1)
 
 
 class Ranks:
@@ -109,42 +130,50 @@ class Ranks:
             ) from error
         return bool(summed[0] == 0), summed[1:].numpy().reshape(addends.shape)
 
-    def own_rows(self, rows: int) -> tuple[int, int]:
-        """The rows ``(start, stop)`` of a Shard(0) tensor of ``rows`` rows that this rank holds."""
-        per_rank = rank_rows(rows, self.world)
-        start = min(self.rank * per_rank, rows)
-        return start, min(start + per_rank, rows)
+    def own_rows(self, bounds: Sequence[int]) -> tuple[int, int]:
+        """The rows ``(start, stop)`` this rank holds of a variable split at ``bounds``."""
+        return bounds[self.rank], bounds[self.rank + 1]
 
-    def own_parts(self, step: int, values: Mapping[str, Any], sharded_names: set[str]) -> dict[str, Any]:
-        """This rank's part of each value: its own rows of a variable in ``sharded_names`` (of a
+    def own_parts(self, step: int, values: Mapping[str, Any], splits: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+        """This rank's part of each value: its own rows of a variable in ``splits`` (of a
         DTensor, its local tensor; of a whole tensor, a view of its rows), anything else as it is."""
         own = {}
         for name, value in values.items():
             if is_dtensor(value):
-                if sharded(value) != (name in sharded_names):
+                if sharded(value) != (name in splits):
                     raise RecordError(
                         f"{name} is {'' if sharded(value) else 'not '}sharded on its rows at step {step} but "
-                        f"{'is' if name in sharded_names else 'was not'} in the first step; record each variable in one layout"
+                        f"{'is' if name in splits else 'was not'} in the first step; record each variable in one layout"
                     )
                 value = value.to_local()
-            elif name in sharded_names and isinstance(value, (torch.Tensor, np.ndarray)):
-                start, stop = self.own_rows(value.shape[0])
+            elif name in splits and isinstance(value, (torch.Tensor, np.ndarray)):
+                start, stop = self.own_rows(splits[name])
                 value = value[start:stop]
             own[name] = value
         return own
 
-    def check(self, name: str, value: DTensor) -> None:
-        """Refuse a DTensor whose part on this rank is not its own rows of a Shard(0) layout (as
-        FSDP2 splits them) or the whole of a replicated one (:func:`check_layout`); then its
-        local tensor is the part to record."""
+    def check(self, name: str, value: DTensor, bounds: Sequence[int]) -> None:
+        """Refuse a DTensor whose part on this rank is not its own rows of a Shard(0) layout
+        split at ``bounds`` (evenly, as FSDP2 splits a parameter, unless the recorder was told
+        otherwise) or the whole of a replicated one (:func:`check_layout`); then its local tensor
+        is the part to record."""
         check_layout(name, value, self.world)
         if sharded(value):
-            start, stop = self.own_rows(value.shape[0])
+            start, stop = self.own_rows(bounds)
             if value.to_local().shape[0] != stop - start:
                 raise RecordError(
                     f"{name} holds {value.to_local().shape[0]} of its {value.shape[0]} rows on rank {self.rank}, not the "
-                    f"{stop - start} of an even split (torch.chunk, as FSDP2 shards); zarrec records that layout only"
+                    f"{stop - start} of its split at rows {tuple(bounds)} (an even split: torch.chunk, as FSDP2 "
+                    "shards; else Recorder.split_rows); zarrec records that layout only"
                 )
+
+
+def rows_part(local: torch.Tensor, like: DTensor, rows: int) -> DTensor:
+    """This rank's ``local`` part of a tensor of ``rows`` rows split over the ranks like the
+    sharded ``like`` (its mesh, Shard(0)): its values are recorded as this rank's rows."""
+    shape = torch.Size((rows, *local.shape[1:]))
+    return DTensor.from_local(local, like.device_mesh, [Shard(0)], run_check=False, shape=shape,
+                              stride=torch.empty(shape, device="meta").stride())
 
 
 def sharded(value: object) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ from zarrec.record.opening import (
     writing,
 )
 from zarrec.record.pace import WriterPace
-from zarrec.record.ranks import Ranks, SumsOverRanks, is_dtensor, sharded
+from zarrec.record.ranks import Ranks, SumsOverRanks, even_split, is_dtensor, sharded
 from zarrec.record.stager import ChunkStager
 from zarrec.record.staging import SLABS, human_size, plan_staging
 from zarrec.record.variables import (
@@ -138,7 +138,7 @@ class Recorder:
         self._mantissa_bits = mantissa_bits
         self._on_error = on_error
         self._over_ranks = over_ranks
-        self._sharded: set[str] = set()  # variables recorded from DTensors sharded on their rows
+        self._splits: dict[str, tuple[int, ...]] = {}  # where the ranks split each variable recorded from DTensors sharded on their rows
         self._staged_dtypes: dict[str, torch.dtype] = {}
         self._writer: ChunkWriter | None = None  # these three from the first step on
         self._stager: ChunkStager | None = None
@@ -202,6 +202,18 @@ class Recorder:
             self._dims[name] = tuple(dims)
         self._variable_attrs.setdefault(name, {}).update(attrs)
 
+    def split_rows(self, name: str, bounds: Sequence[int]) -> None:
+        """In a sharded run, before the first :meth:`record`: the ranks split variable
+        ``name``'s rows at ``bounds`` (rank ``r`` gives rows ``bounds[r]:bounds[r + 1]`` as its
+        DTensor's local part), not evenly as FSDP2 splits a parameter: the chosen rows of a
+        sharded parameter, say, each rank holding those among its own rows."""
+        if self._ranks is None or len(bounds) != self._ranks.world + 1 or list(bounds) != sorted(bounds) or bounds[0]:
+            raise RecordError(f"split_rows({name!r}, {tuple(bounds)}) needs distributed=True and one ascending bound "
+                              "per rank and one more, from 0 (rank r holds rows bounds[r]:bounds[r + 1])")
+        if self._writer is not None:
+            raise RecordError(f"split_rows {name!r} before the first record() call; the variables of {self.store_name} exist")
+        self._splits[name] = tuple(int(b) for b in bounds)
+
     def record(self, step: int, /, **values: Value) -> None:
         """Stage the values of one step; cheap, never writes on the calling thread.
 
@@ -226,7 +238,7 @@ class Recorder:
                 self._start(values)
         check_step(step, values, self._shapes, self._staged_dtypes)
         if self._ranks is not None:
-            values = self._ranks.own_parts(step, values, self._sharded)
+            values = self._ranks.own_parts(step, values, self._splits)
         ended = self._stager.stage(step, values)
         if ended is None:
             self._writer_failed()  # while the training thread waited for a slab: raises, or warns and stops
@@ -280,19 +292,20 @@ class Recorder:
         """From the first step's values: create one array per variable (or check them against
         the store being resumed), the staging plan, the writer and the per-step path."""
         layout = layout_of(values, self._dims, distributed=self._ranks is not None)
-        self._sharded = {name for name, value in values.items() if sharded(value)}
+        world = self._ranks.world if self._ranks is not None else 1
+        self._splits = {name: self._splits.get(name) or even_split(value.shape[0], world)
+                        for name, value in values.items() if sharded(value)}
         for name, value in values.items():  # (once: a variable keeps its layout, refused if not)
             if is_dtensor(value):
-                self._ranks.check(name, value)
-        world = self._ranks.world if self._ranks is not None else 1
+                self._ranks.check(name, value, self._splits.get(name, ()))
         if self._shapes:
             check_resumed(self._store, layout, self._shapes)
-            check_rank_shards(self._store, self._shapes, self._sharded, world)
+            check_rank_shards(self._store, self._shapes, self._splits)
         elif self._ranks is None or self._ranks.writes_whole_values:
             with telling_the_other_ranks(self._ranks):
                 self.chunk_steps = create_variables(
                     self._store, layout, chunk_steps=self.chunk_steps, staging_bytes=self._staging_bytes,
-                    part_bytes=self._staging_bytes // SLABS, sharded=self._sharded, world=world,
+                    part_bytes=self._staging_bytes // SLABS, splits=self._splits,
                     attrs=self._variable_attrs, mantissa_bits=self._mantissa_bits, compressor=self._compressor,
                 )
                 self._shapes = {name: variable.shape for name, variable in layout.items()}
@@ -303,7 +316,7 @@ class Recorder:
         self._staged_dtypes = {name: layout[name].staged_dtype if name in layout else torch.float32 for name in self._shapes}
         shard_rows = {name: array.shards[1] if array.ndim > 1 else 1 for name, array in self._store.variables().items()}
         parts = plan_staging(self._shapes, self._staged_dtypes, shard_rows, self.chunk_steps, self._staging_bytes // SLABS,
-                             self._ranks, self._sharded, self._over_ranks.names if self._over_ranks else ())
+                             self._ranks, self._splits, self._over_ranks.names if self._over_ranks else ())
         self._pace = WriterPace(self.store_name, sum(4 * math.prod(shape) for shape in self._shapes.values()) + 8)
         with shutdown.signals_stay_with_the_main_thread():
             self._writer = ChunkWriter(self._store, self._ranks, self._over_ranks, self._shapes)

@@ -89,17 +89,18 @@ def plan_staging(
     chunk_steps: int,
     part_bytes: int,
     ranks: Ranks | None = None,
-    sharded: set[str] = frozenset(),
+    splits: Mapping[str, tuple[int, ...]] | None = None,
     over_ranks: tuple[str, ...] = (),
 ) -> list[list[Piece]]:
     """How a chunk is staged (:func:`plan_parts`): every variable (in a sharded run, this rank's
-    rows of the ``sharded`` ones, its addends of the ``over_ranks`` ones, and on rank 0 the others), in parts of at most ``part_bytes``
+    rows of the variables of ``splits`` (where the ranks split their rows), its addends of the ``over_ranks`` ones, and on rank 0 the others), in parts of at most ``part_bytes``
     where it can. ``shard_rows``: the rows of each variable's shards in the store."""
     whole_values = ranks is None or ranks.writes_whole_values
+    splits = splits or {}
     own, staged = {}, {}
     for name, shape in shapes.items():
-        if name in sharded:
-            own[name] = ranks.own_rows(shape[0])
+        if name in splits:
+            own[name] = ranks.own_rows(splits[name])
             start, stop = own[name]
             if stop > start:  # (a rank beyond the last row holds none)
                 staged[name] = ((stop - start, *shape[1:]), staged_dtypes[name], shard_rows[name])

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from zarrec.errors import ConfigError, RecordError
-from zarrec.record.ranks import is_dtensor, rank_rows
+from zarrec.record.ranks import is_dtensor, split_shard_rows
 from zarrec.record.staging import ALIGNMENT, aligned, human_size
 from zarrec.store import contract
 from zarrec.store.run_store import RunStore
@@ -86,17 +86,17 @@ def create_variables(
     chunk_steps: int | None,
     staging_bytes: int,
     part_bytes: int,
-    sharded: set[str],
-    world: int,
+    splits: Mapping[str, tuple[int, ...]],
     attrs: Mapping[str, Mapping[str, Any]],
     mantissa_bits: int | None,
     compressor: Any,
 ) -> int:
     """Create the arrays and return the steps a chunk holds (``chunk_steps``, or chosen to fit
     ``part_bytes``). One whose chunk does not fit a slab gets shards of as many rows as fit one.
-    In a sharded run a sharded variable gets shards of each rank's rows (of a divisor of
-    them, when those do not fit a slab), and the sizes are rank 0's share: the most any rank stages."""
-    rows_of = {name: rank_rows(v.shape[0], world) for name, v in layout.items() if name in sharded}
+    In a sharded run a variable whose rows the ranks split (``splits``: where) gets shards that
+    no two ranks write (:func:`~zarrec.record.ranks.split_shard_rows`, or a divisor of it that
+    fits a slab), and the sizes are the largest rank's share: the most any rank stages."""
+    rows_of = {name: max(np.diff(bounds)) for name, bounds in splits.items()}
     sizes = [rows_of[name] * math.prod(v.shape[1:]) if name in rows_of else math.prod(v.shape) for name, v in layout.items()]
     itemsizes = [v.staged_dtype.itemsize for v in layout.values()]
     if chunk_steps is None:
@@ -108,11 +108,12 @@ def create_variables(
             f"staging_bytes ({human_size(staging_bytes)}); lower chunk_steps (or omit it) or raise staging_bytes"
         )
     for name, variable in layout.items():
-        shape, shard_rows, exact_rows = variable.shape, None, rows_of.get(name)
+        shape, shard_rows = variable.shape, None
+        exact_rows = split_shard_rows(splits[name]) if name in splits else None
         if shape and chunk_bytes > part_bytes:
             fit = max(1, (part_bytes - ALIGNMENT) // (math.prod(shape[1:]) * variable.staged_dtype.itemsize))
-            if name in rows_of:  # shards that split each rank's rows evenly
-                exact_rows = contract.divisor_at_most(rows_of[name], fit)
+            if name in rows_of:  # (shards that no two ranks write)
+                exact_rows = contract.divisor_at_most(split_shard_rows(splits[name]), fit)
             else:
                 shard_rows = fit
         array_attrs = {contract.SOURCE_DTYPE_ATTR: variable.source_dtype}
@@ -142,17 +143,17 @@ def check_resumed(store: RunStore, layout: Mapping[str, Variable], shapes: Mappi
             )
 
 
-def check_rank_shards(store: RunStore, shapes: Mapping[str, tuple[int, ...]], sharded: set[str], world: int) -> None:
+def check_rank_shards(store: RunStore, shapes: Mapping[str, tuple[int, ...]], splits: Mapping[str, tuple[int, ...]]) -> None:
     """Refuse to resume a store whose shards do not split a sharded variable at this run's
     rank boundaries (recorded on another number of ranks): two ranks would write one shard."""
     variables = store.variables()
-    for name in sharded:
+    for name, bounds in splits.items():
         rows, recorded = shapes[name][0], variables[name].shards[1]
-        if rank_rows(rows, world) % recorded:
+        if split_shard_rows(bounds) % recorded:
             raise ConfigError(
-                f"{store.name} stores {name} in shards of {recorded} of its {rows} rows, which do not split the "
-                f"{rank_rows(rows, world)} each of this run's {world} ranks holds: resume it on as many ranks as "
-                f"recorded it ({-(-rows // recorded)}), or record into a new store"
+                f"{store.name} stores {name} in shards of {recorded} of its {rows} rows, which do not split it where "
+                f"this run's {len(bounds) - 1} ranks do (at rows {bounds[1:-1]}): resume it on as many ranks as "
+                "recorded it, or record into a new store"
             )
 
 
