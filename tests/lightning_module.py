@@ -33,8 +33,9 @@ class TinyLM(lightning.LightningModule):
 def fit(callback, steps: int = 6, module: TinyLM | None = None, **trainer_options) -> TinyLM:
     data = torch.utils.data.TensorDataset(torch.randint(0, 12, (64, 9), generator=torch.Generator().manual_seed(1)))
     module = module or TinyLM()
+    trainer_options = {"logger": False, **trainer_options}
     trainer = lightning.Trainer(
-        max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        max_steps=steps, accelerator="cpu", enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[callback], **trainer_options,
     )
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))

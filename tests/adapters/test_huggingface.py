@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 
 from zarrec import ConfigError, Recorder, ZarrecCallback, ZarrecWarning
 from zarrec.store import contract
+from zarrec.store.contract import HEALTH_STATISTICS
 from zarrec.capture.resume import first_unrecorded_step
 from zarrec.reference.train import make_trainer, train
 
@@ -158,7 +159,8 @@ def _trainer(tmp_path, config, callback, **arguments):
     from zarrec.reference.corpus import ByteDataset, load_corpus
     from zarrec.reference.model import build_model
 
-    args = TrainingArguments(output_dir=str(tmp_path / "trainer"), max_steps=3, per_device_train_batch_size=4,
+    arguments = {"max_steps": 3, **arguments}
+    args = TrainingArguments(output_dir=str(tmp_path / "trainer"), per_device_train_batch_size=4,
                              report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, **arguments)
     dataset = ByteDataset(load_corpus(config.corpus), config.context)
     return Trainer(model=build_model(config), args=args, train_dataset=dataset, callbacks=[callback])
@@ -364,3 +366,36 @@ def test_the_trainers_health_statistics_equal_their_formulas_on_the_full_state(r
     ds = xr.open_zarr(path)
     for param in params:
         check_health(path, param, per_row=ds.zarrec.parameter(param).param.ndim == 3)
+
+
+def test_log_statistics_reach_the_trainers_reporters_at_its_logging_steps(tmp_path, tiny_config):
+    """A reporter (any callback with on_log, as W&B's and TensorBoard's are) gets, at each logging
+    step, each parameter's statistics of that step as the store has them, in a call of its own:
+    the Trainer's own log lines stay as they were."""
+    class Reporter(TrainerCallback):
+        def __init__(self):
+            self.calls = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.calls.append((state.global_step, dict(logs)))
+
+    path, reporter = tmp_path / "run.zarr", Reporter()
+    trainer = _trainer(tmp_path, tiny_config, ZarrecCallback(path, log_statistics=True), logging_steps=2, max_steps=4)
+    trainer.add_callback(reporter)
+    trainer.train()
+    stats = xr.open_zarr(f"{path}/statistics")
+    logged = {step: logs for step, logs in reporter.calls if "grad_norm/transformer.wte.weight" in logs}
+    assert sorted(logged) == [2, 4]
+    for step, logs in logged.items():
+        assert len(logs) == stats.sizes["param"] * len(HEALTH_STATISTICS)
+        for name, value in logs.items():
+            statistic, param = name.split("/", 1)
+            np.testing.assert_equal(np.float32(value), stats[statistic].sel(step=step, param=param).values)
+    trainer_logs = [logs for _, logs in reporter.calls if "loss" in logs]
+    assert len(trainer_logs) == 2 and not any("/" in key for logs in trainer_logs for key in logs)
+    assert not any("/" in key for entry in trainer.state.log_history for key in entry)
+
+
+def test_log_statistics_without_statistics_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="log_statistics=True logs the health statistics, which statistics=False"):
+        ZarrecCallback(tmp_path / "run.zarr", log_statistics=True, statistics=False)

@@ -99,3 +99,29 @@ def test_the_statistics_of_steps_not_recorded_use_the_rate_the_step_used(tmp_pat
     overview = ds.zarrec.by_parameter()
     np.testing.assert_array_equal(overview.step, np.arange(1, 7))
     np.testing.assert_allclose(overview.realized_fraction, 1, rtol=1e-4)
+
+
+def test_log_statistics_reach_lightnings_logger_at_its_logging_steps(tmp_path):
+    """A real CSVLogger, logging every 2nd step: its rows hold each parameter's statistics of
+    that step, as the store has them."""
+    import pandas as pd
+    from lightning.pytorch.loggers import CSVLogger
+
+    path = tmp_path / "run.zarr"
+    fit(ZarrecLightningCallback(path, log_statistics=True), logger=CSVLogger(tmp_path / "logs", name="run"), log_every_n_steps=2)
+    logged = pd.read_csv(next((tmp_path / "logs").rglob("metrics.csv"))).set_index("step")
+    stats = xr.open_zarr(f"{path}/statistics")
+    names = [f"{statistic}/{param}" for statistic in ("grad_norm", "update_norm", "cos_grad_momentum")
+             for param in stats.param.values]
+    assert set(names) <= set(logged.columns)
+    # (Lightning's logged "step" counts optimizer steps from 0: its step s is zarrec's step s + 1)
+    assert list(logged.index) == [1, 3, 5]
+    for step in logged.index:
+        for name in names:
+            statistic, param = name.split("/", 1)
+            assert np.float32(logged.at[step, name]) == stats[statistic].sel(step=step + 1, param=param).values
+
+
+def test_log_statistics_without_statistics_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="log_statistics=True logs the health statistics, which statistics=False"):
+        ZarrecLightningCallback(tmp_path / "run.zarr", log_statistics=True, statistics=False)

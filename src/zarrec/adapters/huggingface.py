@@ -8,22 +8,32 @@ Events, per optimizer step t (``state.global_step`` is t - 1 until the step ends
   event between the last backward and clipping);
 - ``on_pre_optimizer_step`` (after accumulation and clipping): the gradients the
   optimizer is about to use;
-- ``on_optimizer_step`` (after the update): step t ends and is recorded.
+- ``on_optimizer_step`` (after the update): step t ends and is recorded;
+- ``on_log`` (the Trainer's logging steps): with ``log_statistics``, the health statistics of
+  the last step reach the Trainer's reporters (W&B, TensorBoard, MLflow, ...).
 """
 
 from __future__ import annotations
 
 import json
+import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import (
+    CallbackHandler,
+    DefaultFlowCallback,
+    PrinterCallback,
+    ProgressCallback,
+)
 
 from zarrec.capture.attributes import common_attributes
 from zarrec.capture.model_recorder import ModelRecorder
 from zarrec.capture.sharding import is_sharded
-from zarrec.errors import ConfigError
+from zarrec.errors import ConfigError, ZarrecWarning
 from zarrec.record.recorder import Recorder
 from zarrec.store.location import StoreLike, store_exists
 from zarrec.store.schedule import StepSchedule
@@ -51,6 +61,10 @@ class ZarrecCallback(TrainerCallback):
         statistics: the health of every trained parameter at every step, into the store's
             ``statistics`` group, whatever ``every`` keeps of the full state (default; ``"norms"``:
             a lighter set, False: none; :mod:`zarrec.capture.health`).
+        log_statistics: also hand the last step's statistics of every parameter to the Trainer's
+            other callbacks at its logging steps (``logging_steps``), so that W&B, TensorBoard or
+            MLflow chart them as ``<statistic>/<param>``: one ``on_log`` call of their own beside
+            the Trainer's (the console's log lines stay short), one copy from the device each.
         every: which steps to record: every N-th, or a schedule such as ``"1:1000,10"``
             (:class:`~zarrec.store.schedule.StepSchedule`); step 0 always.
         probe: a fixed input (text, or token ids) whose logits are evaluated with the current
@@ -80,6 +94,7 @@ class ZarrecCallback(TrainerCallback):
         quantities: Sequence[str] | None = None,
         rows: Sequence[int] | slice | Mapping[str, Sequence[int] | slice] | None = None,
         statistics: bool | str = True,
+        log_statistics: bool = False,
         every: int | str | StepSchedule = 1,
         probe: str | Sequence[int] | None = None,
         probe_positions: Sequence[int] | None = None,
@@ -98,7 +113,11 @@ class ZarrecCallback(TrainerCallback):
         self.params = None if params is None else list(params)
         self.quantities = None if quantities is None else list(quantities)
         self.rows = rows
+        if log_statistics and not statistics:
+            raise ConfigError("log_statistics=True logs the health statistics, which statistics=False turns off; "
+                              "drop one of them")
         self.statistics = statistics
+        self.log_statistics = log_statistics
         self.schedule = StepSchedule.parse(every)
         self.probe_spec = (probe, probe_positions, probe_every) if probe is not None else None
         self.chunk_steps = chunk_steps
@@ -112,6 +131,7 @@ class ZarrecCallback(TrainerCallback):
         self.on_error = on_error
         self.capture: ModelRecorder | None = None
         self._hook: torch.utils.hooks.RemovableHandle | None = None
+        self._handler: CallbackHandler | None = None  # the Trainer's, found by on_log
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if not state.is_world_process_zero and not is_sharded(model):
@@ -150,6 +170,31 @@ class ZarrecCallback(TrainerCallback):
         except ConfigError:
             self.close()  # the Trainer does not end its callbacks on an error
             raise
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not (self.log_statistics and self.capture is not None and logs and "loss" in logs):
+            return  # (the Trainer logs evaluations and a summary at the end too: statistics go with training's logs)
+        statistics = self.capture.statistics_to_log()
+        if statistics:
+            for callback in self._reporters():
+                callback.on_log(args, state, control, logs=dict(statistics), **kwargs)
+
+    def _reporters(self) -> list[TrainerCallback]:
+        """The Trainer's callbacks that report logs somewhere (the integrations, users' own), not
+        its flow and console printers. The Trainer hands a callback no reference to its
+        CallbackHandler: it is the ``self`` of the ``call_event`` frame that calls this one."""
+        if self._handler is None:
+            frame = sys._getframe(1)
+            while frame is not None and not isinstance(frame.f_locals.get("self"), CallbackHandler):
+                frame = frame.f_back
+            if frame is None:
+                warnings.warn("zarrec: log_statistics found no Trainer CallbackHandler calling on_log; the statistics "
+                              "are not logged (they are in the store)", ZarrecWarning, stacklevel=2)
+                self.log_statistics = False
+                return []
+            self._handler = frame.f_locals["self"]
+        own = (DefaultFlowCallback, PrinterCallback, ProgressCallback, ZarrecCallback)
+        return [callback for callback in self._handler.callbacks if not isinstance(callback, own)]
 
     def on_train_end(self, args, state, control, **kwargs):
         self.close()

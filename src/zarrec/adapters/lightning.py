@@ -8,7 +8,8 @@ Events, per optimizer step (``pip install lightning``):
 - ``on_train_batch_end``: the batch's ``training_step`` output (its loss; its ``logits``
   when it returns them); after the stepping batch, the gradients the optimizer used
   (Lightning clips them before the step and zeroes them only in the next one), and the
-  step ends, labelled by ``trainer.global_step``.
+  step ends, labelled by ``trainer.global_step``; with ``log_statistics``, at Lightning's
+  logging steps, the step's health statistics go to ``log_dict`` (so to its loggers).
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class ZarrecLightningCallback(Callback):
         attrs: extra run attributes; the module's ``hparams`` are stored as ``hparams``.
         resume: continue the store at ``out`` if it exists, as ``trainer.fit(ckpt_path=...)``
             resumes: steps recorded after the checkpoint are dropped first.
+        log_statistics: also log the step's health statistics of every parameter
+            (``<statistic>/<param>``) with ``pl_module.log_dict`` at Lightning's logging steps
+            (``log_every_n_steps``), so that its loggers (W&B, TensorBoard, MLflow, CSV) chart
+            them: one copy from the device each.
     """
 
     def __init__(
@@ -63,14 +68,19 @@ class ZarrecLightningCallback(Callback):
         every: int | str | StepSchedule = 1,
         attrs: Mapping[str, Any] | None = None,
         resume: bool = False,
+        log_statistics: bool = False,
         **options: Any,
     ) -> None:
+        if log_statistics and not options.get("statistics", True):
+            raise ConfigError("log_statistics=True logs the health statistics, which statistics=False turns off; "
+                              "drop one of them")
         self.out = out
         self.params = params
         self.quantities = quantities
         self.schedule = StepSchedule.parse(every)
         self.attrs = dict(attrs or {})
         self.resume = resume
+        self.log_statistics = log_statistics
         self.options = options
         self.capture: ModelRecorder | None = None
         self._stepping = False  # the current batch's optimizer step runs
@@ -113,6 +123,9 @@ class ZarrecLightningCallback(Callback):
         self.capture.gradients_used()
         self.capture.end_step(trainer.global_step)
         self.capture.begin_step()
+        # (Lightning writes the step's logs right after this hook where this holds: its LearningRateMonitor asks the same)
+        if self.log_statistics and trainer._logger_connector.should_update_logs:
+            pl_module.log_dict(self.capture.statistics_to_log(), on_step=True, on_epoch=False)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.capture is not None:

@@ -122,6 +122,7 @@ class HealthStatistics:
         self.embedding_name = next((name for name, p in model.named_parameters() if p is embedding), None)
         self.flat_groups: list[tuple[FlatGroup, list[_Tracked]]] = []  # made by keep_previous
         self.recorder: Recorder | None = None  # opened by open_recorder
+        self.latest: dict[str, torch.Tensor] = {}  # the last recorded step's statistics of each parameter (for to_log)
         self.unknown_update = "" if kind else (
             f"the intended update of {type(optimizer).__name__} is not known to zarrec "
             f"(it is for {', '.join(INTENDED)}): only the norms are recorded"
@@ -195,7 +196,18 @@ class HealthStatistics:
 
     def record(self, step: int, lrs: Sequence[float | torch.Tensor]) -> None:
         """Record optimizer step ``step``'s statistics (its param groups used the rates ``lrs``)."""
-        self.recorder.record(step, **self.of_step(lrs))
+        values = self.of_step(lrs)
+        self.latest = {statistic: values[statistic] for statistic in HEALTH_STATISTICS if statistic in values}
+        self.recorder.record(step, **values)
+
+    def to_log(self) -> dict[str, float]:
+        """The last recorded step's statistics of each parameter, ``{"<statistic>/<param>": value}``,
+        for a framework's logger: one copy from the device (empty before the first step; under
+        FSDP2 this rank's addends are not the statistics, which the store holds)."""
+        if not self.latest or self.sharded:
+            return {}
+        table = torch.stack(list(self.latest.values())).tolist()  # (one synchronisation)
+        return {f"{statistic}/{param}": value for statistic, row in zip(self.latest, table) for param, value in zip(self.params, row)}
 
     @torch.no_grad()
     def keep_previous(self) -> None:

@@ -283,6 +283,14 @@ class ModelRecorder:
         self.end_step(self.last_step + 1, **values)
         self.begin_step()
 
+    def statistics_to_log(self) -> dict[str, float]:
+        """The last step's health statistics of every trained parameter, ``{"<statistic>/<param>":
+        value}`` (``"grad_norm/transformer.h.0.attn.c_attn.weight"``), for your logger at its
+        logging steps: ``wandb.log(recorder.statistics_to_log(), step=step)``. One copy from the
+        device per call; empty without statistics, before the first step, or under FSDP2 (the
+        store's ``statistics`` group has them there)."""
+        return self.health.to_log() if self.health is not None else {}
+
     def wants(self, step: int) -> bool:
         """Whether step ``step``'s values are needed: a recorded step, or the first."""
         return not self._started or self.schedule.records(step)
