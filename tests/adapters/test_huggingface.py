@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -355,10 +356,20 @@ def test_mantissa_bits_reach_the_store_from_the_trainer(tmp_path, tiny_config):
     assert (ds.momentum.values.view(np.uint32) & 0xFFFF == 0).all() and "mantissa_bits" not in ds.loss.attrs
 
 
+@pytest.fixture(scope="module")
+def bf16_run(tmp_path_factory, tiny_config) -> Path:
+    """8 AdamW steps of a bf16 model, recording the embedding and :data:`LAYER_PARAMS`."""
+    path = tmp_path_factory.mktemp("runs") / "bf16.zarr"
+    train(dataclasses.replace(tiny_config, dtype="bfloat16", steps=8, chunk_steps=4,
+                              params=("transformer.wte.weight", *LAYER_PARAMS)), path, progress=False)
+    return path
+
+
 @pytest.mark.parametrize(("run", "params"), [
     ("float32_run", ("transformer.wte.weight",)),  # clipped every step: the statistics use the clipped gradient
     ("layers_run", LAYER_PARAMS),  # AdamW with and without weight decay (the Trainer's two param groups)
     ("sgd_run", ("transformer.wte.weight", *LAYER_PARAMS)),  # SGD with momentum and weight decay
+    ("bf16_run", ("transformer.wte.weight", *LAYER_PARAMS)),  # a bf16 model (the reference run's default dtype)
 ])
 def test_the_trainers_health_statistics_equal_their_formulas_on_the_full_state(run, params, request):
     store = request.getfixturevalue(run)
