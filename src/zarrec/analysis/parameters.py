@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from zarrec.analysis.chunks import coarsened
 from zarrec.errors import ConfigError
 from zarrec.store import contract
 
@@ -156,6 +157,7 @@ def parameter(ds: xr.Dataset, param: str | None = None) -> xr.Dataset:
 def view_of(ds: xr.Dataset, found: RecordedParameter) -> xr.Dataset:
     """:func:`parameter` of a parameter already found."""
     found.require(W)
+    ds = coarsened(ds, list(found.variables.values()))
     dims = ds[found.variables[W]].dims[1:]
     plain = (ROW, COL) if len(dims) == 2 else (ROW, *(f"dim{i}" for i in range(1, len(dims))))
     renamed = {} if dims == (contract.TOKEN, contract.DIM) else dict(zip(dims, plain))
