@@ -3,6 +3,7 @@ spread and norms of the rows, and their trajectories in principal axes (:func:`p
 
 from __future__ import annotations
 
+import dask
 import numpy as np
 import xarray as xr
 
@@ -62,7 +63,8 @@ def pca(ds: xr.Dataset, param: str | None = None, n: int = 2) -> xr.Dataset:
     """Project every row's trajectory on the ``n`` principal axes shared by all steps and rows.
 
     With ``X`` the ``(step·row, entries)`` matrix of ``param`` and ``μ`` its mean row, the axes
-    are the top eigenvectors of ``C = (X − μ)ᵀ(X − μ) / N`` (computed chunk by chunk);
+    are the top eigenvectors of ``C = (X − μ)ᵀ(X − μ) / N = XᵀX / N − μμᵀ`` (one pass over the
+    chunks, in float64);
     ``projection[t, row, k] = ⟨W[t, row] − μ, axis_k⟩``. Returns ``projection``,
     ``components (component, entry)``, ``explained_variance_ratio`` and ``mean``. Each axis is
     signed so that its largest entry is positive. For a parameter with 2 dims.
@@ -75,11 +77,12 @@ def pca(ds: xr.Dataset, param: str | None = None, n: int = 2) -> xr.Dataset:
     X = view[W]
     if not 1 <= n <= X.sizes[entries]:
         raise ConfigError(f"pca needs 1 <= n <= {X.sizes[entries]} (the size of {entries}), got {n}")
-    samples = [contract.STEP, rows]
-    mean = X.mean(samples).compute()
+    samples, count = [contract.STEP, rows], X.sizes[contract.STEP] * X.sizes[rows]
+    wide = X.astype(np.float64)  # (the second moment less the mean's square: float64 keeps it exact enough)
+    total, gram = dask.compute(wide.sum(samples), xr.dot(wide, wide.rename({entries: f"{entries}_"}), dim=samples))
+    mean = (total / count).astype(X.dtype)
+    covariance = gram.values / count - np.outer(total.values, total.values) / count**2
     centred = X - mean
-    other = centred.rename({entries: f"{entries}_"})
-    covariance = xr.dot(centred, other, dim=samples).compute().values / (X.sizes[contract.STEP] * X.sizes[rows])
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
     order = np.argsort(eigenvalues)[::-1][:n]
     axes = eigenvectors[:, order].T

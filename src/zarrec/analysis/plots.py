@@ -11,16 +11,20 @@ import functools
 from collections.abc import Sequence
 from pathlib import Path
 
+import dask
 import numpy as np
 import xarray as xr
 
 from zarrec import analysis
-from zarrec.analysis.parameters import rows_and_features
+from zarrec.analysis.parameters import W, rows_and_features
 from zarrec.errors import ConfigError, MissingDependencyError
 from zarrec.store import contract
 from zarrec.store.location import ensure_creatable
 
 MAX_POINTS = 2000
+# The figures of one parameter read its values several times (norms, speed, the principal axes,
+# the projection): :func:`save_all` holds them in memory when they fit, so the store is read once.
+HELD_BYTES = 1 << 30
 LIVE_COLOR, DEAD_COLOR = "tab:blue", "tab:red"
 
 
@@ -123,11 +127,11 @@ def norms(ds: xr.Dataset, param: str | None = None):
         populations = [(f"live {rows}s", LIVE_COLOR, live), (f"dead {rows}s", DEAD_COLOR, ~live)]
     else:
         populations = [(f"all {rows}s", LIVE_COLOR, True)]
+    lines = dask.compute(*[(norm.where(members).mean(rows), speed.where(members).mean(rows))
+                           for _, _, members in populations])  # (one pass over the values)
     figure, (norm_axis, speed_axis) = _figure(2)
-    for label, color, members in populations:
-        n = norm.where(members).mean(rows).compute()
+    for (label, color, _), (n, v) in zip(populations, lines):
         norm_axis.plot(n[contract.STEP], n, color=color, label=label)
-        v = speed.where(members).mean(rows).compute()
         speed_axis.plot(v[contract.STEP], v, color=color, lw=0.8, label=label)
     norm_axis.set_ylabel(f"mean ‖W[{rows}]‖")
     norm_axis.legend()
@@ -227,6 +231,18 @@ def parameters(ds: xr.Dataset, params: Sequence[str] | None = None):
     return figure
 
 
+def _held(ds: xr.Dataset, params: Sequence[str | None]) -> xr.Dataset:
+    """``ds`` with the values of ``params`` (their ``W``) read into memory where they fit
+    :data:`HELD_BYTES` together; as it is where they do not, or are not recorded."""
+    try:
+        names = list(dict.fromkeys(analysis.find_parameter(ds, param).variables[W] for param in params))
+    except (ConfigError, KeyError):
+        return ds  # (the figures say what is missing)
+    if sum(ds[name].nbytes for name in names) > HELD_BYTES:
+        return ds
+    return ds.assign({name: ds[name].compute() for name in names})
+
+
 def _consecutive(overview: xr.Dataset) -> xr.Dataset:
     """``overview`` at every step from its first to its last, NaN at those not recorded, so that
     a heat map shows them as missing rather than stretching their neighbours over them."""
@@ -277,6 +293,7 @@ def save_all(
         return [], [f"{name}: the store holds {steps} recorded step{'s' * (steps != 1)}; a figure over steps needs two"
                     for name in FIGURES]
     directory.mkdir(parents=True, exist_ok=True)
+    ds = _held(ds, chosen)
     jobs = []
     for name, make in FIGURES.items():
         if name in PER_PARAMETER:
