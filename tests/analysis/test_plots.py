@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 from conftest import LAYER_PARAMS, full_state_only
 
-import zarrec  # noqa: F401  (registers ds.zarrec)
+import zarrec
 from zarrec import ConfigError, MissingDependencyError
 from zarrec.analysis import plots
 
@@ -28,6 +28,26 @@ def test_every_figure_is_labelled(ds, name):
         assert axis.lines or axis.collections, f"{name}: an axis is empty"
     assert any(axis.get_xlabel() for axis in figure.axes)
     assert any(axis.get_legend() for axis in figure.axes) or name == "parameters"  # a heatmap, with colour bars
+
+
+def test_the_realized_fraction_figure_draws_the_rows_quantiles_and_the_whole(ds):
+    """Its lines are numpy's nanquantile of the per-row fraction, and the overall fraction; the
+    quantiles skip NaN as nanquantile does."""
+    import warnings
+
+    fraction = ds.zarrec.realized_fraction().compute()
+    per_row = fraction.per_row.transpose("step", ...).values
+    lines = {line.get_label(): line.get_ydata() for line in plots.realized_fraction(ds).axes[0].lines}
+    np.testing.assert_allclose(lines["tokens, median"], np.nanquantile(per_row, 0.5, axis=1), rtol=1e-6)  # (float32)
+    np.testing.assert_allclose(lines["all tokens"], fraction.overall.values, rtol=1e-12)
+    with_gaps = per_row.copy()
+    with_gaps[:, ::3] = np.nan
+    with_gaps[0] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (a step without values: NaN)
+        expected = [np.nanquantile(with_gaps, q, axis=1) for q in (0.1, 0.5, 0.9)]
+    for got, want in zip(plots._quantiles(with_gaps, (0.1, 0.5, 0.9)), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6, equal_nan=True)
 
 
 def test_save_all_writes_pngs(ds, tmp_path):

@@ -177,7 +177,7 @@ def realized_fraction(ds: xr.Dataset, param: str | None = None):
     if "per_row" in fraction:
         per_row = fraction["per_row"]
         rows = per_row.dims[1]
-        low, median, high = (per_row.quantile(q, dim=rows, skipna=True) for q in (0.1, 0.5, 0.9))
+        low, median, high = _quantiles(per_row.transpose(contract.STEP, rows).values, (0.1, 0.5, 0.9))
         axis.fill_between(per_row[contract.STEP], low, high, color="tab:blue", alpha=0.2, label=f"{rows}s, 10–90%")
         axis.plot(per_row[contract.STEP], median, color="tab:blue", lw=0.8, label=f"{rows}s, median")
     axis.plot(overall[contract.STEP], overall, color="k", lw=1, label=f"all {rows}s")
@@ -188,6 +188,21 @@ def realized_fraction(ds: xr.Dataset, param: str | None = None):
     name = param if param is not None else analysis.find_parameter(ds).name
     _title(figure, ds, f"How much of the intended update of {name} landed")
     return figure
+
+
+def _quantiles(values: np.ndarray, qs: Sequence[float]) -> list[np.ndarray]:
+    """Each row's quantiles ``qs`` of its non-NaN values (numpy's linear method), NaN where it
+    has none: ``np.nanquantile(values, q, axis=1)`` at the cost of one sort, not a Python call per row."""
+    ordered = np.sort(values, axis=1)  # (NaN last)
+    valid = (~np.isnan(values)).sum(axis=1)
+    quantiles = []
+    for q in qs:
+        position = q * np.maximum(valid - 1, 0)
+        below = np.floor(position).astype(int)
+        above = np.minimum(below + 1, np.maximum(valid - 1, 0))
+        low, high = (np.take_along_axis(ordered, i[:, None], axis=1)[:, 0] for i in (below, above))
+        quantiles.append(np.where(valid > 0, low + (position - below) * (high - low), np.nan))
+    return quantiles
 
 
 def parameters(ds: xr.Dataset, params: Sequence[str] | None = None):
