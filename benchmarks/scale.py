@@ -15,7 +15,8 @@ Sections:
              shard files per 1,000 steps, and whether the slow-writer warning fired.
   fast_step  the reference model (128 x 64) under bf16 autocast, ~110 ms a step, zarrec with
              chunk_steps=32 so the writer works during training: mean step vs none, in
-             interleaved rounds, the median of the ratios.
+             interleaved rounds, the median of the ratios (--fast-variants: also without the
+             statistics, or with statistics="norms").
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def case_fast_step(variant: str, steps: int, device: str, out: str) -> dict:
     config = TrainConfig(dtype="float32", steps=steps)
     corpus = load_corpus(None, config.vocab_size)
     timer = step_timer(device)
-    callbacks = [timer] + ([ZarrecCallback(out, chunk_steps=32)] if variant == "zarrec" else [])
+    options = {"zarrec": {}, "zarrec_no_statistics": {"statistics": False}, "zarrec_norms": {"statistics": "norms"}}
+    callbacks = [timer] + ([ZarrecCallback(out, chunk_steps=32, **options[variant])] if variant != "none" else [])
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(output_dir=scratch, max_steps=steps, per_device_train_batch_size=config.batch_size,
                                  learning_rate=config.learning_rate, bf16=True, report_to="none", save_strategy="no",
@@ -183,10 +185,11 @@ def section_gpt2(plan: dict, device: str, variants: list[str]) -> list[dict]:
     return rows
 
 
-def section_fast_step(plan: dict, device: str) -> list[dict]:
-    """Rounds of none and zarrec, the order reversed every other round: zarrec's ratio to the
-    none of its round, the median of those."""
-    variants = ["none", "zarrec"]
+def section_fast_step(plan: dict, device: str, variants: list[str]) -> list[dict]:
+    """Rounds of none and zarrec (and the ``variants`` asked for: ``zarrec_no_statistics``,
+    ``zarrec_norms``), the order reversed every other round: each one's ratio to the none of
+    its round, the median of those."""
+    variants = ["none", "zarrec", *variants]
     rounds = []
     for repeat in range(plan["pairs"]):
         order = variants if repeat % 2 == 0 else variants[::-1]
@@ -223,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default="gpt2,fast_step", help="comma-separated: gpt2, fast_step")
     parser.add_argument("--variants", help=f"comma-separated gpt2 variants, 'none' among them (default: all of "
                                            f"{', '.join(VARIANTS)})")
+    parser.add_argument("--fast-variants", default="", help="fast_step variants beside none and zarrec (comma-"
+                        "separated): zarrec_no_statistics, zarrec_norms")
     parser.add_argument("--repeats", type=int, help="rounds of the gpt2 variants (default 2), and pairs of fast_step (10)")
     parser.add_argument("--json", default="scale_results.json", help="where to write the results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -237,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"plan": plan, "device": args.device}
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
     sections = {"gpt2": lambda: section_gpt2(plan, args.device, variants),
-                "fast_step": lambda: section_fast_step(plan, args.device)}
+                "fast_step": lambda: section_fast_step(plan, args.device, [v for v in args.fast_variants.split(",") if v])}
     for name in args.sections.split(","):
         results[name] = sections[name]()
         print(f"\n## {name}\n\n{table(results[name])}\n")

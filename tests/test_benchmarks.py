@@ -70,8 +70,11 @@ def test_quick_checksum_benchmark_runs(tmp_path):
 
 def test_quick_long_reads_benchmark_asks_every_question(tmp_path):
     result, results = run_quick("long_reads.py", tmp_path)
-    assert [row["question"] for row in results["questions"]] == [
-        "by_parameter", "realized_fraction", "realized_fraction_full_state", "speed_of_one_token"
+    questions = results["stores"]["default"]["questions"]
+    assert [row["question"] for row in questions] == [
+        "by_parameter", "realized_fraction", "realized_fraction_full_state", "speed_of_one_token", "plot"
     ]
-    assert results["steps"] == 50 and all(row["seconds"] > 0 and row["bytes_read_mb"] > 0 for row in results["questions"])
-    assert "| by_parameter |" in result.stdout
+    assert results["steps"] == 50 and all(row["seconds"] > 0 and row["bytes_read_mb"] > 0 for row in questions)
+    assert all(row["store_bytes_read_mb"] is None or 0 < row["distinct_store_bytes_read_mb"] <= row["store_mb"]
+               for row in questions)
+    assert "| default | by_parameter |" in result.stdout
