@@ -109,6 +109,26 @@ def sgd_run(tmp_path_factory, tiny_config) -> Path:
     return path
 
 
+def train_tiny_lm(path: Path, *, rows: int, width: int, steps: int, lr: float = 0.05, **options) -> None:
+    """A plain loop recorded by a :class:`zarrec.ModelRecorder` with ``options``: an embedding of
+    ``rows`` tokens × ``width`` and a linear head, AdamW (weight decay 0.1), ``steps`` steps of
+    fixed random batches of 3 × 4 tokens."""
+    import zarrec
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(rows, width), torch.nn.Linear(width, rows))
+    model.get_input_embeddings = lambda: model[0]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    with zarrec.ModelRecorder(path, model, optimizer, **options) as recorder:
+        for step in range(1, steps + 1):
+            tokens = torch.randint(0, rows, (3, 4), generator=torch.Generator().manual_seed(step))
+            loss = torch.nn.functional.cross_entropy(model(tokens).reshape(-1, rows), tokens.reshape(-1))
+            loss.backward()
+            optimizer.step()
+            recorder.step(loss=loss)
+            optimizer.zero_grad()
+
+
 def readme_python(heading: str) -> str:
     """The Python blocks of the README's section ``heading``, joined: the code a reader runs."""
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")

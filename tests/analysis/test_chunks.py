@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
+from conftest import train_tiny_lm
 
-import zarrec
 from zarrec import analysis
 from zarrec.analysis import chunks
 from zarrec.store import contract
@@ -23,27 +22,14 @@ def one_step_chunks(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(contract, "SMALL_SHARD_BYTES", 1)
         patch.setattr(contract, "TARGET_INNER_CHUNK_BYTES", 16 * 16 * 4)  # 16 rows a block
-        record(path)
+        train_tiny_lm(path, rows=64, width=16, steps=12, lr=0.01, chunk_steps=1)
     return path
 
-
-def record(path) -> None:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Embedding(64, 16), torch.nn.Linear(16, 64))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
-    with zarrec.ModelRecorder(path, model, optimizer, params=["0.weight"], chunk_steps=1) as recorder:
-        for step in range(12):
-            tokens = torch.randint(0, 64, (4, 5), generator=torch.Generator().manual_seed(step))
-            loss = torch.nn.functional.cross_entropy(model(tokens).reshape(-1, 64), tokens.reshape(-1))
-            loss.backward()
-            optimizer.step()
-            recorder.step(loss=loss)
-            optimizer.zero_grad()
 
 
 def test_fine_chunks_are_reopened_in_more_steps_with_the_same_numbers(one_step_chunks, monkeypatch):
     opened = xr.open_zarr(one_step_chunks, chunks={})  # the stored chunks, as xr.open_zarr leaves a large model's
-    stored = opened["0.weight"].chunks
+    stored = opened["embeddings"].chunks
     assert stored[:2] == ((1,) * 13, (16,) * 4)
     plain = analysis.speed(opened, "0.weight").compute()
     monkeypatch.setattr(chunks, "MAX_CHUNKS", 1)
@@ -57,4 +43,4 @@ def test_a_dataset_the_user_chunked_or_selected_is_left_as_it_is(one_step_chunks
     monkeypatch.setattr(chunks, "MAX_CHUNKS", 1)
     opened = xr.open_zarr(one_step_chunks, chunks={})
     for ds in (opened.chunk({"step": 5}), opened.isel(step=slice(0, 12)), opened.load()):
-        assert analysis.parameter(ds, "0.weight")["param"].chunks == ds["0.weight"].chunks
+        assert analysis.parameter(ds, "0.weight")["param"].chunks == ds["embeddings"].chunks

@@ -5,27 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
-from conftest import full_state_only
+from conftest import full_state_only, train_tiny_lm
 
-import zarrec
 from zarrec import ConfigError
 
 
 def train(path, **options) -> None:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Embedding(9, 4), torch.nn.Linear(4, 9))
-    model.get_input_embeddings = lambda: model[0]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
-    with zarrec.ModelRecorder(path, model, optimizer, **options) as recorder:
-        for step in range(1, 6):
-            tokens = torch.randint(0, 9, (3, 4), generator=torch.Generator().manual_seed(step))
-            loss = torch.nn.functional.cross_entropy(model(tokens).reshape(-1, 9), tokens.reshape(-1))
-            loss.backward()
-            optimizer.step()
-            recorder.step(loss=loss)
-            optimizer.zero_grad()
+    train_tiny_lm(path, rows=9, width=4, steps=5, **options)
 
 
 def test_the_whole_model_from_the_statistics_agrees_with_the_full_state(tmp_path):
