@@ -152,6 +152,23 @@ class Ranks:
             own[name] = value
         return own
 
+    def checked_bounds(self, name: str, bounds: Sequence[int]) -> tuple[int, ...]:
+        """``bounds`` of :meth:`Recorder.split_rows`, refused unless one ascending bound per rank and one more, from 0."""
+        if len(bounds) != self.world + 1 or list(bounds) != sorted(bounds) or bounds[0]:
+            raise RecordError(f"split_rows({name!r}, {tuple(bounds)}) needs one ascending bound per rank and one "
+                              "more, from 0 (rank r holds rows bounds[r]:bounds[r + 1])")
+        return tuple(int(b) for b in bounds)
+
+    def splits(self, values: Mapping[str, Any], chosen: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """Where the ranks split each value sharded on its rows (``chosen``, else evenly as FSDP2
+        does), each DTensor checked against its split (:meth:`check`)."""
+        splits = {name: chosen.get(name) or even_split(value.shape[0], self.world)
+                  for name, value in values.items() if sharded(value)}
+        for name, value in values.items():
+            if is_dtensor(value):
+                self.check(name, value, splits.get(name, ()))
+        return splits
+
     def check(self, name: str, value: DTensor, bounds: Sequence[int]) -> None:
         """Refuse a DTensor whose part on this rank is not its own rows of a Shard(0) layout
         split at ``bounds`` (evenly, as FSDP2 splits a parameter, unless the recorder was told

@@ -30,7 +30,7 @@ from zarrec.record.opening import (
     writing,
 )
 from zarrec.record.pace import WriterPace
-from zarrec.record.ranks import Ranks, SumsOverRanks, even_split, is_dtensor, sharded
+from zarrec.record.ranks import Ranks, SumsOverRanks
 from zarrec.record.stager import ChunkStager
 from zarrec.record.staging import SLABS, human_size, plan_staging
 from zarrec.record.variables import (
@@ -207,12 +207,9 @@ class Recorder:
         ``name``'s rows at ``bounds`` (rank ``r`` gives rows ``bounds[r]:bounds[r + 1]`` as its
         DTensor's local part), not evenly as FSDP2 splits a parameter: the chosen rows of a
         sharded parameter, say, each rank holding those among its own rows."""
-        if self._ranks is None or len(bounds) != self._ranks.world + 1 or list(bounds) != sorted(bounds) or bounds[0]:
-            raise RecordError(f"split_rows({name!r}, {tuple(bounds)}) needs distributed=True and one ascending bound "
-                              "per rank and one more, from 0 (rank r holds rows bounds[r]:bounds[r + 1])")
-        if self._writer is not None:
-            raise RecordError(f"split_rows {name!r} before the first record() call; the variables of {self.store_name} exist")
-        self._splits[name] = tuple(int(b) for b in bounds)
+        if self._ranks is None or self._writer is not None:
+            raise RecordError(f"split_rows({name!r}) needs distributed=True, before the first record() call")
+        self._splits[name] = self._ranks.checked_bounds(name, bounds)
 
     def record(self, step: int, /, **values: Value) -> None:
         """Stage the values of one step; cheap, never writes on the calling thread.
@@ -292,12 +289,8 @@ class Recorder:
         """From the first step's values: create one array per variable (or check them against
         the store being resumed), the staging plan, the writer and the per-step path."""
         layout = layout_of(values, self._dims, distributed=self._ranks is not None)
-        world = self._ranks.world if self._ranks is not None else 1
-        self._splits = {name: self._splits.get(name) or even_split(value.shape[0], world)
-                        for name, value in values.items() if sharded(value)}
-        for name, value in values.items():  # (once: a variable keeps its layout, refused if not)
-            if is_dtensor(value):
-                self._ranks.check(name, value, self._splits.get(name, ()))
+        if self._ranks is not None:  # (once: a variable keeps its layout, refused if not)
+            self._splits = self._ranks.splits(values, self._splits)
         if self._shapes:
             check_resumed(self._store, layout, self._shapes)
             check_rank_shards(self._store, self._shapes, self._splits)
@@ -329,14 +322,8 @@ class Recorder:
 
     def _finish_store(self, reason: str | None) -> None:
         error = self._writer.error if self._writer is not None else None
-        if error is not None:
-            state, why = contract.FAILED, f"writing failed: {type(error).__name__}: {error}"
-        elif reason is not None:
-            state, why = contract.INTERRUPTED, reason
-        else:
-            state, why = contract.COMPLETE, "closed normally"
         try:
-            self._store.finish(state, why)
+            self._store.finish(*_final_state(error, reason))
         except Exception as exc:
             if error is None:
                 raise self._writer_error(exc) from exc
@@ -368,6 +355,15 @@ def _cost_line(shapes: Mapping[str, tuple[int, ...]], chunk_steps: int, recorded
         line += (f"; {recorded_steps:,} recorded steps: {human_size(step_bytes * recorded_steps)} before compression "
                  f"(float32 training state compresses ~1.1x, bf16 values ~6x), {shards:,} shard files")
     return line
+
+
+def _final_state(error: BaseException | None, reason: str | None) -> tuple[str, str]:
+    """The store's final state and why: the writer failed, the run was interrupted, or it closed normally."""
+    if error is not None:
+        return contract.FAILED, f"writing failed: {type(error).__name__}: {error}"
+    if reason is not None:
+        return contract.INTERRUPTED, reason
+    return contract.COMPLETE, "closed normally"
 
 
 def _check_options(
