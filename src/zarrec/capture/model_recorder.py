@@ -229,13 +229,13 @@ class ModelRecorder:
         learning rate the step will use."""
         if self.wants(self.last_step + 1):
             self._step.grad_norm_before_clipping = gradient_norm(self.model, self.sharded)
-        self._keep_lr()  # (every step: the statistics use it)
+        self._step.keep_lrs(self.selection.group, self.selection.optimizer)  # (every step: the statistics use it)
 
     def gradients_used(self) -> None:
         """The gradients are those the optimizer uses (after clipping, before ``zero_grad``):
         keep the selected ones (:meth:`~zarrec.capture.selection.ParameterSelection.grads`), their global norm, and the learning rate (if
         :meth:`before_clipping` did not: before the scheduler steps)."""
-        self._keep_lr()  # (every step: the statistics use it)
+        self._step.keep_lrs(self.selection.group, self.selection.optimizer)  # (every step: the statistics use it)
         if not self.wants(self.last_step + 1):
             return
         if self.selection.wants_grads():
@@ -320,14 +320,6 @@ class ModelRecorder:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-
-    def _keep_lr(self) -> None:
-        """The learning rates of the step, before a scheduler changes them: the recorded
-        parameters' group's, and every group's (for the statistics)."""
-        if self._step.lr is None:
-            self._step.lr = self.selection.group["lr"]
-        if self._step.group_lrs is None:
-            self._step.group_lrs = [group["lr"] for group in self.selection.optimizer.param_groups]
 
     def _keep_initial_state(self) -> None:
         """Copy the selected parameters (and the probe's logits) now, before the first step

@@ -24,6 +24,14 @@ class CapturedStep:
         self.lr: float | torch.Tensor | None = None
         self.group_lrs: list[float | torch.Tensor] | None = None  # every param group's
 
+    def keep_lrs(self, group: Mapping, optimizer: torch.optim.Optimizer) -> None:
+        """The learning rates of the step, before a scheduler changes them (the first call of a
+        step keeps them): ``group``'s (the recorded parameters'), and every group's (for the statistics)."""
+        if self.lr is None:
+            self.lr = group["lr"]
+        if self.group_lrs is None:
+            self.group_lrs = [g["lr"] for g in optimizer.param_groups]
+
     def loss_description(self) -> str:
         """What :attr:`loss` is, from how the step's micro-batch losses came."""
         if self.micro_batches <= 1:
