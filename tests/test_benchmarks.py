@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,6 @@ def test_quick_long_reads_benchmark_asks_every_question(tmp_path):
         "by_parameter", "realized_fraction", "realized_fraction_full_state", "speed_of_one_token", "plot"
     ]
     assert results["steps"] == 50 and all(row["seconds"] > 0 and row["bytes_read_mb"] > 0 for row in questions)
-    assert all(row["store_bytes_read_mb"] is None or 0 < row["distinct_store_bytes_read_mb"] <= row["store_mb"]
-               for row in questions)
+    first = questions[0]  # (the quick run counts the store's bytes of its first question only: strace is slow)
+    assert shutil.which("strace") is None or 0 < first["distinct_store_bytes_read_mb"] <= first["store_bytes_read_mb"] <= first["store_mb"]
     assert "| default | by_parameter |" in result.stdout
