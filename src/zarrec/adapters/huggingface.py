@@ -31,6 +31,7 @@ from transformers.trainer_callback import (
 )
 
 from zarrec.capture.attributes import common_attributes
+from zarrec.capture.health import refuse_logging_without_statistics
 from zarrec.capture.model_recorder import ModelRecorder
 from zarrec.capture.sharding import is_sharded
 from zarrec.errors import ConfigError, ZarrecWarning
@@ -113,9 +114,7 @@ class ZarrecCallback(TrainerCallback):
         self.params = None if params is None else list(params)
         self.quantities = None if quantities is None else list(quantities)
         self.rows = rows
-        if log_statistics and not statistics:
-            raise ConfigError("log_statistics=True logs the health statistics, which statistics=False turns off; "
-                              "drop one of them")
+        refuse_logging_without_statistics(log_statistics, statistics)
         self.statistics = statistics
         self.log_statistics = log_statistics
         self.schedule = StepSchedule.parse(every)

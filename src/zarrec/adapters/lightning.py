@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from zarrec.capture.attributes import common_attributes
+from zarrec.capture.health import refuse_logging_without_statistics
 from zarrec.capture.model_recorder import ModelRecorder
 from zarrec.capture.sharding import is_sharded
 from zarrec.errors import ConfigError, MissingDependencyError
@@ -71,9 +72,7 @@ class ZarrecLightningCallback(Callback):
         log_statistics: bool = False,
         **options: Any,
     ) -> None:
-        if log_statistics and not options.get("statistics", True):
-            raise ConfigError("log_statistics=True logs the health statistics, which statistics=False turns off; "
-                              "drop one of them")
+        refuse_logging_without_statistics(log_statistics, options.get("statistics", True))
         self.out = out
         self.params = params
         self.quantities = quantities

@@ -45,7 +45,7 @@ from zarrec.capture import passes
 from zarrec.capture.passes import PASSES, FlatGroup
 from zarrec.capture.resume import statistics_of
 from zarrec.capture.selection import ParameterSelection, input_embedding
-from zarrec.errors import ZarrecWarning
+from zarrec.errors import ConfigError, ZarrecWarning
 from zarrec.record.ranks import SumsOverRanks, is_dtensor, rows_part
 from zarrec.record.recorder import Recorder
 from zarrec.store import contract
@@ -397,6 +397,13 @@ def _finish(summed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     sums = np.stack([summed[name] for name in sorted(ADDENDS, key=ADDENDS.get)])
     with np.errstate(invalid="ignore", divide="ignore"):  # (no gradient or momentum: 0 / 0, NaN)
         return _statistics(sums)
+
+
+def refuse_logging_without_statistics(log_statistics: bool, statistics: bool | str) -> None:
+    """The callbacks' ``log_statistics=True`` needs the statistics recorded."""
+    if log_statistics and not statistics:
+        raise ConfigError("log_statistics=True logs the health statistics, which statistics=False turns off; "
+                          "drop one of them")
 
 
 def start_statistics(
