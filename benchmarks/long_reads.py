@@ -20,6 +20,8 @@ imported) against the store's size on disk, and the process's peak memory (``VmH
 - ``realized_fraction_full_state``: the same from the full state (the dataset without its
   store's statistics), for contrast;
 - ``speed_of_one_token``: ``ds.zarrec.speed().sel(token=101)`` (the full state);
+- ``one_token_by_zarr``: the floor under it, zarr-python alone reading that token's rows of
+  every step (``zarr.open_array(...)[:, 101]``: each step's shard, one inner chunk of it);
 - ``plot``: ``zarrec plot`` (every standard figure).
 
     python benchmarks/long_reads.py                  # 10,000 steps, every store (~25 min on 2 CPU cores)
@@ -46,12 +48,13 @@ QUESTIONS = {
     "realized_fraction": "ds.zarrec.realized_fraction().overall.compute()",
     "realized_fraction_full_state": "full_state_only(ds).zarrec.realized_fraction().overall.compute()",
     "speed_of_one_token": "ds.zarrec.speed().sel(token=101).compute()",
+    "one_token_by_zarr": "zarr.open_array(f'{path}/embeddings', mode='r')[:, 101]",
     "plot": "plot(path)",
 }
 STORES = {
     "default": ["by_parameter", "realized_fraction", "realized_fraction_full_state", "speed_of_one_token", "plot"],
     "full_state": ["by_parameter", "realized_fraction", "plot"],
-    "gpt2_small": ["by_parameter", "realized_fraction", "speed_of_one_token"],
+    "gpt2_small": ["by_parameter", "realized_fraction", "speed_of_one_token", "one_token_by_zarr"],
 }
 
 
@@ -126,6 +129,7 @@ def ask(out: str, question: str) -> dict:
 
     import matplotlib.pyplot as plt
     import xarray as xr
+    import zarr
 
     from zarrec.analysis import plots  # (and the accessor; imported before counting)
     from zarrec.cli import main as cli
@@ -143,7 +147,7 @@ def ask(out: str, question: str) -> dict:
 
     before, start = read_bytes(), time.perf_counter()
     ds = xr.open_zarr(out)
-    eval(QUESTIONS[question], {"ds": ds, "path": out, "full_state_only": full_state_only, "plot": plot})  # (our own expressions)
+    eval(QUESTIONS[question], {"ds": ds, "zarr": zarr, "path": out, "full_state_only": full_state_only, "plot": plot})  # (our own expressions)
     seconds, read = time.perf_counter() - start, read_bytes() - before
     peak_kb = int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0])
     return {"seconds": seconds, "bytes_read": read, "peak_mb": peak_kb / 1e3}

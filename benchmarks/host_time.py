@@ -1,0 +1,107 @@
+"""Host time per step: what the training thread spends in zarrec's calls each optimizer step.
+
+The reference model (byte-level GPT-2, 116 k parameters, bf16) trained by a plain loop, batch
+4 × 32, one intra-op thread (``torch.set_num_threads(1)``), recorded by :class:`zarrec.ModelRecorder`
+with the health statistics at every step; per step, the time inside ``recorder.before_clipping()``
+and ``recorder.step(loss=loss)`` (and inside any hook zarrec installs on the model or optimizer),
+median over ``--steps`` steps after ``--warmup``. Recordings, interleaved step by step so that
+the machine's drift hits each alike:
+
+- ``default``: ``ModelRecorder(out, model, optimizer)``: the embedding's full state, the scalars,
+  the statistics of every parameter;
+- ``every_parameter``: ``params="*"``: every parameter's full state;
+- ``no_statistics``: the default with ``statistics=False`` (for contrast).
+
+On a CPU the "device" work (the statistics' arithmetic, the copies) runs on the training thread
+too, so these times include it; on an accelerator it is queued.
+
+    python benchmarks/host_time.py                       # 350 steps (~2 min on 2 CPU cores)
+    python benchmarks/host_time.py --steps 30 --warmup 5 # a smoke run (a test runs it)
+    python benchmarks/host_time.py --profile default     # where the time goes (cProfile, top 25)
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RECORDINGS = {
+    "default": {},
+    "every_parameter": {"params": "*"},
+    "no_statistics": {"statistics": False},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=350)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--recordings", default=",".join(RECORDINGS))
+    parser.add_argument("--profile", choices=list(RECORDINGS), help="profile one recording's calls instead")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    import zarrec
+    from zarrec.reference.config import TrainConfig
+    from zarrec.reference.corpus import load_corpus
+    from zarrec.reference.model import build_model
+
+    torch.set_num_threads(1)
+    config = TrainConfig()
+    data = torch.from_numpy(load_corpus(None, config.vocab_size).tokens[: 4 * 32 * 64].astype("int64")).reshape(-1, 32)
+    names = [args.profile] if args.profile else args.recordings.split(",")
+    profiler = cProfile.Profile() if args.profile else None
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="zarrec-host-") as scratch:
+        for name in names:
+            torch.manual_seed(0)
+            model = build_model(config)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+            recorder = zarrec.ModelRecorder(str(Path(scratch) / f"{name}.zarr"), model, optimizer, **RECORDINGS[name])
+            runs[name] = (model, optimizer, recorder, [])
+        total = args.warmup + args.steps
+        for step in range(total):
+            batch = data[(4 * step) % len(data):][:4]
+            for name, (model, optimizer, recorder, times) in runs.items():
+                loss = model(input_ids=batch, labels=batch).loss
+                loss.backward()
+                start = time.perf_counter()
+                recorder.before_clipping()
+                spent = time.perf_counter() - start
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                if profiler is not None and step >= args.warmup:
+                    profiler.enable()
+                start = time.perf_counter()
+                recorder.step(loss=loss)
+                spent += time.perf_counter() - start
+                if profiler is not None:
+                    profiler.disable()
+                optimizer.zero_grad()
+                if step >= args.warmup:
+                    times.append(spent)
+        for _, _, recorder, _ in runs.values():
+            recorder.close()
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    results = {name: {"median_ms": 1e3 * statistics.median(times), "steps": len(times)}
+               for name, (_, _, _, times) in runs.items()}
+    print("| recording | host time per step (median, ms) |\n|---|---|")
+    for name, result in results.items():
+        print(f"| {name} | {result['median_ms']:.3f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"torch_threads": 1, "steps": args.steps, "recordings": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
