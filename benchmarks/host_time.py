@@ -74,17 +74,22 @@ def main(argv: list[str] | None = None) -> int:
             for name, (model, optimizer, recorder, times) in runs.items():
                 loss = model(input_ids=batch, labels=batch).loss
                 loss.backward()
+                profiling = profiler is not None and step >= args.warmup
+                if profiling:
+                    profiler.enable()
                 start = time.perf_counter()
                 recorder.before_clipping()
                 spent = time.perf_counter() - start
+                if profiling:
+                    profiler.disable()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
-                if profiler is not None and step >= args.warmup:
+                if profiling:
                     profiler.enable()
                 start = time.perf_counter()
                 recorder.step(loss=loss)
                 spent += time.perf_counter() - start
-                if profiler is not None:
+                if profiling:
                     profiler.disable()
                 optimizer.zero_grad()
                 if step >= args.warmup:

@@ -21,7 +21,14 @@ Cost: one pass over ``W``, ``W[t−1]``, ``g``, ``m``, ``v`` of each parameter (
 operation), and one device copy of every trained parameter (``W[t−1]``, in its own dtype).
 ``statistics="norms"`` keeps no copy: ``param_norm``, ``grad_norm``, ``momentum_norm`` and
 ``cos_grad_momentum`` only. Nothing here waits for the device: the values are staged like
-every recorded tensor.
+every recorded tensor. The work is queued on the parameters' device
+(:mod:`~zarrec.record.device_queue`): on an accelerator its kernels join the stream; on a CPU,
+for a model whose parameters are all small (each below ``passes.COMPILE_FROM_ELEMENTS``
+entries), it runs on a worker thread, from a copy of the gradients taken on the training
+thread (one fused copy: the training thread may zero them in place) and from the live
+parameters and optimizer state, which the optimizer's next step waits for (a step pre-hook
+that returns at once when the work is done). The large parameters of a CPU run are reduced on
+the training thread: their cost is memory traffic, which a second thread does not remove.
 
 Under FSDP2 each rank reduces its own rows: the per-row statistics are its rows' (recorded as
 its part of the row dim), and of each parameter it records the sums above
@@ -46,6 +53,12 @@ from zarrec.capture.passes import PASSES, FlatGroup
 from zarrec.capture.resume import statistics_of
 from zarrec.capture.selection import ParameterSelection, input_embedding
 from zarrec.errors import ConfigError, ZarrecWarning
+from zarrec.record.device_queue import (
+    Immediate,
+    OnAWorkerThread,
+    OnTheDevice,
+    accelerator_of,
+)
 from zarrec.record.ranks import SumsOverRanks, is_dtensor, rows_part
 from zarrec.record.recorder import Recorder
 from zarrec.store import contract
@@ -123,6 +136,8 @@ class HealthStatistics:
         self.flat_groups: list[tuple[FlatGroup, list[_Tracked]]] = []  # made by keep_previous
         self.recorder: Recorder | None = None  # opened by open_recorder
         self.latest: dict[str, torch.Tensor] = {}  # the last recorded step's statistics of each parameter (for to_log)
+        self.queue: Immediate | OnAWorkerThread = Immediate()  # where each step's work runs (start_queue)
+        self._drain_before_step: torch.utils.hooks.RemovableHandle | None = None
         self.unknown_update = "" if kind else (
             f"the intended update of {type(optimizer).__name__} is not known to zarrec "
             f"(it is for {', '.join(INTENDED)}): only the norms are recorded"
@@ -194,20 +209,74 @@ class HealthStatistics:
         self.recorder = recorder
         return recorder
 
+    def start_queue(self) -> None:
+        """Queue each step's work on the parameters' device, or on a worker thread for a CPU
+        run whose every parameter is reduced in a flat group (see the module's docstring)."""
+        device = accelerator_of(t.parameter for t in self.tracked)
+        grouped = sum(len(members) for _, members in self.flat_groups)
+        if device is not None:
+            self.queue = OnTheDevice(device)
+        elif not self.sharded and self.flat_groups and grouped == len(self.tracked):
+            self.queue = OnAWorkerThread("zarrec-statistics")
+            self._drain_before_step = self.optimizer.register_step_pre_hook(lambda *_: self.queue.drain())
+
     def record(self, step: int, lrs: Sequence[float | torch.Tensor]) -> None:
-        """Record optimizer step ``step``'s statistics (its param groups used the rates ``lrs``)."""
-        values = self.of_step(lrs)
-        self.latest = {statistic: values[statistic] for statistic in HEALTH_STATISTICS if statistic in values}
-        self.recorder.record(step, **values)
+        """Record optimizer step ``step``'s statistics (its param groups used the rates ``lrs``):
+        queued on the worker thread with a copy of the gradients where the queue is one (and
+        every parameter has its gradient), else now."""
+        if isinstance(self.queue, OnAWorkerThread):
+            self.queue.drain()  # (done long ago, normally: the last step's work, which read the copy)
+            grads = self._copy_of_grads()
+            if grads is not None:
+                self.queue.run(lambda: self._record(step, lrs, grads))
+                return
+        self._record(step, lrs, None)
+
+    def flush(self) -> None:
+        """Hand the statistics staged so far to their writer (after the steps queued)."""
+        self.queue.run(self.recorder.flush)
+
+    def close(self, reason: str | None = None) -> None:
+        """Finish the queued steps, then write every one and close the statistics' store."""
+        try:
+            self._stop_queue()
+        finally:
+            self.recorder.close(reason)
+
+    def exit(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
+        """As :meth:`close`, leaving a context (the recorder's ``__exit__``)."""
+        try:
+            self._stop_queue()
+        finally:
+            self.recorder.__exit__(exc_type, exc, traceback)
 
     def to_log(self) -> dict[str, float]:
         """The last recorded step's statistics of each parameter, ``{"<statistic>/<param>": value}``,
         for a framework's logger: one copy from the device (empty before the first step; under
         FSDP2 this rank's addends are not the statistics, which the store holds)."""
+        self.queue.drain()
         if not self.latest or self.sharded:
             return {}
         table = torch.stack(list(self.latest.values())).tolist()  # (one synchronisation)
         return {f"{statistic}/{param}": value for statistic, row in zip(self.latest, table) for param, value in zip(self.params, row)}
+
+    def _record(self, step: int, lrs: Sequence[float | torch.Tensor], grads: list[torch.Tensor] | None) -> None:
+        values = self.of_step(lrs, grads)
+        self.latest = {statistic: values[statistic] for statistic in HEALTH_STATISTICS if statistic in values}
+        self.recorder.record(step, **values)
+
+    def _copy_of_grads(self) -> list[torch.Tensor] | None:
+        """Each flat group's gradients, copied (one fused copy); None where a parameter has none this step."""
+        grads = [[_local(t.parameter.grad) for t in members] for _, members in self.flat_groups]
+        if any(g is None for group in grads for g in group):
+            return None
+        return [flat.copy_of_grads(group) for (flat, _), group in zip(self.flat_groups, grads)]
+
+    def _stop_queue(self) -> None:
+        if self._drain_before_step is not None:
+            self._drain_before_step.remove()
+            self._drain_before_step = None
+        self.queue.close()
 
     @torch.no_grad()
     def keep_previous(self) -> None:
@@ -237,14 +306,15 @@ class HealthStatistics:
         return self._values(sums, initial=True)
 
     @torch.no_grad()
-    def of_step(self, lrs: Sequence[float | torch.Tensor]) -> dict[str, torch.Tensor]:
+    def of_step(self, lrs: Sequence[float | torch.Tensor], grads: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """After an optimizer step whose param groups used learning rates ``lrs``: its
-        statistics, from the live parameters, their gradients and the optimizer's state; the
-        parameters are then kept as the next step's ``W[t−1]``."""
+        statistics, from the live parameters, their gradients (or ``grads``, each flat group's
+        copy of them) and the optimizer's state; the parameters are then kept as the next
+        step's ``W[t−1]``."""
         coefficients: dict[tuple[int, Any], torch.Tensor] = {}
         sums = {}
-        for flat, members in self.flat_groups:
-            sums.update(self._flat_sums(flat, members, lrs, coefficients))
+        for index, (flat, members) in enumerate(self.flat_groups):
+            sums.update(self._flat_sums(flat, members, lrs, coefficients, None if grads is None else grads[index]))
         for t in self.tracked:
             if t.name in sums:
                 continue
@@ -265,23 +335,25 @@ class HealthStatistics:
         return self._values({t.name: sums[t.name] for t in self.tracked})
 
     def _flat_sums(self, flat: FlatGroup, members: list[_Tracked], lrs: Sequence[float | torch.Tensor],
-                   cache: dict[tuple[int, Any], torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The sums of a group of small parameters in one pass; none (each is then reduced
-        alone) where one of them lacks a gradient or state this step, or their constants differ."""
-        grads, states, constants, without_momentum = [], [], [], []
-        for t in members:
+                   cache: dict[tuple[int, Any], torch.Tensor], copied: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The sums of a group of small parameters in one pass, from their live gradients or
+        ``copied`` (the group's copy of them); none (each is then reduced alone) where one of
+        them lacks a gradient or state this step, or their constants differ."""
+        grads = flat.grads_of(copied) if copied is not None else [_local(t.parameter.grad) for t in members]
+        states, constants, without_momentum = [], [], []
+        for t, g in zip(members, grads):
             state, momentum = self._state_of(t)
-            k = self._coefficients(t, state, lrs[t.group], cache) if t.parameter.grad is not None else None
+            k = self._coefficients(t, state, lrs[t.group], cache) if g is not None else None
             if k is None or (t.kind != "SGD" and momentum is None):
                 return {}
-            grads.append(_local(t.parameter.grad))
-            states.append([momentum, _local(state["exp_avg_sq"])] if t.kind != "SGD" else [grads[-1] if momentum is None else momentum])
+            states.append([momentum, _local(state["exp_avg_sq"])] if t.kind != "SGD" else [g if momentum is None else momentum])
             constants.append(k)
             without_momentum.append(momentum is None)
         if any(k is not constants[0] for k in constants):
             return {}
         weights = [_local(t.parameter.detach()) for t in members]
-        found = flat.sums(weights, grads, states, "sgd" if members[0].kind == "SGD" else "adam", constants[0])
+        found = flat.sums(weights, grads if copied is None else copied, states, "sgd" if members[0].kind == "SGD" else "adam",
+                          constants[0])
         for total, missing in zip(found, without_momentum):
             if missing:  # (plain SGD: its gradient stood in for the momentum)
                 total[[passes.GM, passes.M2]] = float("nan")
@@ -426,4 +498,5 @@ def start_statistics(
     if initial:
         health.recorder.record(0, **health.initial())
     health.keep_previous()
+    health.start_queue()
     return health

@@ -140,6 +140,7 @@ class ModelRecorder:
         self.model = model
         refuse_partitioned_parameters(model)
         self.sharded = is_sharded(model)
+        self._trained = trained(model)  # (once: walking the modules each step costs more than the norm)
         self.selection = ParameterSelection(model, optimizer, params, quantities, rows)
         if self.sharded:
             refuse_unsupported_sharding(self.selection)
@@ -221,14 +222,14 @@ class ModelRecorder:
         last micro-batch's value stands), from a callback that the first parameter to finish
         accumulating queues on the autograd engine: one fused norm a backward, not one a
         parameter."""
-        for parameter in trained(self.model):
+        for parameter in self._trained:
             self._hooks.append(parameter.register_post_accumulate_grad_hook(self._queue_norm_before_clipping))
 
     def before_clipping(self) -> None:
         """The gradients are accumulated, not yet clipped: keep their global norm, and the
         learning rate the step will use."""
         if self.wants(self.last_step + 1):
-            self._step.grad_norm_before_clipping = gradient_norm(self.model, self.sharded)
+            self._step.grad_norm_before_clipping = gradient_norm(self._trained, self.sharded)
         self._step.keep_lrs(self.selection.group, self.selection.optimizer)  # (every step: the statistics use it)
 
     def gradients_used(self) -> None:
@@ -240,16 +241,21 @@ class ModelRecorder:
             return
         if self.selection.wants_grads():
             self._step.grads = self.selection.grads()
-        self._step.grad_norm = gradient_norm(self.model, self.sharded)
+        self._step.grad_norm = gradient_norm(self._trained, self.sharded)
 
     def end_step(self, step: int, /, **values: Value) -> None:
         """Optimizer step ``step`` is done: record it if the schedule keeps it, with ``values``,
-        and its health statistics (every step: the gradients are still there)."""
+        and its health statistics (every step: the gradients are still there; queued last, so
+        that their work overlaps the training thread's next step rather than this call)."""
         self.last_step = step
+        handed = self._record_step(step, values) if self.wants(step) else False
         if self.health is not None:
             self.health.record(step, self._step.group_lrs or [group["lr"] for group in self.selection.optimizer.param_groups])
-        if not self.wants(step):
-            return
+            if handed:  # the statistics go with the run's chunk: both commit about together
+                self.health.flush()
+
+    def _record_step(self, step: int, values: Mapping[str, Value]) -> bool:
+        """Stage step ``step``'s values (and its scalars, logits, probe); whether that handed a chunk to the writer."""
         captured = {
             contract.LOSS: self._step.loss, contract.LR: self._step.lr if self._step.lr is not None else float("nan"),
             contract.GRAD_NORM: self._step.grad_norm,
@@ -261,16 +267,14 @@ class ModelRecorder:
             captured[contract.PROBE_LOGITS] = self._at_token_rows(self.probe.logits(self.model))
         if not self._started:
             self._start({**captured, **values})
-        if self.schedule.records(step):
-            self.recorder.record(step, **{**self.selection.values(self._step.grads), **captured, **values})
-            if self.health is not None and not self.recorder.staged_rows:
-                # A chunk was handed to the writer: the statistics go with it, so both commit about
-                # together and a crash loses few statistics beyond the run's last commit.
-                self.health.recorder.flush()
-            if self._cost_untold:
-                self._cost_untold = False
-                recorded = self.recorder.recorded_rows + self.schedule.count(step, self.steps) if self.steps else None
-                _LOGGER.info(self.recorder.cost_line(recorded))
+        if not self.schedule.records(step):
+            return False
+        self.recorder.record(step, **{**self.selection.values(self._step.grads), **captured, **values})
+        if self._cost_untold:
+            self._cost_untold = False
+            recorded = self.recorder.recorded_rows + self.schedule.count(step, self.steps) if self.steps else None
+            _LOGGER.info(self.recorder.cost_line(recorded))
+        return not self.recorder.staged_rows
 
     def step(self, **values: Value) -> None:
         """For a plain loop, after ``optimizer.step()`` and before ``zero_grad()`` and the
@@ -303,7 +307,7 @@ class ModelRecorder:
             self.recorder.close(reason)
         finally:
             if self.health is not None:
-                self.health.recorder.close(reason)
+                self.health.close(reason)
 
     def __enter__(self) -> ModelRecorder:
         return self
@@ -314,7 +318,7 @@ class ModelRecorder:
             self.recorder.__exit__(exc_type, exc, traceback)
         finally:
             if self.health is not None:
-                self.health.recorder.__exit__(exc_type, exc, traceback)
+                self.health.exit(exc_type, exc, traceback)
 
     def _remove_hooks(self) -> None:
         for hook in self._hooks:
@@ -358,7 +362,7 @@ class ModelRecorder:
 
     def _norm_before_clipping(self) -> None:
         self._norm_queued = False
-        self._step.grad_norm_before_clipping = gradient_norm(self.model, self.sharded)
+        self._step.grad_norm_before_clipping = gradient_norm(self._trained, self.sharded)
 
 
 

@@ -11,11 +11,11 @@ from zarrec.capture.step import NAN
 from zarrec.record.ranks import is_dtensor, sharded
 
 
-def gradient_norm(model: torch.nn.Module, sharded_model: bool) -> torch.Tensor:
-    """The global gradient norm; under FSDP2 (``sharded_model``) this rank's share of its
-    square (its own rows, and on rank 0 every unsharded gradient): the recorder sums the
-    shares over the ranks once a chunk, never a step."""
-    grads = [p.grad for p in trained(model)]
+def gradient_norm(parameters: Sequence[torch.nn.Parameter], sharded_model: bool) -> torch.Tensor:
+    """The global gradient norm of the trained ``parameters``; under FSDP2 (``sharded_model``)
+    this rank's share of its square (its own rows, and on rank 0 every unsharded gradient): the
+    recorder sums the shares over the ranks once a chunk, never a step."""
+    grads = [p.grad for p in parameters]
     if not sharded_model:
         return global_norm(grads)
     rank, own = torch.distributed.get_rank(), []
@@ -31,7 +31,7 @@ def trained(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def global_norm(tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
     """``√Σ‖x‖²`` over the tensors that exist, as ``clip_grad_norm_`` computes it (float32, on their device)."""
-    present = [t.detach() for t in tensors if t is not None]
+    present = [t for t in tensors if t is not None]  # (gradients: no autograd history to detach from)
     if not present:
         return NAN
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present)).float())

@@ -106,18 +106,30 @@ class FlatGroup:
         self.rows = list(rows)
         self.sizes = [p.numel() for p in parameters]
         self.previous = torch.cat([p.detach().reshape(-1) for p in parameters])
+        self.grads = torch.empty_like(self.previous)  # a copy of the gradients (copy_of_grads)
+        self._grad_views = self.grads_of(self.grads)
+
+    def copy_of_grads(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``grads`` (one per parameter) copied into the group's flat gradient buffer, in one
+        fused copy (the buffer is reused: its reader is done before the next step's copy)."""
+        torch._foreach_copy_(self._grad_views, grads)
+        return self.grads
+
+    def grads_of(self, copied: torch.Tensor) -> list[torch.Tensor]:
+        """Each parameter's gradient in a copy made by :meth:`copy_of_grads`."""
+        return [part.view(shape) for part, shape in zip(copied.split(self.sizes), self.shapes)]
 
     def previous_of(self) -> list[torch.Tensor]:
         """Each parameter's ``W[t−1]``, a view of the group's buffer."""
         return [part.view(shape) for part, shape in zip(self.previous.split(self.sizes), self.shapes)]
 
-    def sums(self, parameters: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+    def sums(self, parameters: Sequence[torch.Tensor], grads: Sequence[torch.Tensor] | torch.Tensor,
              states: Sequence[Sequence[torch.Tensor]], kind: str, k: torch.Tensor) -> list[torch.Tensor]:
         """Each parameter's sums (8 × its segments) from the ``parameters`` now, their ``grads``
-        and, per parameter, its state (Adam: ``exp_avg, exp_avg_sq``; SGD: the momentum buffer
+        (or their flat copy, :meth:`copy_of_grads`) and, per parameter, its state (Adam: ``exp_avg, exp_avg_sq``; SGD: the momentum buffer
         or its gradient), then keeps the parameters as the next ``W[t−1]``."""
         w = _flat(parameters)
-        g = _flat(grads)
+        g = grads.float() if isinstance(grads, torch.Tensor) else _flat(grads)
         first = _flat([state[0] for state in states])
         previous = self.previous.float()
         if kind == "adam":

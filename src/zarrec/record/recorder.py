@@ -21,6 +21,7 @@ import torch
 
 from zarrec.errors import RecordError, WriterError, ZarrecWarning
 from zarrec.record import shutdown
+from zarrec.record.device_queue import accelerator_of
 from zarrec.record.opening import (
     OpenedStore,
     attach_store,
@@ -64,7 +65,7 @@ class Recorder:
         coords: static coordinates, ``{name: (dim, values)}``, e.g. ``{"live": ("token", mask)}``.
         attrs: run attributes (hyperparameters) stored on the group.
         compressor: a Zarr v3 bytes-to-bytes codec; default Blosc zstd-3 + bit-shuffle.
-        staging_bytes: the host memory the training thread stages steps in (pinned on CUDA),
+        staging_bytes: the host memory the training thread stages steps in (pinned for an accelerator),
             at most; default :data:`zarrec.store.contract.STAGING_BYTES`, shared by the ranks of one
             host in a sharded run (each gets its part: ``LOCAL_WORLD_SIZE``). A chunk that does not fit a
             third of it is staged a part at a time (the store's large arrays are then sharded
@@ -315,7 +316,7 @@ class Recorder:
             self._writer = ChunkWriter(self._store, self._ranks, self._over_ranks, self._shapes)
         self._stager = ChunkStager(
             parts, self.chunk_steps, self._writer, self._pace, rows=self._opened.rows,
-            pinned=any(isinstance(v, torch.Tensor) and v.is_cuda for v in values.values()),
+            device=accelerator_of(values.values()),
             flush_every=self._flush_every, mantissa_bits=self._mantissa_bits,
             rounded={name for name, shape in self._shapes.items() if shape},
         )

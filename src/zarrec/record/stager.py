@@ -1,9 +1,10 @@
 """The per-step path: each step's values copied into a slab of host staging memory, and each
 slab handed to the writer when its chunk (or its part of a large step's chunk) is full.
 
-On the training thread a step costs one copy per tensor (:func:`~zarrec.record.staging.copy_row`,
-non-blocking from CUDA into pinned memory); the writer thread waits for those copies once per
-part (an event), converts to float32, rounds, compresses and writes. When every slab is still
+On the training thread a step costs one fused copy of its tensors (:func:`~zarrec.record.staging.copy_row`,
+non-blocking from an accelerator, into pinned memory where it has it); the writer thread waits
+for those copies once per part (a marker of :mod:`~zarrec.record.device_queue`: an event of the
+device), converts to float32, rounds, compresses and writes. When every slab is still
 being written, the training thread waits for one (back-pressure: memory stays bounded).
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from zarrec.record.device_queue import Immediate, OnTheDevice, pinned_memory_for
 from zarrec.record.pace import WriterPace
 from zarrec.record.rounding import round_mantissa
 from zarrec.record.staging import (
@@ -36,7 +38,8 @@ class ChunkStager:
 
     ``rows``: the rows the store holds already (a resumed store), so that chunks end on the
     store's chunk boundaries; ``flush_every``: also hand the chunk over after that many steps;
-    ``rounded``: the variables rounded to ``mantissa_bits`` (the tensors, not the scalars).
+    ``rounded``: the variables rounded to ``mantissa_bits`` (the tensors, not the scalars);
+    ``device``: the accelerator the values live on (None: the CPU).
     """
 
     def __init__(
@@ -47,7 +50,7 @@ class ChunkStager:
         pace: WriterPace,
         *,
         rows: int,
-        pinned: bool,
+        device: torch.device | None,
         flush_every: int | None,
         mantissa_bits: int | None,
         rounded: set[str],
@@ -57,7 +60,9 @@ class ChunkStager:
         self.handed_rows = rows  # rows given to the writer so far (committed ones included)
         self._writer = writer
         self._pace = pace
-        self._pinned = pinned  # the values live on CUDA: pinned slabs, non-blocking copies
+        self._device = OnTheDevice(device) if device is not None else Immediate()
+        self._non_blocking = device is not None  # (the writer waits for a marker of the device)
+        self._pinned = pinned_memory_for(device)
         self._flush_every = flush_every
         self._mantissa_bits = mantissa_bits
         self._rounded = rounded
@@ -85,7 +90,7 @@ class ChunkStager:
             slab = self._filling[index] or self._take_slab(index)
             if slab is None:
                 return None
-            copy_row(slab.row_views[slab.rows], [piece.of(values.get(piece.name, _MISSING)) for piece in part], self._pinned)
+            copy_row(slab.row_views[slab.rows], [piece.of(values.get(piece.name, _MISSING)) for piece in part], self._non_blocking)
             slab.steps[slab.rows] = step
             slab.rows += 1
             if ends:  # a large step's parts go to the writer one by one, as soon as each is copied
@@ -124,7 +129,7 @@ class ChunkStager:
         if commits:
             self.handed_rows += rows
             self._unflushed = 0
-        wait = _cuda_wait() if self._pinned else (lambda: None)
+        wait = self._device.marker()
 
         def values() -> dict[str, np.ndarray]:  # runs in the writer thread
             wait()
@@ -143,9 +148,3 @@ class ChunkStager:
         slab.rows = 0
         self._free.put(slab)
 
-
-def _cuda_wait():
-    """Record an event after this chunk's non-blocking copies; the writer thread waits on it."""
-    event = torch.cuda.Event()
-    event.record()
-    return event.synchronize

@@ -3,7 +3,7 @@
 A chunk of ``chunk_steps`` steps is staged in one or more *parts*. A part is a list of
 *pieces*; a piece is a variable, or a range of its rows that is one column of the store's
 shards (format 2 shards split a large array along its rows). A part fits in one *slab*, a
-block of host memory (pinned from CUDA) of at most a third of the budget: one slab is being
+block of host memory (pinned for an accelerator) of at most a third of the budget: one slab is being
 filled while the writer works on the others. Most runs stage a whole chunk in one part; a
 step larger than a slab (a GPT-2 embedding with its gradient and Adam moments is 618 MB) is
 staged a part at a time, each handed to the writer as soon as it is copied, so the training
@@ -212,7 +212,7 @@ def _to_float32(tensor: torch.Tensor, out: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def copy_row(targets: list[torch.Tensor], values: list, from_cuda: bool) -> None:
+def copy_row(targets: list[torch.Tensor], values: list, non_blocking: bool) -> None:
     """Copy one step's values into their staging rows: tensors in one fused call, the rest one by one."""
     tensor_targets, tensors = [], []
     for target, value in zip(targets, values):
@@ -225,5 +225,5 @@ def copy_row(targets: list[torch.Tensor], values: list, from_cuda: bool) -> None
             target.fill_(value)
     if tensors:
         # The fused copy the optimizers use: a third of the per-call overhead of separate copy_ calls.
-        # Non-blocking from CUDA into pinned memory: the writer waits on one event per part (see ChunkStager).
-        torch._foreach_copy_(tensor_targets, tensors, non_blocking=from_cuda)
+        # Non-blocking from an accelerator: the writer waits on one marker per part (see ChunkStager).
+        torch._foreach_copy_(tensor_targets, tensors, non_blocking=non_blocking)
