@@ -4,8 +4,9 @@ The reference model (byte-level GPT-2, 116 k parameters, bf16) trained by a plai
 4 × 32, one intra-op thread (``torch.set_num_threads(1)``), recorded by :class:`zarrec.ModelRecorder`
 with the health statistics at every step; per step, the time inside ``recorder.before_clipping()``
 and ``recorder.step(loss=loss)`` (and inside any hook zarrec installs on the model or optimizer),
-median over ``--steps`` steps after ``--warmup``. Recordings, interleaved step by step so that
-the machine's drift hits each alike:
+median over ``--steps`` steps after ``--warmup``. Recordings, interleaved in blocks of
+``--block`` steps so that the machine's drift hits each alike (and a recording's threads are
+idle while another one trains):
 
 - ``default``: ``ModelRecorder(out, model, optimizer)``: the embedding's full state, the scalars,
   the statistics of every parameter;
@@ -39,10 +40,35 @@ RECORDINGS = {
 }
 
 
+def timed_step(model, optimizer, recorder, batch, profiler: cProfile.Profile | None) -> float:
+    """One step of the plain loop; the seconds spent in the recorder's calls (profiled, with ``profiler``)."""
+    import torch
+
+    def timed(call) -> float:
+        if profiler is not None:
+            profiler.enable()
+        start = time.perf_counter()
+        call()
+        spent = time.perf_counter() - start
+        if profiler is not None:
+            profiler.disable()
+        return spent
+
+    loss = model(input_ids=batch, labels=batch).loss
+    loss.backward()
+    spent = timed(recorder.before_clipping)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    spent += timed(lambda: recorder.step(loss=loss))
+    optimizer.zero_grad()
+    return spent
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=350)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--block", type=int, default=50, help="steps of one recording before the next one's")
     parser.add_argument("--recordings", default=",".join(RECORDINGS))
     parser.add_argument("--profile", choices=list(RECORDINGS), help="profile one recording's calls instead")
     parser.add_argument("--json", default=None)
@@ -69,31 +95,13 @@ def main(argv: list[str] | None = None) -> int:
             recorder = zarrec.ModelRecorder(str(Path(scratch) / f"{name}.zarr"), model, optimizer, **RECORDINGS[name])
             runs[name] = (model, optimizer, recorder, [])
         total = args.warmup + args.steps
-        for step in range(total):
-            batch = data[(4 * step) % len(data):][:4]
-            for name, (model, optimizer, recorder, times) in runs.items():
-                loss = model(input_ids=batch, labels=batch).loss
-                loss.backward()
-                profiling = profiler is not None and step >= args.warmup
-                if profiling:
-                    profiler.enable()
-                start = time.perf_counter()
-                recorder.before_clipping()
-                spent = time.perf_counter() - start
-                if profiling:
-                    profiler.disable()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                if profiling:
-                    profiler.enable()
-                start = time.perf_counter()
-                recorder.step(loss=loss)
-                spent += time.perf_counter() - start
-                if profiling:
-                    profiler.disable()
-                optimizer.zero_grad()
-                if step >= args.warmup:
-                    times.append(spent)
+        for first in range(0, total, args.block):
+            for model, optimizer, recorder, times in runs.values():
+                for step in range(first, min(first + args.block, total)):
+                    batch = data[(4 * step) % len(data):][:4]
+                    spent = timed_step(model, optimizer, recorder, batch, profiler if step >= args.warmup else None)
+                    if step >= args.warmup:
+                        times.append(spent)
         for _, _, recorder, _ in runs.values():
             recorder.close()
     if profiler is not None:

@@ -218,35 +218,45 @@ class HealthStatistics:
             self.queue = OnTheDevice(device)
         elif not self.sharded and self.flat_groups and grouped == len(self.tracked):
             self.queue = OnAWorkerThread("zarrec-statistics")
+            self._grouped = [[t.parameter for t in members] for _, members in self.flat_groups]
             self._drain_before_step = self.optimizer.register_step_pre_hook(lambda *_: self.queue.drain())
 
-    def record(self, step: int, lrs: Sequence[float | torch.Tensor]) -> None:
-        """Record optimizer step ``step``'s statistics (its param groups used the rates ``lrs``):
-        queued on the worker thread with a copy of the gradients where the queue is one (and
-        every parameter has its gradient), else now."""
-        if isinstance(self.queue, OnAWorkerThread):
-            self.queue.drain()  # (done long ago, normally: the last step's work, which read the copy)
-            grads = self._copy_of_grads()
-            if grads is not None:
-                self.queue.run(lambda: self._record(step, lrs, grads))
-                return
-        self._record(step, lrs, None)
+    @property
+    def copies_grads(self) -> bool:
+        """Whether each step's work runs on a worker thread, from a copy of the gradients."""
+        return isinstance(self.queue, OnAWorkerThread)
 
-    def flush(self) -> None:
-        """Hand the statistics staged so far to their writer (after the steps queued)."""
-        self.queue.run(self.recorder.flush)
+    def copy_of_grads(self, before_clipping: bool = False) -> list[torch.Tensor] | None:
+        """Each flat group's gradients now, copied (one fused copy; the queue's work that read the
+        last copy is done first); None where a parameter has none."""
+        grads = [[p.grad for p in parameters] for parameters in self._grouped]  # (not sharded: no DTensor)
+        if any(g is None for group in grads for g in group):
+            return None
+        self.queue.drain()  # (done long ago, normally: the last step's work, which read the copy)
+        return [flat.copy_of_grads(group, before_clipping) for (flat, _), group in zip(self.flat_groups, grads)]
+
+    def grads_in(self, copies: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each parameter's gradient in a copy made by :meth:`copy_of_grads`, by name."""
+        return {t.name: g for (flat, members), copy in zip(self.flat_groups, copies) for t, g in zip(members, flat.grads_of(copy))}
+
+    def record(self, step: int, lrs: Sequence[float | torch.Tensor], grads: list[torch.Tensor] | None = None) -> None:
+        """Record optimizer step ``step``'s statistics (its param groups used the rates ``lrs``),
+        from the live gradients or ``grads`` (:meth:`copy_of_grads`), where the queue runs this."""
+        values = self.of_step(lrs, grads)
+        self.latest = {statistic: values[statistic] for statistic in HEALTH_STATISTICS if statistic in values}
+        self.recorder.record(step, **values)
 
     def close(self, reason: str | None = None) -> None:
         """Finish the queued steps, then write every one and close the statistics' store."""
         try:
-            self._stop_queue()
+            self.stop_queue()
         finally:
             self.recorder.close(reason)
 
     def exit(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
         """As :meth:`close`, leaving a context (the recorder's ``__exit__``)."""
         try:
-            self._stop_queue()
+            self.stop_queue()
         finally:
             self.recorder.__exit__(exc_type, exc, traceback)
 
@@ -260,19 +270,8 @@ class HealthStatistics:
         table = torch.stack(list(self.latest.values())).tolist()  # (one synchronisation)
         return {f"{statistic}/{param}": value for statistic, row in zip(self.latest, table) for param, value in zip(self.params, row)}
 
-    def _record(self, step: int, lrs: Sequence[float | torch.Tensor], grads: list[torch.Tensor] | None) -> None:
-        values = self.of_step(lrs, grads)
-        self.latest = {statistic: values[statistic] for statistic in HEALTH_STATISTICS if statistic in values}
-        self.recorder.record(step, **values)
-
-    def _copy_of_grads(self) -> list[torch.Tensor] | None:
-        """Each flat group's gradients, copied (one fused copy); None where a parameter has none this step."""
-        grads = [[_local(t.parameter.grad) for t in members] for _, members in self.flat_groups]
-        if any(g is None for group in grads for g in group):
-            return None
-        return [flat.copy_of_grads(group) for (flat, _), group in zip(self.flat_groups, grads)]
-
-    def _stop_queue(self) -> None:
+    def stop_queue(self) -> None:
+        """Finish the queued work and stop the worker thread, if there is one (its error raised)."""
         if self._drain_before_step is not None:
             self._drain_before_step.remove()
             self._drain_before_step = None

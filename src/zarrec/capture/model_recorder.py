@@ -20,6 +20,12 @@ gradient norm before and after clipping; the training logits and a probe's logit
 there are. Step 0, kept when recording starts, is the initial state. Nothing here calls
 ``.item()`` or copies to the host: the recorder's staging copy is the only transfer.
 
+The per-step work is queued where the health statistics queue theirs
+(:meth:`~zarrec.capture.health.HealthStatistics.start_queue`): on an accelerator, its kernels
+join the stream as they are called; on a CPU, for a model of small parameters, the training
+thread copies the gradients (one fused copy, before clipping too when asked) and a worker
+thread does the rest: the norms, the staging copies, the statistics.
+
 Under FSDP2 (the model's parameters are DTensors) it is created on every rank: each records
 its own rows, rank 0 the rest (:mod:`zarrec.record.ranks`); the global gradient norms are summed over
 the ranks once a chunk.
@@ -28,7 +34,7 @@ the ranks once a chunk.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,7 +42,7 @@ import torch
 
 from zarrec.capture.attributes import optimizer_attributes
 from zarrec.capture.health import HealthStatistics, start_statistics
-from zarrec.capture.norms import gradient_norm, trained
+from zarrec.capture.norms import global_norm, gradient_norm, trained
 from zarrec.capture.probe import make_probe
 from zarrec.capture.resume import refuse_a_gap, starting_step
 from zarrec.capture.selection import ParameterSelection
@@ -45,7 +51,7 @@ from zarrec.capture.sharding import (
     refuse_partitioned_parameters,
     refuse_unsupported_sharding,
 )
-from zarrec.capture.step import CapturedStep
+from zarrec.capture.step import NAN, CapturedStep
 from zarrec.errors import ConfigError
 from zarrec.record.ranks import norms_over_ranks
 from zarrec.record.recorder import Recorder
@@ -192,6 +198,8 @@ class ModelRecorder:
         except BaseException as error:
             self.recorder.close(f"refused to record: {error}")  # the run's store is released, as it was
             raise
+        # Whether each step's work is queued on a worker thread, from a copy of the gradients.
+        self._queued = self.health is not None and self.health.copies_grads
 
     # Events, in the order a step sees them.
 
@@ -229,7 +237,7 @@ class ModelRecorder:
         """The gradients are accumulated, not yet clipped: keep their global norm, and the
         learning rate the step will use."""
         if self.wants(self.last_step + 1):
-            self._step.grad_norm_before_clipping = gradient_norm(self._trained, self.sharded)
+            self._step.grad_norm_before_clipping = self._grad_norm(before_clipping=True)
         self._step.keep_lrs(self.selection.group, self.selection.optimizer)  # (every step: the statistics use it)
 
     def gradients_used(self) -> None:
@@ -237,39 +245,49 @@ class ModelRecorder:
         keep the selected ones (:meth:`~zarrec.capture.selection.ParameterSelection.grads`), their global norm, and the learning rate (if
         :meth:`before_clipping` did not: before the scheduler steps)."""
         self._step.keep_lrs(self.selection.group, self.selection.optimizer)  # (every step: the statistics use it)
+        if self._queued:
+            self._step.grads_copy = self.health.copy_of_grads()
         if not self.wants(self.last_step + 1):
             return
         if self.selection.wants_grads():
-            self._step.grads = self.selection.grads()
-        self._step.grad_norm = gradient_norm(self._trained, self.sharded)
+            self._step.grads = self.selection.grads() if self._step.grads_copy is None else {}
+        self._step.grad_norm = self._grad_norm()
 
     def end_step(self, step: int, /, **values: Value) -> None:
         """Optimizer step ``step`` is done: record it if the schedule keeps it, with ``values``,
-        and its health statistics (every step: the gradients are still there; queued last, so
-        that their work overlaps the training thread's next step rather than this call)."""
+        and its health statistics (every step: the gradients are still there)."""
         self.last_step = step
-        handed = self._record_step(step, values) if self.wants(step) else False
-        if self.health is not None:
-            self.health.record(step, self._step.group_lrs or [group["lr"] for group in self.selection.optimizer.param_groups])
-            if handed:  # the statistics go with the run's chunk: both commit about together
-                self.health.flush()
+        captured, wanted = self._step, self.wants(step)
+        lrs = captured.group_lrs or [group["lr"] for group in self.selection.optimizer.param_groups]
+        if wanted and self.probe is not None and self.probe.evaluates(step) and self.schedule.records(step):
+            captured.probe_logits = self._at_token_rows(self.probe.logits(self.model))  # (a forward: on this thread)
+        queued = self._queued and self._started  # (the first step's errors are the caller's: now)
+        if queued and captured.grads_copy is None:
+            captured.grads_copy = self.health.copy_of_grads()
+        values = {name: v.detach().clone() if isinstance(v, torch.Tensor) else v for name, v in values.items()} if queued else values
 
-    def _record_step(self, step: int, values: Mapping[str, Value]) -> bool:
-        """Stage step ``step``'s values (and its scalars, logits, probe); whether that handed a chunk to the writer."""
-        captured = {
-            contract.LOSS: self._step.loss, contract.LR: self._step.lr if self._step.lr is not None else float("nan"),
-            contract.GRAD_NORM: self._step.grad_norm,
-            contract.GRAD_NORM_BEFORE_CLIPPING: self._step.grad_norm_before_clipping,
-        }
-        if self._step.logits is not None:
-            captured[contract.LOGITS] = self._step.logits
-        if self.probe is not None and self.probe.evaluates(step) and self.schedule.records(step):
-            captured[contract.PROBE_LOGITS] = self._at_token_rows(self.probe.logits(self.model))
+        def work() -> None:
+            handed = self._record_step(step, captured, values) if wanted else False
+            if self.health is not None:
+                self.health.record(step, lrs, captured.grads_copy)
+                if handed:  # the statistics go with the run's chunk: both commit about together
+                    self.health.recorder.flush()
+
+        if queued:
+            self.health.queue.run(work)
+        else:
+            work()
+
+    def _record_step(self, step: int, captured: CapturedStep, values: Mapping[str, Value]) -> bool:
+        """Stage step ``step``'s values, scalars, logits (where the device queue runs it);
+        whether that handed a chunk to the writer."""
+        scalars = captured.scalars()
         if not self._started:
-            self._start({**captured, **values})
+            self._start({**scalars, **values})
         if not self.schedule.records(step):
             return False
-        self.recorder.record(step, **{**self.selection.values(self._step.grads), **captured, **values})
+        grads = captured.grads if captured.grads_copy is None else self.health.grads_in(captured.grads_copy)
+        self.recorder.record(step, **{**self.selection.values(grads), **scalars, **values})
         if self._cost_untold:
             self._cost_untold = False
             recorded = self.recorder.recorded_rows + self.schedule.count(step, self.steps) if self.steps else None
@@ -304,10 +322,13 @@ class ModelRecorder:
         interrupted (see :meth:`Recorder.close`)."""
         self._remove_hooks()
         try:
-            self.recorder.close(reason)
+            self._finish_queued_steps()
         finally:
-            if self.health is not None:
-                self.health.close(reason)
+            try:
+                self.recorder.close(reason)
+            finally:
+                if self.health is not None:
+                    self.health.close(reason)
 
     def __enter__(self) -> ModelRecorder:
         return self
@@ -315,10 +336,23 @@ class ModelRecorder:
     def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
         self._remove_hooks()
         try:
-            self.recorder.__exit__(exc_type, exc, traceback)
+            self._finish_queued_steps(exc is None)
         finally:
-            if self.health is not None:
-                self.health.exit(exc_type, exc, traceback)
+            try:
+                self.recorder.__exit__(exc_type, exc, traceback)
+            finally:
+                if self.health is not None:
+                    self.health.exit(exc_type, exc, traceback)
+
+    def _finish_queued_steps(self, raising: bool = True) -> None:
+        """Let the steps queued on a worker thread finish (their error raised, if ``raising``)."""
+        if self.health is None:
+            return
+        try:
+            self.health.stop_queue()
+        except Exception:
+            if raising:
+                raise
 
     def _remove_hooks(self) -> None:
         for hook in self._hooks:
@@ -362,7 +396,15 @@ class ModelRecorder:
 
     def _norm_before_clipping(self) -> None:
         self._norm_queued = False
-        self._step.grad_norm_before_clipping = gradient_norm(self._trained, self.sharded)
+        self._step.grad_norm_before_clipping = self._grad_norm(before_clipping=True)
+
+    def _grad_norm(self, before_clipping: bool = False) -> torch.Tensor | Callable[[], torch.Tensor]:
+        """The global gradient norm now, or where the step's work is queued on a worker thread,
+        its computation from a copy of the gradients (made now)."""
+        if not self._queued:
+            return gradient_norm(self._trained, self.sharded)
+        copies = self._step.grads_copy if not before_clipping else self.health.copy_of_grads(before_clipping=True)
+        return lambda: global_norm(self.health.grads_in(copies).values()) if copies is not None else NAN
 
 
 

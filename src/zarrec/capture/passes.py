@@ -106,22 +106,27 @@ class FlatGroup:
         self.rows = list(rows)
         self.sizes = [p.numel() for p in parameters]
         self.previous = torch.cat([p.detach().reshape(-1) for p in parameters])
-        self.grads = torch.empty_like(self.previous)  # a copy of the gradients (copy_of_grads)
-        self._grad_views = self.grads_of(self.grads)
+        self._buffers = {False: torch.empty_like(self.previous), True: torch.empty_like(self.previous)}  # (copy_of_grads)
+        self._views = {id(buffer): self._split(buffer) for buffer in self._buffers.values()}  # (made once: 28 views cost more than the copy)
 
-    def copy_of_grads(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``grads`` (one per parameter) copied into the group's flat gradient buffer, in one
-        fused copy (the buffer is reused: its reader is done before the next step's copy)."""
-        torch._foreach_copy_(self._grad_views, grads)
-        return self.grads
+    def copy_of_grads(self, grads: Sequence[torch.Tensor], before_clipping: bool = False) -> torch.Tensor:
+        """``grads`` (one per parameter) copied into one of the group's flat gradient buffers (as
+        the step uses them, or before clipping), in one fused copy; the buffer is reused, so
+        the work that read its last copy must be done."""
+        buffer = self._buffers[before_clipping]
+        torch._foreach_copy_(self._views[id(buffer)], grads)
+        return buffer
 
     def grads_of(self, copied: torch.Tensor) -> list[torch.Tensor]:
         """Each parameter's gradient in a copy made by :meth:`copy_of_grads`."""
-        return [part.view(shape) for part, shape in zip(copied.split(self.sizes), self.shapes)]
+        return self._views[id(copied)]
 
     def previous_of(self) -> list[torch.Tensor]:
         """Each parameter's ``W[t−1]``, a view of the group's buffer."""
-        return [part.view(shape) for part, shape in zip(self.previous.split(self.sizes), self.shapes)]
+        return self._split(self.previous)
+
+    def _split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [part.view(shape) for part, shape in zip(flat.split(self.sizes), self.shapes)]
 
     def sums(self, parameters: Sequence[torch.Tensor], grads: Sequence[torch.Tensor] | torch.Tensor,
              states: Sequence[Sequence[torch.Tensor]], kind: str, k: torch.Tensor) -> list[torch.Tensor]:

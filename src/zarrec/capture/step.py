@@ -3,9 +3,11 @@ gradients, global gradient norms and learning rate; made anew when the next step
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
+
+from zarrec.store import contract
 
 NAN = torch.tensor(float("nan"))  # a scalar the step did not see, in the dtype of a captured one (float32)
 
@@ -19,8 +21,11 @@ class CapturedStep:
         self.loss_is_token_share = False  # each micro loss was already divided by the step's token count
         self.logits: torch.Tensor | None = None
         self.grads: Mapping[str, torch.Tensor | None] = {}
-        self.grad_norm: torch.Tensor = NAN
-        self.grad_norm_before_clipping: torch.Tensor = NAN
+        self.grads_copy: list[torch.Tensor] | None = None  # the gradients used, copied (a worker thread reads them)
+        # (a norm to be computed where the step's work is queued: from a copy of the gradients)
+        self.grad_norm: torch.Tensor | Callable[[], torch.Tensor] = NAN
+        self.grad_norm_before_clipping: torch.Tensor | Callable[[], torch.Tensor] = NAN
+        self.probe_logits: torch.Tensor | None = None
         self.lr: float | torch.Tensor | None = None
         self.group_lrs: list[float | torch.Tensor] | None = None  # every param group's
 
@@ -31,6 +36,20 @@ class CapturedStep:
             self.lr = group["lr"]
         if self.group_lrs is None:
             self.group_lrs = [g["lr"] for g in optimizer.param_groups]
+
+    def scalars(self) -> dict[str, torch.Tensor | float]:
+        """What the step records besides the parameters: its loss, learning rate, gradient
+        norms, and its logits and probe's logits where it has them."""
+        values = {
+            contract.LOSS: self.loss, contract.LR: self.lr if self.lr is not None else float("nan"),
+            contract.GRAD_NORM: _computed(self.grad_norm),
+            contract.GRAD_NORM_BEFORE_CLIPPING: _computed(self.grad_norm_before_clipping),
+        }
+        if self.logits is not None:
+            values[contract.LOGITS] = self.logits
+        if self.probe_logits is not None:
+            values[contract.PROBE_LOGITS] = self.probe_logits
+        return values
 
     def loss_description(self) -> str:
         """What :attr:`loss` is, from how the step's micro-batch losses came."""
@@ -49,3 +68,7 @@ class CapturedStep:
         if self.loss_sum is None:
             return NAN
         return self.loss_sum if self.loss_is_token_share else self.loss_sum / self.micro_batches
+
+
+def _computed(norm: torch.Tensor | Callable[[], torch.Tensor]) -> torch.Tensor:
+    return norm() if callable(norm) else norm

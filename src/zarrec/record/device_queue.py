@@ -89,6 +89,8 @@ class OnAWorkerThread:
 
     def drain(self) -> None:
         """Return when every queued work is done."""
+        if self._pending == 0 and self.error is None:  # (the common case, without the lock)
+            return
         with self._lock:
             self._lock.wait_for(lambda: self._pending == 0)
         self._raise()
