@@ -13,10 +13,12 @@ idle while another one trains):
 - ``every_parameter``: ``params="*"``: every parameter's full state;
 - ``no_statistics``: the default with ``statistics=False`` (for contrast).
 
-On a CPU the "device" work (the statistics' arithmetic, the copies) runs on the training thread
-too, so these times include it; on an accelerator it is queued.
+On a CPU the copies of the gradients run on the training thread and are included (the rest of
+a small model's work runs on zarrec's worker thread); on an accelerator the device work is
+queued on its stream, and the times are what the host spends queuing it.
 
     python benchmarks/host_time.py                       # 350 steps (~2 min on 2 CPU cores)
+    python benchmarks/host_time.py --device cuda         # on an accelerator (or --device mps on a Mac)
     python benchmarks/host_time.py --steps 30 --warmup 5 # a smoke run (a test runs it)
     python benchmarks/host_time.py --profile default     # where the time goes (cProfile, top 25)
 """
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block", type=int, default=50, help="steps of one recording before the next one's")
     parser.add_argument("--recordings", default=",".join(RECORDINGS))
     parser.add_argument("--profile", choices=list(RECORDINGS), help="profile one recording's calls instead")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -84,13 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     config = TrainConfig()
     data = torch.from_numpy(load_corpus(None, config.vocab_size).tokens[: 4 * 32 * 64].astype("int64")).reshape(-1, 32)
+    data = data.to(args.device)
     names = [args.profile] if args.profile else args.recordings.split(",")
     profiler = cProfile.Profile() if args.profile else None
     runs = {}
     with tempfile.TemporaryDirectory(prefix="zarrec-host-") as scratch:
         for name in names:
             torch.manual_seed(0)
-            model = build_model(config)
+            model = build_model(config).to(args.device)
             optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
             recorder = zarrec.ModelRecorder(str(Path(scratch) / f"{name}.zarr"), model, optimizer, **RECORDINGS[name])
             runs[name] = (model, optimizer, recorder, [])
@@ -112,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, result in results.items():
         print(f"| {name} | {result['median_ms']:.3f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"torch_threads": 1, "steps": args.steps, "recordings": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"torch_threads": 1, "steps": args.steps, "device": args.device,
+                                               "recordings": results}, indent=2))
     return 0
 
 

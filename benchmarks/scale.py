@@ -4,7 +4,7 @@ no recording in the same invocation; ratios are against that baseline, medians q
 
     python benchmarks/scale.py                      # both sections (~25 min on 2 CPU cores)
     python benchmarks/scale.py --quick              # a smoke run of both, tiny shapes, ~2 min
-    python benchmarks/scale.py --device cuda        # the same on an accelerator
+    python benchmarks/scale.py --device cuda        # the same on an accelerator (or --device mps on a Mac)
 
 Sections:
   gpt2       GPT2Config(n_layer=2): vocab 50257, n_embd 768, float32, AdamW, batch 2 x context 64;
@@ -68,10 +68,10 @@ def step_timer(device: str):
             self.times, self._start = [], 0.0
 
         def _sync(self):
-            if device == "cuda":
+            if device != "cpu":
                 import torch
 
-                torch.cuda.synchronize()
+                torch.accelerator.synchronize()
 
         def on_step_begin(self, args, state, control, **kwargs):
             self._sync()
@@ -222,7 +222,7 @@ PLANS = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run of every section at tiny shapes")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
     parser.add_argument("--sections", default="gpt2,fast_step", help="comma-separated: gpt2, fast_step")
     parser.add_argument("--variants", help=f"comma-separated gpt2 variants, 'none' among them (default: all of "
                                            f"{', '.join(VARIANTS)})")
