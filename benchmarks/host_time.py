@@ -19,7 +19,7 @@ queued on its stream, and the times are what the host spends queuing it.
 
     python benchmarks/host_time.py                       # 350 steps (~2 min on 2 CPU cores)
     python benchmarks/host_time.py --device cuda         # on an accelerator (or --device mps on a Mac)
-    python benchmarks/host_time.py --steps 30 --warmup 5 # a smoke run (a test runs it)
+    python benchmarks/host_time.py --quick               # a smoke run: 30 steps (a test runs it)
     python benchmarks/host_time.py --profile default     # where the time goes (cProfile, top 25)
 """
 
@@ -74,8 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recordings", default=",".join(RECORDINGS))
     parser.add_argument("--profile", choices=list(RECORDINGS), help="profile one recording's calls instead")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
+    parser.add_argument("--quick", action="store_true", help="a smoke run of 30 steps")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup, args.block = 30, 5, 10
 
     import torch
 

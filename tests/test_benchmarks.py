@@ -79,3 +79,9 @@ def test_quick_long_reads_benchmark_asks_every_question(tmp_path):
     first = questions[0]  # (the quick run counts the store's bytes of its first question only: strace is slow)
     assert shutil.which("strace") is None or 0 < first["distinct_store_bytes_read_mb"] <= first["store_bytes_read_mb"] <= first["store_mb"]
     assert "| default | by_parameter |" in result.stdout
+
+def test_quick_host_time_benchmark_times_every_recording(tmp_path):
+    result, results = run_quick("host_time.py", tmp_path)
+    assert set(results["recordings"]) == {"default", "every_parameter", "no_statistics"}
+    assert all(row["median_ms"] > 0 and row["steps"] == 30 for row in results["recordings"].values())
+    assert "| default |" in result.stdout

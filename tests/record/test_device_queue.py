@@ -8,7 +8,12 @@ import threading
 import pytest
 import torch
 
-from zarrec.record.device_queue import Immediate, OnAWorkerThread, accelerator_of, pinned_memory_for
+from zarrec.record.device_queue import (
+    Immediate,
+    OnAWorkerThread,
+    accelerator_of,
+    pinned_memory_for,
+)
 
 
 def test_a_worker_thread_runs_work_in_order_and_its_markers_wait_for_what_came_before():

@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,11 +229,12 @@ class HealthStatistics:
     def copy_of_grads(self, before_clipping: bool = False) -> list[torch.Tensor] | None:
         """Each flat group's gradients now, copied (one fused copy; the queue's work that read the
         last copy is done first); None where a parameter has none."""
-        grads = [[p.grad for p in parameters] for parameters in self._grouped]  # (not sharded: no DTensor)
-        if any(g is None for group in grads for g in group):
-            return None
         self.queue.drain()  # (done long ago, normally: the last step's work, which read the copy)
-        return [flat.copy_of_grads(group, before_clipping) for (flat, _), group in zip(self.flat_groups, grads)]
+        try:
+            return [flat.copy_of_grads([p.grad for p in parameters], before_clipping)  # (not sharded: no DTensor)
+                    for (flat, _), parameters in zip(self.flat_groups, self._grouped)]
+        except TypeError:  # a parameter without a gradient this step (the fused copy takes tensors only)
+            return None
 
     def grads_in(self, copies: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each parameter's gradient in a copy made by :meth:`copy_of_grads`, by name."""
@@ -246,19 +247,14 @@ class HealthStatistics:
         self.latest = {statistic: values[statistic] for statistic in HEALTH_STATISTICS if statistic in values}
         self.recorder.record(step, **values)
 
-    def close(self, reason: str | None = None) -> None:
-        """Finish the queued steps, then write every one and close the statistics' store."""
-        try:
-            self.stop_queue()
-        finally:
-            self.recorder.close(reason)
-
-    def exit(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
-        """As :meth:`close`, leaving a context (the recorder's ``__exit__``)."""
-        try:
-            self.stop_queue()
-        finally:
-            self.recorder.__exit__(exc_type, exc, traceback)
+    def run(self, work: Callable[[], None], queued: bool) -> None:
+        """A step's ``work``: queued (it reads copies of the gradients), or done now, after the
+        queued work (one thread at a time records)."""
+        if queued:
+            self.queue.run(work)
+        else:
+            self.queue.drain()
+            work()
 
     def to_log(self) -> dict[str, float]:
         """The last recorded step's statistics of each parameter, ``{"<statistic>/<param>": value}``,

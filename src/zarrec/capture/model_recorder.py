@@ -42,7 +42,13 @@ import torch
 
 from zarrec.capture.attributes import optimizer_attributes
 from zarrec.capture.health import HealthStatistics, start_statistics
-from zarrec.capture.norms import global_norm, gradient_norm, trained
+from zarrec.capture.initial import InitialState
+from zarrec.capture.norms import (
+    at_each_backward_end,
+    global_norm,
+    gradient_norm,
+    trained,
+)
 from zarrec.capture.probe import make_probe
 from zarrec.capture.resume import refuse_a_gap, starting_step
 from zarrec.capture.selection import ParameterSelection
@@ -51,7 +57,7 @@ from zarrec.capture.sharding import (
     refuse_partitioned_parameters,
     refuse_unsupported_sharding,
 )
-from zarrec.capture.step import NAN, CapturedStep
+from zarrec.capture.step import CapturedStep
 from zarrec.errors import ConfigError
 from zarrec.record.ranks import norms_over_ranks
 from zarrec.record.recorder import Recorder
@@ -182,12 +188,11 @@ class ModelRecorder:
             refuse_a_gap(self.recorder, resume_from, self.schedule)
         self._started = False
         self._cost_untold = True
-        self._initial: dict[str, torch.Tensor] | None = None
-        self._initial_values: dict[str, Value] = {}
-        if initial_step == 0:
-            self._keep_initial_state()
+        self._initial = None
+        if initial_step == 0:  # (before the first step changes them)
+            probe_logits = self._at_token_rows(self.probe.logits(model)) if self.probe is not None else None
+            self._initial = InitialState(self.selection, probe_logits)
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
-        self._norm_queued = False  # a backward's norm before clipping is queued on the autograd engine
         self._step = CapturedStep()
         self.health: HealthStatistics | None = None
         try:
@@ -212,17 +217,7 @@ class ModelRecorder:
         Lightning ``training_step``'s dict or loss): its loss adds to the step's, and the first
         one's logits at sequence 0, last position are the step's. ``token_share``: the loss is
         already divided by the step's token count (the Trainer's ``num_items_in_batch``)."""
-        loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", output)
-        if isinstance(loss, (int, float)):
-            loss = torch.tensor(float(loss))
-        if isinstance(loss, torch.Tensor):
-            loss = loss.detach().float()
-            self._step.loss_sum = loss if self._step.loss_sum is None else self._step.loss_sum + loss
-            self._step.micro_batches += 1
-            self._step.loss_is_token_share = token_share
-        logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
-        if self._step.logits is None and isinstance(logits, torch.Tensor) and logits.ndim == 3:
-            self._step.logits = self._at_token_rows(logits.detach()[0, -1]).clone()
+        self._step.add_output(output, token_share, self._at_token_rows)
 
     def track_norms_before_clipping(self) -> None:
         """For a framework with no event between the last backward and clipping (the HF
@@ -230,8 +225,10 @@ class ModelRecorder:
         last micro-batch's value stands), from a callback that the first parameter to finish
         accumulating queues on the autograd engine: one fused norm a backward, not one a
         parameter."""
-        for parameter in self._trained:
-            self._hooks.append(parameter.register_post_accumulate_grad_hook(self._queue_norm_before_clipping))
+        def take() -> None:
+            self._step.grad_norm_before_clipping = self._grad_norm(before_clipping=True)
+
+        self._hooks += at_each_backward_end(self._trained, lambda: self.wants(self.last_step + 1), take)
 
     def before_clipping(self) -> None:
         """The gradients are accumulated, not yet clipped: keep their global norm, and the
@@ -261,9 +258,9 @@ class ModelRecorder:
         lrs = captured.group_lrs or [group["lr"] for group in self.selection.optimizer.param_groups]
         if wanted and self.probe is not None and self.probe.evaluates(step) and self.schedule.records(step):
             captured.probe_logits = self._at_token_rows(self.probe.logits(self.model))  # (a forward: on this thread)
-        queued = self._queued and self._started  # (the first step's errors are the caller's: now)
-        if queued and captured.grads_copy is None:
-            captured.grads_copy = self.health.copy_of_grads()
+        if self._queued and self._started and captured.grads_copy is None:
+            captured.grads_copy = self.health.copy_of_grads()  # (None: a parameter has no gradient; then now, from them)
+        queued = self._queued and self._started and captured.grads_copy is not None  # (the first step: now, its errors the caller's)
         values = {name: v.detach().clone() if isinstance(v, torch.Tensor) else v for name, v in values.items()} if queued else values
 
         def work() -> None:
@@ -273,10 +270,7 @@ class ModelRecorder:
                 if handed:  # the statistics go with the run's chunk: both commit about together
                     self.health.recorder.flush()
 
-        if queued:
-            self.health.queue.run(work)
-        else:
-            work()
+        self.health.run(work, queued) if self.health is not None else work()
 
     def _record_step(self, step: int, captured: CapturedStep, values: Mapping[str, Value]) -> bool:
         """Stage step ``step``'s values, scalars, logits (where the device queue runs it);
@@ -320,51 +314,35 @@ class ModelRecorder:
     def close(self, reason: str | None = None) -> None:
         """Write every recorded step and detach from the model; a ``reason`` marks the store
         interrupted (see :meth:`Recorder.close`)."""
-        self._remove_hooks()
-        try:
-            self._finish_queued_steps()
-        finally:
-            try:
-                self.recorder.close(reason)
-            finally:
-                if self.health is not None:
-                    self.health.close(reason)
+        self._close(lambda recorder: recorder.close(reason))
 
     def __enter__(self) -> ModelRecorder:
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
+        self._close(lambda recorder: recorder.__exit__(exc_type, exc, traceback), raising=exc is None)
+
+    def _close(self, close: Callable[[Recorder], None], raising: bool = True) -> None:
+        """Detach, let the steps queued on a worker thread finish (their error raised, if
+        ``raising``), then ``close`` the run's recorder and the statistics' one."""
         self._remove_hooks()
         try:
-            self._finish_queued_steps(exc is None)
-        finally:
-            try:
-                self.recorder.__exit__(exc_type, exc, traceback)
-            finally:
-                if self.health is not None:
-                    self.health.exit(exc_type, exc, traceback)
-
-    def _finish_queued_steps(self, raising: bool = True) -> None:
-        """Let the steps queued on a worker thread finish (their error raised, if ``raising``)."""
-        if self.health is None:
-            return
-        try:
-            self.health.stop_queue()
+            if self.health is not None:
+                self.health.stop_queue()
         except Exception:
             if raising:
                 raise
+        finally:
+            try:
+                close(self.recorder)
+            finally:
+                if self.health is not None:
+                    close(self.health.recorder)
 
     def _remove_hooks(self) -> None:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-
-    def _keep_initial_state(self) -> None:
-        """Copy the selected parameters (and the probe's logits) now, before the first step
-        changes them: step 0, recorded with the first step."""
-        self._initial = self.selection.snapshot()
-        if self.probe is not None:
-            self._initial_values = {contract.PROBE_LOGITS: self._at_token_rows(self.probe.logits(self.model))}
 
     def _start(self, values: Mapping[str, Value]) -> None:
         """At the first step: fix the recorded variables (optimizers create their state at their
@@ -381,35 +359,15 @@ class ModelRecorder:
         self.recorder.label(contract.LOSS, description=self._step.loss_description())
         self._started = True
         if self._initial is not None:
-            not_yet = {name: _nan_like(value) for name, value in values.items()}
-            self.recorder.record(0, **{**self.selection.initial_values(self._initial), **not_yet, **self._initial_values})
+            self.recorder.record(0, **self._initial.values(self.selection, values))
             self._initial = None
 
     def _at_token_rows(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits along the vocabulary (last dim) at the chosen tokens, when tokens are chosen."""
         return logits if self._token_rows is None else logits.index_select(-1, self._token_rows.to(logits.device))
 
-    def _queue_norm_before_clipping(self, parameter: torch.nn.Parameter) -> None:
-        if self.wants(self.last_step + 1) and not self._norm_queued:
-            self._norm_queued = True
-            torch.autograd.Variable._execution_engine.queue_callback(self._norm_before_clipping)
-
-    def _norm_before_clipping(self) -> None:
-        self._norm_queued = False
-        self._step.grad_norm_before_clipping = self._grad_norm(before_clipping=True)
-
     def _grad_norm(self, before_clipping: bool = False) -> torch.Tensor | Callable[[], torch.Tensor]:
         """The global gradient norm now, or where the step's work is queued on a worker thread,
         its computation from a copy of the gradients (made now)."""
-        if not self._queued:
-            return gradient_norm(self._trained, self.sharded)
-        copies = self._step.grads_copy if not before_clipping else self.health.copy_of_grads(before_clipping=True)
-        return lambda: global_norm(self.health.grads_in(copies).values()) if copies is not None else NAN
-
-
-
-def _nan_like(value: Value) -> Value:
-    """NaN in the shape and dtype of ``value``: one source dtype per variable from step 0 on."""
-    if isinstance(value, torch.Tensor):
-        return torch.full_like(value, float("nan"))
-    return float("nan")
+        copies = (self.health.copy_of_grads(before_clipping=True) if before_clipping else self._step.grads_copy) if self._queued else None
+        return gradient_norm(self._trained, self.sharded) if copies is None else lambda: global_norm(self.health.grads_in(copies).values())

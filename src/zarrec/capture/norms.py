@@ -3,7 +3,7 @@ trained parameters' gradients, on their device; under FSDP2 this rank's share of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -35,3 +35,24 @@ def global_norm(tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
     if not present:
         return NAN
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present)).float())
+
+
+def at_each_backward_end(parameters: Sequence[torch.nn.Parameter], wanted: Callable[[], bool],
+                         callback: Callable[[], None]) -> list[torch.utils.hooks.RemovableHandle]:
+    """Hooks that run ``callback`` once at the end of each backward where ``wanted()``: the first
+    of ``parameters`` to finish accumulating its gradient queues it on the autograd engine (one
+    call a backward, not one a parameter)."""
+    queued = False
+
+    def at_the_end() -> None:
+        nonlocal queued
+        queued = False
+        callback()
+
+    def queue(parameter: torch.nn.Parameter) -> None:
+        nonlocal queued
+        if not queued and wanted():
+            queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(at_the_end)
+
+    return [parameter.register_post_accumulate_grad_hook(queue) for parameter in parameters]

@@ -4,6 +4,7 @@ gradients, global gradient norms and learning rate; made anew when the next step
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -28,6 +29,23 @@ class CapturedStep:
         self.probe_logits: torch.Tensor | None = None
         self.lr: float | torch.Tensor | None = None
         self.group_lrs: list[float | torch.Tensor] | None = None  # every param group's
+
+    def add_output(self, output: Any, token_share: bool, at_token_rows: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """A training forward's output (see :meth:`~zarrec.ModelRecorder.add_output`); its
+        logits at sequence 0, last position, taken at the chosen tokens by ``at_token_rows``."""
+        if isinstance(output, torch.Tensor):  # (a plain loop's loss: the common case, kept short)
+            output = {"loss": output}
+        loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", output)
+        if isinstance(loss, (int, float)):
+            loss = torch.tensor(float(loss))
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach().float()
+            self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
+            self.micro_batches += 1
+            self.loss_is_token_share = token_share
+        logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+        if self.logits is None and isinstance(logits, torch.Tensor) and logits.ndim == 3:
+            self.logits = at_token_rows(logits.detach()[0, -1]).clone()
 
     def keep_lrs(self, group: Mapping, optimizer: torch.optim.Optimizer) -> None:
         """The learning rates of the step, before a scheduler changes them (the first call of a
