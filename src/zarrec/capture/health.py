@@ -218,7 +218,7 @@ class HealthStatistics:
             self.queue = OnTheDevice(device)
         elif not self.sharded and self.flat_groups and grouped == len(self.tracked):
             self.queue = OnAWorkerThread("zarrec-statistics")
-            self._grouped = [[t.parameter for t in members] for _, members in self.flat_groups]
+            self._grouped = [(flat, [t.parameter for t in members]) for flat, members in self.flat_groups]
             self._drain_before_step = self.optimizer.register_step_pre_hook(lambda *_: self.queue.drain())
 
     @property
@@ -232,7 +232,7 @@ class HealthStatistics:
         self.queue.drain()  # (done long ago, normally: the last step's work, which read the copy)
         try:
             return [flat.copy_of_grads([p.grad for p in parameters], before_clipping)  # (not sharded: no DTensor)
-                    for (flat, _), parameters in zip(self.flat_groups, self._grouped)]
+                    for flat, parameters in self._grouped]
         except TypeError:  # a parameter without a gradient this step (the fused copy takes tensors only)
             return None
 

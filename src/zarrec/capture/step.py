@@ -34,18 +34,22 @@ class CapturedStep:
         """A training forward's output (see :meth:`~zarrec.ModelRecorder.add_output`); its
         logits at sequence 0, last position, taken at the chosen tokens by ``at_token_rows``."""
         if isinstance(output, torch.Tensor):  # (a plain loop's loss: the common case, kept short)
-            output = {"loss": output}
+            self._add_loss(output, token_share)
+            return
         loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", output)
         if isinstance(loss, (int, float)):
             loss = torch.tensor(float(loss))
         if isinstance(loss, torch.Tensor):
-            loss = loss.detach().float()
-            self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
-            self.micro_batches += 1
-            self.loss_is_token_share = token_share
+            self._add_loss(loss, token_share)
         logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
         if self.logits is None and isinstance(logits, torch.Tensor) and logits.ndim == 3:
             self.logits = at_token_rows(logits.detach()[0, -1]).clone()
+
+    def _add_loss(self, loss: torch.Tensor, token_share: bool) -> None:
+        loss = loss.detach()  # (in float32 where the step's work runs: see loss)
+        self.loss_sum = loss if self.loss_sum is None else self.loss_sum.float() + loss.float()
+        self.micro_batches += 1
+        self.loss_is_token_share = token_share
 
     def keep_lrs(self, group: Mapping, optimizer: torch.optim.Optimizer) -> None:
         """The learning rates of the step, before a scheduler changes them (the first call of a
@@ -85,7 +89,8 @@ class CapturedStep:
     def loss(self) -> torch.Tensor:
         if self.loss_sum is None:
             return NAN
-        return self.loss_sum if self.loss_is_token_share else self.loss_sum / self.micro_batches
+        total = self.loss_sum.float()
+        return total if self.loss_is_token_share else total / self.micro_batches
 
 
 def _computed(norm: torch.Tensor | Callable[[], torch.Tensor]) -> torch.Tensor:

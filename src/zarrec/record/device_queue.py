@@ -72,14 +72,15 @@ class OnAWorkerThread:
     def __init__(self, name: str) -> None:
         self._queue: queue.SimpleQueue[Work | threading.Event | None] = queue.SimpleQueue()
         self._pending = 0  # work queued and not finished (changed under _lock)
-        self._lock = threading.Condition()
+        self._lock = threading.Condition(threading.Lock())  # (not reentrant: cheaper, taken twice a step)
         self.error: BaseException | None = None
         with shutdown.signals_stay_with_the_main_thread():
             self._thread = threading.Thread(target=self._work, name=name, daemon=True)
             self._thread.start()
 
     def run(self, work: Work) -> None:
-        self._raise()
+        if self.error is not None:
+            self._raise()
         self._put(work)
 
     def marker(self) -> Callable[[], None]:
