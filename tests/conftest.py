@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import itertools
 import os
+import warnings
 from pathlib import Path
 
 import dask.array
@@ -127,6 +128,21 @@ def train_tiny_lm(path: Path, *, rows: int, width: int, steps: int, lr: float = 
             optimizer.step()
             recorder.step(loss=loss)
             optimizer.zero_grad()
+
+
+@pytest.fixture(scope="session")
+def one_step_chunks(tmp_path_factory):
+    """12 steps of an embedding stored as a large model's are: one step a shard, rows in blocks
+    (the layout's byte thresholds lowered to this model's size)."""
+    path = tmp_path_factory.mktemp("one_step_chunks") / "run.zarr"
+    import zarrec
+
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
+        warnings.simplefilter("ignore", zarrec.ZarrecWarning)  # (the slow writer of a one-step-chunk store)
+        patch.setattr(contract, "SMALL_SHARD_BYTES", 1)
+        patch.setattr(contract, "TARGET_INNER_CHUNK_BYTES", 16 * 16 * 4)  # 16 rows a block
+        train_tiny_lm(path, rows=64, width=16, steps=12, lr=0.01, chunk_steps=1)
+    return path
 
 
 def readme_python(heading: str) -> str:

@@ -5,26 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import train_tiny_lm
 
 from zarrec import analysis
 from zarrec.analysis import chunks
-from zarrec.store import contract
 
 pytestmark = pytest.mark.filterwarnings("ignore::zarrec.ZarrecWarning")  # (the slow writer of a one-step-chunk store)
-
-
-@pytest.fixture(scope="module")
-def one_step_chunks(tmp_path_factory):
-    """12 steps of an embedding stored as a large model's are: one step a shard, rows in blocks
-    (the layout's byte thresholds lowered to this model's size)."""
-    path = tmp_path_factory.mktemp("runs") / "run.zarr"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(contract, "SMALL_SHARD_BYTES", 1)
-        patch.setattr(contract, "TARGET_INNER_CHUNK_BYTES", 16 * 16 * 4)  # 16 rows a block
-        train_tiny_lm(path, rows=64, width=16, steps=12, lr=0.01, chunk_steps=1)
-    return path
-
 
 
 def test_fine_chunks_are_reopened_in_more_steps_with_the_same_numbers(one_step_chunks, monkeypatch):

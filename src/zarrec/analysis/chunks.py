@@ -31,7 +31,7 @@ def coarsened(ds: xr.Dataset, names: Sequence[str]) -> xr.Dataset:
     they are as ``xr.open_zarr`` made them and have more than :data:`MAX_CHUNKS` chunks; ``ds``
     as it is otherwise (not from a store, already chunked by the user, selected, computed)."""
     source = ds.encoding.get("source")
-    fine = [name for name in names if _as_opened(ds[name]) and ds[name].data.npartitions > MAX_CHUNKS]
+    fine = [name for name in names if as_opened(ds[name]) and ds[name].data.npartitions > MAX_CHUNKS]
     if source is None or not fine:
         return ds
     steps = min(_steps_per_chunk(ds[name]) for name in fine)
@@ -47,7 +47,7 @@ def coarsened(ds: xr.Dataset, names: Sequence[str]) -> xr.Dataset:
     return ds.assign({name: reopened[name] for name in fine})
 
 
-def _as_opened(da: xr.DataArray) -> bool:
+def as_opened(da: xr.DataArray) -> bool:
     """Whether ``da`` is a store's array as ``xr.open_zarr`` made it (not rechunked, selected or computed since)."""
     return (
         isinstance(da.data, dask.array.Array)

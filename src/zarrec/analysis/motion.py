@@ -7,15 +7,19 @@ import dask
 import numpy as np
 import xarray as xr
 
+from zarrec.analysis import rows_on_demand
 from zarrec.analysis.parameters import (
     COMPONENT,
     W,
+    find_parameter,
     from_second_row,
     motion,
     norm,
     parameter,
+    plain_dims,
     rows_and_features,
     split_live_dead,
+    view_of,
 )
 from zarrec.errors import ConfigError
 from zarrec.store import contract
@@ -31,8 +35,15 @@ def velocity(ds: xr.Dataset, param: str | None = None) -> xr.DataArray:
 
 
 def speed(ds: xr.Dataset, param: str | None = None) -> xr.DataArray:
-    """``speed[t, row] = ‖W[t, row] − W[t_prev, row]‖₂`` over the row's entries."""
-    view = parameter(ds, param)
+    """``speed[t, row] = ‖W[t, row] − W[t_prev, row]‖₂`` over the row's entries. Of a long
+    run's large parameter as opened from its store, read on demand: a selection of rows reads
+    those rows only (:mod:`zarrec.analysis.rows_on_demand`)."""
+    found = find_parameter(ds, param)
+    stored = found.variables.get(W)
+    on_demand = rows_on_demand.on_demand(ds, stored, rows_on_demand.speed_of_rows, "speed") if stored else None
+    if on_demand is not None:
+        return on_demand.rename(plain_dims(ds[stored].dims[1:]))
+    view = view_of(ds, found)
     return norm(from_second_row(motion(view)), rows_and_features(view)[1]).rename("speed")
 
 

@@ -158,9 +158,7 @@ def view_of(ds: xr.Dataset, found: RecordedParameter) -> xr.Dataset:
     """:func:`parameter` of a parameter already found."""
     found.require(W)
     ds = coarsened(ds, list(found.variables.values()))
-    dims = ds[found.variables[W]].dims[1:]
-    plain = (ROW, COL) if len(dims) == 2 else (ROW, *(f"dim{i}" for i in range(1, len(dims))))
-    renamed = {} if dims == (contract.TOKEN, contract.DIM) else dict(zip(dims, plain))
+    renamed = plain_dims(ds[found.variables[W]].dims[1:])
     view = ds[list(found.variables.values())].rename({v: q for q, v in found.variables.items()})
     ratio = float(found.hyperparameters.get(contract.LR_RATIO, 1.0))
     if contract.LR in ds:
@@ -168,6 +166,12 @@ def view_of(ds: xr.Dataset, found: RecordedParameter) -> xr.Dataset:
     view = view.rename({old: new for old, new in renamed.items() if old in view.dims})
     view.attrs = {"name": found.name, "optimizer": found.optimizer, "hyperparameters": dict(found.hyperparameters)}
     return view
+
+
+def plain_dims(dims: tuple[str, ...]) -> dict[str, str]:
+    """A parameter's stored dims (after ``step``) renamed to :func:`parameter`'s plain ones."""
+    plain = (ROW, COL) if len(dims) == 2 else (ROW, *(f"dim{i}" for i in range(1, len(dims))))
+    return {} if dims == (contract.TOKEN, contract.DIM) else dict(zip(dims, plain))
 
 
 def rows_and_features(view: xr.Dataset) -> tuple[str, list[str]]:
