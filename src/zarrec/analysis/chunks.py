@@ -37,14 +37,20 @@ def coarsened(ds: xr.Dataset, names: Sequence[str]) -> xr.Dataset:
     steps = min(_steps_per_chunk(ds[name]) for name in fine)
     if steps <= min(ds[name].chunks[0][0] for name in fine):
         return ds
-    others = [name for name in ds.variables if name not in fine and name not in ds.dims]
-    reopened = xr.open_dataset(source, engine="zarr", chunks={contract.STEP: steps}, drop_variables=others)
+    reopened = reopen(ds, fine, {contract.STEP: steps})
+    return ds if reopened is None else ds.assign({name: reopened[name] for name in fine})
+
+
+def reopen(ds: xr.Dataset, names: Sequence[str], chunks: dict[str, int] | None) -> xr.Dataset | None:
+    """Variables ``names`` of ``ds``'s store opened anew in ``chunks`` (None: lazily indexed,
+    without dask), at ``ds``'s steps; None where the store no longer holds them (a store still
+    being written grows: its first steps are ``ds``'s)."""
+    others = [name for name in ds.variables if name not in names and name not in ds.dims]
+    reopened = xr.open_dataset(ds.encoding["source"], engine="zarr", chunks=chunks, drop_variables=others)
     if reopened.sizes[contract.STEP] < ds.sizes[contract.STEP]:
-        return ds
-    reopened = reopened.isel({contract.STEP: slice(0, ds.sizes[contract.STEP])})  # (a store still being written grows)
-    if not np.array_equal(reopened[contract.STEP].values, ds[contract.STEP].values):
-        return ds
-    return ds.assign({name: reopened[name] for name in fine})
+        return None
+    reopened = reopened.isel({contract.STEP: slice(0, ds.sizes[contract.STEP])})
+    return reopened if np.array_equal(reopened[contract.STEP].values, ds[contract.STEP].values) else None
 
 
 def as_opened(da: xr.DataArray) -> bool:

@@ -23,8 +23,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from zarrec.analysis import chunks
-from zarrec.analysis.chunks import CHUNK_BYTES, as_opened
-from zarrec.store import contract
+from zarrec.analysis.chunks import CHUNK_BYTES, as_opened, reopen
 
 # A formula of the rows of consecutive recorded steps: (steps + 1, rows, ...) -> (steps, rows).
 RowsFormula = Callable[[np.ndarray], np.ndarray]
@@ -57,7 +56,7 @@ class RowFormula:
         steps, rows = (np.arange(size)[part] for size, part in zip(self.shape, key))
         step_list, row_list = np.atleast_1d(steps), np.atleast_1d(rows)
         if not step_list.size or not row_list.size:
-            return np.zeros((len(step_list), len(row_list)), self.dtype)[tuple(0 if np.ndim(i) == 0 else slice(None) for i in (steps, rows))]
+            return _as_asked(np.zeros((len(step_list), len(row_list)), self.dtype), steps, rows)
         first, last = int(step_list.min()), int(step_list.max())
         read_rows = np.unique(row_list)
         # (a contiguous run of rows as a slice: zarr's basic selection, faster than an orthogonal one)
@@ -70,11 +69,15 @@ class RowFormula:
             stop = min(start + block, last + 1)
             values = self.stored.isel({self.stored.dims[0]: slice(start, stop + 1), self.stored.dims[1]: rows_read}).values
             parts.append(self.formula(values.astype(np.float32, copy=False)))
-        result = np.concatenate(parts)[np.ix_(step_list - first, np.searchsorted(read_rows, row_list))]
-        return result[tuple(0 if np.ndim(i) == 0 else slice(None) for i in (steps, rows))]
+        return _as_asked(np.concatenate(parts)[np.ix_(step_list - first, np.searchsorted(read_rows, row_list))], steps, rows)
 
 
-def on_demand(ds: xr.DataArray | xr.Dataset, name: str, formula: RowsFormula, result: str) -> xr.DataArray | None:
+def _as_asked(result: np.ndarray, steps: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``result`` (steps × rows asked) without the dims that were asked by an integer."""
+    return result[tuple(0 if np.ndim(index) == 0 else slice(None) for index in (steps, rows))]
+
+
+def on_demand(ds: xr.Dataset, name: str, formula: RowsFormula, result: str) -> xr.DataArray | None:
     """``formula`` of variable ``name``'s rows between consecutive recorded steps, labelled with
     the later step, read on demand (see the module's docstring) where ``ds[name]`` is as
     ``xr.open_zarr`` made it and has more than ``MAX_CHUNKS`` chunks; None otherwise."""
@@ -82,15 +85,13 @@ def on_demand(ds: xr.DataArray | xr.Dataset, name: str, formula: RowsFormula, re
     source = ds.encoding.get("source")
     if source is None or not as_opened(stored) or stored.data.npartitions <= chunks.MAX_CHUNKS or stored.ndim < 2:
         return None
-    lazy = xr.open_dataset(source, engine="zarr", chunks=None, drop_variables=[v for v in ds.variables if v != name
-                                                                               and v not in ds.dims])[name]
-    if lazy.shape != stored.shape:  # (a store still being written grows)
-        lazy = lazy.isel({stored.dims[0]: slice(0, stored.shape[0])})
+    reopened = reopen(ds, [name], None)
+    if reopened is None:
+        return None
     rows, steps = stored.chunks[1][0], max(1, min(stored.shape[0] - 1, STEPS_PER_CHUNK))
-    array = dask.array.from_array(RowFormula(lazy, formula), chunks=(steps, rows), name=f"zarrec-{result}-{tokenize(source, name, stored.shape)}",
+    array = dask.array.from_array(RowFormula(reopened[name], formula), chunks=(steps, rows), name=f"zarrec-{result}-{tokenize(source, name, stored.shape)}",
                                   meta=np.empty((0, 0), np.float32))
     dims = stored.dims[:2]
-    coords = {key: coord for key, coord in stored.coords.items() if set(coord.dims) <= set(dims)}
-    out = xr.DataArray(array, dims=dims, coords=coords and {key: c.isel({dims[0]: slice(1, None)}) if dims[0] in c.dims else c
-                                                            for key, c in coords.items()}, name=result)
-    return out.assign_coords({contract.STEP: stored[contract.STEP].values[1:]}) if contract.STEP in stored.coords else out
+    coords = {key: coord.isel({dims[0]: slice(1, None)}) if dims[0] in coord.dims else coord  # (labelled with the later step)
+              for key, coord in stored.coords.items() if set(coord.dims) <= set(dims)}
+    return xr.DataArray(array, dims=dims, coords=coords, name=result)

@@ -23,12 +23,13 @@ operation), and one device copy of every trained parameter (``W[t−1]``, in its
 ``cos_grad_momentum`` only. Nothing here waits for the device: the values are staged like
 every recorded tensor. The work is queued on the parameters' device
 (:mod:`~zarrec.record.device_queue`): on an accelerator its kernels join the stream; on a CPU,
-for a model whose parameters are all small (each below ``passes.COMPILE_FROM_ELEMENTS``
-entries), it runs on a worker thread, from a copy of the gradients taken on the training
-thread (one fused copy: the training thread may zero them in place) and from the live
-parameters and optimizer state, which the optimizer's next step waits for (a step pre-hook
-that returns at once when the work is done). The large parameters of a CPU run are reduced on
-the training thread: their cost is memory traffic, which a second thread does not remove.
+for a model whose parameters are all reduced in flat groups (each below
+``passes.COMPILE_FROM_ELEMENTS`` entries, with an optimizer zarrec knows), it runs on a worker
+thread, from a copy of the gradients taken on the training thread (one fused copy: the
+training thread may zero them in place) and from the live parameters and optimizer state,
+which the optimizer's next step waits for (a step pre-hook that returns at once when the work
+is done). A CPU run with a large parameter is reduced on the training thread: the cost of
+large parameters is memory traffic, which a second thread does not remove.
 
 Under FSDP2 each rank reduces its own rows: the per-row statistics are its rows' (recorded as
 its part of the row dim), and of each parameter it records the sums above
