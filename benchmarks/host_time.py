@@ -10,6 +10,9 @@ idle while another one trains):
 
 - ``default``: ``ModelRecorder(out, model, optimizer)``: the embedding's full state, the scalars,
   the statistics of every parameter;
+- ``default_norm_handed``: the same recording in the loop that hands ``step()`` the norm
+  ``clip_grad_norm_`` returned (``recorder.step(loss=loss, grad_norm_before_clipping=norm)``,
+  no ``before_clipping()`` call): one copy of the gradients a step, not two;
 - ``every_parameter``: ``params="*"``: every parameter's full state;
 - ``no_statistics``: the default with ``statistics=False`` (for contrast);
 - ``gradient_copies``: no recorder, only what the training thread cannot leave to a worker on a
@@ -40,6 +43,7 @@ from pathlib import Path
 
 RECORDINGS = {
     "default": {},
+    "default_norm_handed": {},
     "every_parameter": {"params": "*"},
     "no_statistics": {"statistics": False},
     "gradient_copies": None,
@@ -65,8 +69,9 @@ class GradientCopies:
         pass
 
 
-def timed_step(model, optimizer, recorder, batch, profiler: cProfile.Profile | None) -> float:
-    """One step of the plain loop; the seconds spent in the recorder's calls (profiled, with ``profiler``)."""
+def timed_step(model, optimizer, recorder, batch, profiler: cProfile.Profile | None, hands_norm: bool = False) -> float:
+    """One step of the plain loop; the seconds spent in the recorder's calls (profiled, with
+    ``profiler``). ``hands_norm``: the loop hands ``step()`` the norm that clipping returned."""
     import torch
 
     def timed(call) -> float:
@@ -81,10 +86,11 @@ def timed_step(model, optimizer, recorder, batch, profiler: cProfile.Profile | N
 
     loss = model(input_ids=batch, labels=batch).loss
     loss.backward()
-    spent = timed(recorder.before_clipping)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    spent = 0.0 if hands_norm else timed(recorder.before_clipping)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
-    spent += timed(lambda: recorder.step(loss=loss))
+    handed = {"grad_norm_before_clipping": norm} if hands_norm else {}
+    spent += timed(lambda: recorder.step(loss=loss, **handed))
     optimizer.zero_grad()
     return spent
 
@@ -129,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
             runs[name] = (model, optimizer, recorder, [])
         total = args.warmup + args.steps
         for first in range(0, total, args.block):
-            for model, optimizer, recorder, times in runs.values():
+            for name, (model, optimizer, recorder, times) in runs.items():
                 for step in range(first, min(first + args.block, total)):
                     batch = data[(4 * step) % len(data):][:4]
-                    spent = timed_step(model, optimizer, recorder, batch, profiler if step >= args.warmup else None)
+                    spent = timed_step(model, optimizer, recorder, batch, profiler if step >= args.warmup else None,
+                                       hands_norm=name == "default_norm_handed")
                     if step >= args.warmup:
                         times.append(spent)
         for _, _, recorder, _ in runs.values():

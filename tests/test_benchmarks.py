@@ -82,6 +82,6 @@ def test_quick_long_reads_benchmark_asks_every_question(tmp_path):
 
 def test_quick_host_time_benchmark_times_every_recording(tmp_path):
     result, results = run_quick("host_time.py", tmp_path)
-    assert set(results["recordings"]) == {"default", "every_parameter", "no_statistics", "gradient_copies"}
+    assert set(results["recordings"]) == {"default", "default_norm_handed", "every_parameter", "no_statistics", "gradient_copies"}
     assert all(row["median_ms"] > 0 and row["steps"] == 30 for row in results["recordings"].values())
     assert "| default |" in result.stdout

@@ -76,6 +76,25 @@ def test_a_loop_without_before_clipping_records_nan_for_it_and_values_as_given(t
     assert ds["weight"].dims == ("step", "weight_row", "weight_col") == ds["weight.exp_avg"].dims
 
 
+def test_the_norm_clipping_returned_handed_to_step_is_the_norm_before_clipping(tmp_path):
+    """The README's loop: no before_clipping() (no copy of the gradients for it); the norm
+    clip_grad_norm_ returned is recorded bit for bit, beside the norm after clipping."""
+    model = _small_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
+    returned = []
+    with zarrec.ModelRecorder(tmp_path / "run.zarr", model, optimizer, params=["0.weight"]) as recorder:
+        for _ in range(4):
+            model(torch.randint(0, 11, (5,))).logsumexp(-1).mean().backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)
+            optimizer.step()
+            recorder.step(loss=torch.tensor(1.0), grad_norm_before_clipping=norm)
+            returned.append(float(norm))
+            optimizer.zero_grad()
+    ds = xr.open_zarr(tmp_path / "run.zarr")
+    np.testing.assert_array_equal(ds.grad_norm_before_clipping[1:], np.float32(returned))
+    assert min(returned) > 0.01 and np.allclose(ds.grad_norm[1:], 0.01, rtol=1e-4)
+
+
 def test_a_model_without_an_input_embedding_names_what_to_record(tmp_path):
     model = torch.nn.Linear(3, 2)
     with pytest.raises(ConfigError, match=r"Linear has no input embedding .* choose parameters by name with params"):

@@ -7,11 +7,14 @@ translate their framework's events into its calls; a plain PyTorch loop calls it
         for batch in loader:
             loss = model(**batch).loss
             loss.backward()
-            recorder.before_clipping()                    # optional: the gradient norm before clipping
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            recorder.step(loss=loss)                      # after the update, before zero_grad()
+            recorder.step(loss=loss, grad_norm_before_clipping=norm)  # after the update, before zero_grad()
             optimizer.zero_grad()
+
+(A loop that clips otherwise, or not at all, calls ``recorder.before_clipping()`` after the
+backward instead of handing over the norm: it takes the norm itself, from a copy of the
+gradients where the step's work is queued on a CPU.)
 
 Per optimizer step t it records the selected parameters (default: the input embedding)
 after the update, the gradients the update used (after accumulation and clipping), the
@@ -291,7 +294,9 @@ class ModelRecorder:
     def step(self, **values: Value) -> None:
         """For a plain loop, after ``optimizer.step()`` and before ``zero_grad()`` and the
         scheduler's step: record the next optimizer step (counted from ``initial_step`` + 1)
-        with ``values`` (``loss=loss`` is the step's loss; others are recorded as given)."""
+        with ``values`` (``loss=loss`` is the step's loss; ``grad_norm_before_clipping=norm``
+        the norm ``clip_grad_norm_`` returned, in place of :meth:`before_clipping`, which
+        costs a copy of the gradients; others are recorded as given)."""
         loss = values.pop(contract.LOSS, None)
         if loss is not None:
             self.add_output(loss)

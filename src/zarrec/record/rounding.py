@@ -1,9 +1,15 @@
 """Rounding recorded values to fewer mantissa bits (``Recorder(mantissa_bits=...)``): the
-dropped bits become zeros, which compress to almost nothing."""
+dropped bits become zeros, which compress to almost nothing.
+
+Where the values live on an accelerator, float32 tensors are rounded there, before their copy
+to the host (:func:`round_mantissa_on_device`: a few elementwise kernels on the stream); the
+rest are rounded by the writer thread (:func:`round_mantissa`). Both give the same bits.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def round_mantissa(values: np.ndarray, bits: int) -> np.ndarray:
@@ -27,3 +33,15 @@ def round_mantissa(values: np.ndarray, bits: int) -> np.ndarray:
 
 
 _ROUNDING_BLOCK = 1 << 20  # elements
+
+
+def round_mantissa_on_device(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """:func:`round_mantissa` of float32 ``values`` as a new tensor where they live (the
+    same bits): ``x + 2^(d−1) − 1 + bit_d(x)``, then the low ``d = 23 − bits`` bits cleared,
+    on the integer view of the floats; NaN stays NaN."""
+    dropped = 23 - bits
+    nan = values.isnan()
+    raw = values.view(torch.int32).masked_fill(nan, 0)  # (a NaN's payload could overflow int32)
+    raw = raw + ((1 << (dropped - 1)) - 1) + ((raw >> dropped) & 1)  # (negatives: two's complement, same bits as uint32)
+    rounded = (raw & ~((1 << dropped) - 1)).view(torch.float32)
+    return rounded.masked_fill(nan, float("nan"))

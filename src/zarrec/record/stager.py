@@ -18,7 +18,7 @@ import torch
 
 from zarrec.record.device_queue import Immediate, OnTheDevice, pinned_memory_for
 from zarrec.record.pace import WriterPace
-from zarrec.record.rounding import round_mantissa
+from zarrec.record.rounding import round_mantissa, round_mantissa_on_device
 from zarrec.record.staging import (
     SLABS,
     Float32Scratch,
@@ -38,7 +38,8 @@ class ChunkStager:
 
     ``rows``: the rows the store holds already (a resumed store), so that chunks end on the
     store's chunk boundaries; ``flush_every``: also hand the chunk over after that many steps;
-    ``rounded``: the variables rounded to ``mantissa_bits`` (the tensors, not the scalars);
+    ``rounded``: the variables rounded to ``mantissa_bits`` (the tensors, not the scalars: on
+    an accelerator, its float32 tensors there, before the copy; the rest by the writer);
     ``device``: the accelerator the values live on (None: the CPU).
     """
 
@@ -66,6 +67,8 @@ class ChunkStager:
         self._flush_every = flush_every
         self._mantissa_bits = mantissa_bits
         self._rounded = rounded
+        self._rounded_on_device = {piece.name for part in parts for piece in part
+                                   if device is not None and piece.name in rounded and piece.dtype == torch.float32}
         self._slab_bytes = slab_bytes(parts, chunk_steps)
         self._filling: list[Slab | None] = [None] * len(parts)  # per part, the slab being filled
         self._free: queue.Queue[Slab] = queue.Queue()
@@ -90,12 +93,19 @@ class ChunkStager:
             slab = self._filling[index] or self._take_slab(index)
             if slab is None:
                 return None
-            copy_row(slab.row_views[slab.rows], [piece.of(values.get(piece.name, _MISSING)) for piece in part], self._non_blocking)
+            copy_row(slab.row_views[slab.rows], [self._on_device(piece, piece.of(values.get(piece.name, _MISSING))) for piece in part],
+                     self._non_blocking)
             slab.steps[slab.rows] = step
             slab.rows += 1
             if ends:  # a large step's parts go to the writer one by one, as soon as each is copied
                 self._submit(index)
         return rows if ends else 0
+
+    def _on_device(self, piece: Piece, value: Value) -> Value:
+        """``value`` of ``piece``, rounded where it lives if the device rounds it."""
+        if piece.name in self._rounded_on_device and isinstance(value, torch.Tensor) and value.dtype == torch.float32:
+            return round_mantissa_on_device(value, self._mantissa_bits)
+        return value
 
     def submit_partial_chunk(self) -> None:
         """Hand the steps staged so far to the writer (a flush, or the end)."""
@@ -136,7 +146,7 @@ class ChunkStager:
             arrays = slab.as_float32(rows, self._scratch)
             if self._mantissa_bits is not None:
                 for name, array in arrays.items():
-                    if name in self._rounded:
+                    if name in self._rounded and name not in self._rounded_on_device:
                         round_mantissa(array, self._mantissa_bits)
             return arrays
 

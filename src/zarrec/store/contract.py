@@ -74,7 +74,7 @@ DESCRIPTIONS: dict[str, str] = {
     GRAD_NORM_BEFORE_CLIPPING: (
         "global norm √Σ‖g‖² of every trained parameter's gradient at step t before clipping "
         "(NaN where the training loop gives no moment before clipping: the HF Trainer across processes, "
-        "a plain loop that does not call before_clipping())"
+        "a plain loop that neither calls before_clipping() nor hands step() the norm clip_grad_norm_ returned)"
     ),
     PROBE_LOGITS: "logits of the fixed probe input with the weights after step t (NaN: not evaluated at step t)",
     STEP: "optimizer step (the Trainer's global_step after the step)",
