@@ -25,6 +25,7 @@ MAY_IMPORT = {
     "capture": {"errors", "store", "record"},
     "adapters": {"errors", "store", "record", "capture"},
     "analysis": {"errors", "store"},
+    "branching": {"errors", "store"},
 }
 TOP = "top"
 

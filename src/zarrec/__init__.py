@@ -34,6 +34,7 @@ _LAZY = {
     "ZarrecCallback": "zarrec.adapters.huggingface",
     "ZarrecLightningCallback": "zarrec.adapters.lightning",
     "close_open_recorders": "zarrec.record.shutdown",
+    "restore": "zarrec.branching.restore",
 }
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "ZarrecError",
     "ZarrecWarning",
     "close_open_recorders",
+    "restore",
 ]  # (ZarrecLightningCallback is public too, but needs its extra: ``import *`` must not fail without it)
 
 

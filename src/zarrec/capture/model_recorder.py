@@ -276,8 +276,7 @@ class ModelRecorder:
         self.health.run(work, queued) if self.health is not None else work()
 
     def _record_step(self, step: int, captured: CapturedStep, values: Mapping[str, Value]) -> bool:
-        """Stage step ``step``'s values, scalars, logits (where the device queue runs it);
-        whether that handed a chunk to the writer."""
+        """Stage step ``step``'s values, scalars, logits (on the queue); whether a chunk went to the writer."""
         scalars = captured.scalars()
         if not self._started:
             self._start({**scalars, **values})
@@ -292,11 +291,10 @@ class ModelRecorder:
         return not self.recorder.staged_rows
 
     def step(self, **values: Value) -> None:
-        """For a plain loop, after ``optimizer.step()`` and before ``zero_grad()`` and the
-        scheduler's step: record the next optimizer step (counted from ``initial_step`` + 1)
-        with ``values`` (``loss=loss`` is the step's loss; ``grad_norm_before_clipping=norm``
-        the norm ``clip_grad_norm_`` returned, in place of :meth:`before_clipping`, which
-        costs a copy of the gradients; others are recorded as given)."""
+        """For a plain loop, after ``optimizer.step()``, before ``zero_grad()`` and the scheduler's step: record
+        the next optimizer step (``initial_step`` + 1, ...) with ``values``: ``loss=loss``, the step's loss;
+        ``grad_norm_before_clipping=norm``, what ``clip_grad_norm_`` returned (no copy of the gradients, as
+        :meth:`before_clipping` makes); others as given."""
         loss = values.pop(contract.LOSS, None)
         if loss is not None:
             self.add_output(loss)
