@@ -280,6 +280,15 @@ def test_every_bad_input_of_a_first_contact_is_one_line_and_exit_2(tmp_path, sma
         "cannot be opened as a Zarr store": ["info", str(tmp_path / "bad.zarr")],
         "exists and is not a directory": ["plot", run, "--out", str(tmp_path / "a-file")],
         "/proc takes no new files ": ["plot", run, "--out", "/proc/figs"],
+        "a branch needs both --branch-from (the recorded run) and --branch-step (its step to start after)":
+            [*train, "--out", str(tmp_path / "new.zarr"), "--branch-from", run],
+        "--resume continues a run and --branch-from starts a new one from another; pass one of them":
+            [*train, "--out", str(tmp_path / "new.zarr"), "--resume", "--branch-from", run, "--branch-step", "2"],
+        "--branch-step 3 is not a step before the branch's last (3, --steps); pass a step from 0 to 2":
+            [*train, "--out", str(tmp_path / "new.zarr"), "--branch-from", run, "--branch-step", "3"],
+        f"{run} did not record transformer.wpe.weight; a store to restore from records every parameter and its optimizer "
+        "state (params='*', every quantity: --params '*')":
+            [*train, "--out", str(tmp_path / "new.zarr"), "--branch-from", run, "--branch-step", "2"],
         "is not a directory; create it first": ["export", run, str(tmp_path / "missing" / "run.safetensors")],
         "is a directory; pass the path of the .safetensors file": ["export", run, str(tmp_path / "a-dir"), "--overwrite"],
     }

@@ -35,6 +35,7 @@ _LAZY = {
     "ZarrecLightningCallback": "zarrec.adapters.lightning",
     "close_open_recorders": "zarrec.record.shutdown",
     "restore": "zarrec.branching.restore",
+    "trainer_checkpoint": "zarrec.branching.huggingface",
 }
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "ZarrecWarning",
     "close_open_recorders",
     "restore",
+    "trainer_checkpoint",
 ]  # (ZarrecLightningCallback is public too, but needs its extra: ``import *`` must not fail without it)
 
 

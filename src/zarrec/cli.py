@@ -17,7 +17,12 @@ from collections.abc import Iterator, Sequence
 from zarrec.errors import ConfigError, ZarrecError
 from zarrec.record.shutdown import received_signal as shutdown_signal
 from zarrec.record.shutdown import stop_reason
-from zarrec.store.location import ensure_creatable, ensure_known_protocol, local_directory
+from zarrec.store.location import (
+    ensure_creatable,
+    ensure_known_protocol,
+    ensure_resumable,
+    local_directory,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,14 +33,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _train_parser(subparsers) -> None:
-    from zarrec.reference.config import DEVICES, DTYPES, INITS, OPTIMIZERS, STATISTICS, TrainConfig
+    from zarrec.reference.config import (
+        DEVICES,
+        DTYPES,
+        INITS,
+        OPTIMIZERS,
+        STATISTICS,
+        TrainConfig,
+    )
 
     defaults = TrainConfig()
     parser = subparsers.add_parser(
         "train",
         help="train the reference byte-level GPT-2 and record every step",
         description="Train the reference experiment (offline, on a built-in corpus by default) and record it. "
-        "With --resume, options not given are those of the recorded run.",
+        "With --resume or --branch-from, options not given are those of the recorded run.",
     )
     parser.add_argument("--out", required=True, help="Zarr store to create (path or fsspec URL)")
     # Run settings default to None so that --resume can tell the options given from the recorded ones.
@@ -75,9 +87,15 @@ def _train_parser(subparsers) -> None:
     run.add_argument("--gradient-accumulation", type=int, help=f"default {defaults.gradient_accumulation}")
     run.add_argument("--context", type=int, help=f"sequence length (default {defaults.context})")
     run.add_argument("--seed", type=int, help=f"default {defaults.seed}")
+    run.add_argument("--lr", type=float, dest="learning_rate",
+                     help=f"peak learning rate, decayed linearly to 0 at --steps (default {defaults.learning_rate})")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing store at --out (and its checkpoints)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run in --out from its newest usable checkpoint")
+    parser.add_argument("--branch-from", metavar="STORE",
+                        help="start from a step of this run's store (recorded with --params '*'), with its settings "
+                        "unless options say otherwise; --out records the steps after it")
+    parser.add_argument("--branch-step", type=int, metavar="T", help="the recorded step of --branch-from to start after")
     parser.add_argument("--checkpoint-dir", help="where the Trainer saves checkpoints (default: <out>.checkpoints)")
     parser.add_argument("--save-steps", type=int, default=500, help="steps between checkpoints (default %(default)s)")
     parser.add_argument("--flush-every", type=int,
@@ -110,13 +128,21 @@ def _schedule(text: str) -> int | str:
 
 def _train(args: argparse.Namespace) -> None:
     from zarrec.reference.config import TrainConfig
-    from zarrec.reference.train import default_checkpoint_dir, recorded_config, train
+    from zarrec.reference.train import (
+        default_checkpoint_dir,
+        recorded_config,
+        refuse_resuming_a_branch,
+        train,
+    )
 
     for option in ("save_steps", "flush_every"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the store and --overwrite replaces it; pass one of them")
+    refuse_resuming_a_branch(args.resume, args.branch_from)
+    if (args.branch_from is None) != (args.branch_step is None):
+        raise ConfigError("a branch needs both --branch-from (the recorded run) and --branch-step (its step to start after)")
     ensure_known_protocol(args.out)
     if local_directory(args.out) is not None:
         ensure_creatable(args.out, "--out")
@@ -125,12 +151,16 @@ def _train(args: argparse.Namespace) -> None:
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
     given = {name: value for name, value in vars(args).items() if name in fields and value is not None}
     given.update({name: tuple(given[name]) for name in ("params", "quantities", "probe_positions") if name in given})
-    config = TrainConfig(**{**(recorded_config(args.out) if args.resume else {}), **given})
+    if args.resume:
+        ensure_resumable(args.out)
+    recorded = recorded_config(args.out) if args.resume else recorded_config(args.branch_from) if args.branch_from else {}
+    config = TrainConfig(**{**recorded, **given})
     checkpoint_dir = args.checkpoint_dir or default_checkpoint_dir(args.out)
     with _printing_the_cost_line():
         summary = train(
             config, args.out, overwrite=args.overwrite, resume=args.resume, checkpoint_dir=checkpoint_dir,
             save_steps=args.save_steps, flush_every=args.flush_every, progress=not args.quiet,
+            branch_from=args.branch_from, branch_step=args.branch_step,
         )
     if summary is not None:  # None in the processes of a multi-process launch that do not write
         print("\n".join(summary.lines()))

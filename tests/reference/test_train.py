@@ -92,6 +92,31 @@ def test_a_crashed_run_resumes_from_its_checkpoint_to_the_uninterrupted_result(t
         np.testing.assert_array_equal(ds[name].values, expected[name].values, err_msg=name)
 
 
+def test_a_branch_with_the_runs_settings_is_the_run_and_one_with_another_rate_differs_from_its_first_step(tmp_path, tiny_config):
+    """`zarrec train --steps 60 --params '*'` (bf16, the default dtype), then branches from step 30:
+    unchanged, steps 31..60 equal the run's bit for bit in every variable and statistic; with
+    twice the learning rate, every step differs, and the attributes say what changed."""
+    config = dataclasses.replace(tiny_config, steps=60, dtype="bfloat16", params=("*",))
+    train(config, tmp_path / "run.zarr", progress=False)
+    train(config, tmp_path / "same.zarr", progress=False, branch_from=tmp_path / "run.zarr", branch_step=30)
+    faster = dataclasses.replace(config, learning_rate=2 * config.learning_rate)
+    train(faster, tmp_path / "faster.zarr", progress=False, branch_from=tmp_path / "run.zarr", branch_step=30)
+    for group in ("", "statistics"):
+        run = xr.open_zarr(tmp_path / "run.zarr" / group).sel(step=slice(31, 60)).load()
+        same, other = (xr.open_zarr(tmp_path / name / group).load() for name in ("same.zarr", "faster.zarr"))
+        np.testing.assert_array_equal(same.step, np.arange(31, 61))
+        np.testing.assert_array_equal(other.step, np.arange(31, 61))
+        for name in run.data_vars:  # parameters, gradients, optimizer state, loss, logits, lr, norms
+            np.testing.assert_array_equal(same[name].values, run[name].values, err_msg=name)
+    run = xr.open_zarr(tmp_path / "run.zarr").sel(step=slice(31, 60))
+    other = xr.open_zarr(tmp_path / "faster.zarr")
+    assert (other.lr.values == 2 * run.lr.values).all()
+    assert (other.embeddings != run.embeddings).any(["token", "dim"]).all()  # from step 31 on
+    assert other.loss[0] == run.loss[0] and (other.loss.values[1:] != run.loss.values[1:]).all()  # (step 31's forward: step 30's weights)
+    assert xr.open_zarr(tmp_path / "same.zarr").attrs["branched_from"] == {"store": str(tmp_path / "run.zarr"), "step": 30, "changed": {}}
+    assert other.attrs["branched_from"]["changed"] == {"learning_rate": [config.learning_rate, 2 * config.learning_rate]}
+
+
 class FullDiskAt(TrainerCallback):
     """The disk fills up while the Trainer writes the checkpoint of ``step``: its optimizer file
     is a link to /dev/full, where every write fails with ENOSPC (the store's disk has room)."""

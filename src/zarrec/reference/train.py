@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 
 from zarrec.adapters.huggingface import ZarrecCallback
 from zarrec.analysis.summary import StoreSummary, summarize
+from zarrec.branching.huggingface import trainer_checkpoint
 from zarrec.capture.resume import first_unrecorded_step
 from zarrec.errors import CheckpointError, ConfigError, WriterError
 from zarrec.record import shutdown
@@ -161,12 +162,33 @@ def is_complete(checkpoint: Path) -> bool:
 
 def recorded_config(out: StoreLike) -> dict:
     """The :class:`TrainConfig` settings a recording was made with (its ``config`` attribute)."""
-    ensure_resumable(out)
     recorded = open_run(out).attrs.get("config")
     if not isinstance(recorded, dict):
-        raise ConfigError(f"{describe(out)} was not recorded by zarrec train (it has no 'config' attribute); it cannot be resumed")
+        raise ConfigError(f"{describe(out)} was not recorded by zarrec train (it has no 'config' attribute); it cannot be "
+                          "resumed or branched from")
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
     return {name: value for name, value in recorded.items() if name in fields}
+
+
+def refuse_resuming_a_branch(resume: bool, branch_from: StoreLike | None) -> None:
+    if resume and branch_from is not None:
+        raise ConfigError("--resume continues a run and --branch-from starts a new one from another; pass one of them")
+
+
+def branch_attributes(config: TrainConfig, branch_from: StoreLike, branch_step: int) -> dict:
+    """The ``branched_from`` attribute of a branch's store: the recorded run, the step, and
+    each setting that differs from the recorded run's (``{name: [recorded, branch]}``)."""
+    recorded = recorded_config(branch_from)
+    if not 0 <= branch_step < config.steps:
+        raise ConfigError(f"--branch-step {branch_step} is not a step before the branch's last ({config.steps}, --steps); "
+                          f"pass a step from 0 to {config.steps - 1}")
+    ours = dataclasses.asdict(config)
+    changed = {name: [recorded[name], ours[name]] for name in sorted(recorded) if _jsonable(ours[name]) != recorded[name]}
+    return {"branched_from": {"store": describe(branch_from), "step": branch_step, "changed": changed}}
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def checkpoint_to_resume(out: StoreLike, checkpoint_dir: str | os.PathLike, every: int | str) -> str:
@@ -245,8 +267,16 @@ def train(
     flush_every: int | None = None,
     progress: bool = True,
     callbacks: Sequence[TrainerCallback] = (),
+    branch_from: StoreLike | None = None,
+    branch_step: int | None = None,
 ) -> StoreSummary | None:
     """Train the reference model, recording the steps ``config.every`` selects into ``out``.
+
+    With ``branch_from`` (a store of every parameter and its optimizer state, recorded by
+    ``zarrec train``) and ``branch_step``, training starts after that recorded step, from its
+    state (:func:`zarrec.trainer_checkpoint`), with ``config``'s settings (a changed learning
+    rate, say): the store records the steps after it and its ``branched_from`` attribute
+    names the run, the step and each setting changed.
 
     With ``checkpoint_dir`` and ``save_steps``, the Trainer saves a checkpoint every
     ``save_steps`` steps; ``resume`` continues an interrupted run from the newest
@@ -259,6 +289,8 @@ def train(
     """
     config.validate()
     checkpoint, earlier = None, []
+    refuse_resuming_a_branch(resume, branch_from)
+    branched = branch_attributes(config, branch_from, branch_step) if branch_from is not None else {}
     if resume:
         if checkpoint_dir is None:
             raise ConfigError("resuming needs the run's checkpoints: pass --checkpoint-dir (checkpoint_dir)")
@@ -281,13 +313,16 @@ def train(
         chunk_steps=config.chunk_steps,
         mantissa_bits=config.mantissa_bits,
         token_coords=corpus.token_coords(config.vocab_size),
-        attrs=experiment_attributes(config, corpus, resolve_device(config.device)),
+        attrs={**experiment_attributes(config, corpus, resolve_device(config.device)), **branched},
         overwrite=overwrite,
         resume=resume,
         flush_every=flush_every,
     )
     watch = _CheckpointWatch()
     with tempfile.TemporaryDirectory(prefix="zarrec-trainer-") as scratch:
+        if branch_from is not None:  # (from a Trainer of its own: a refusal leaves no checkpoint directory behind)
+            branching = make_trainer(config, str(Path(scratch) / "branching"), corpus=corpus, progress=progress)
+            checkpoint = trainer_checkpoint(branch_from, branch_step, branching, Path(scratch) / f"branch-{branch_step}")
         trainer = make_trainer(
             config, str(checkpoint_dir or scratch), [recorder, _RemoveEarlierCheckpoints(earlier), watch, *callbacks],
             corpus=corpus, progress=progress,
