@@ -14,6 +14,7 @@ use them.
 import importlib
 
 from zarrec.analysis import accessor as _accessor  # noqa: F401  (registers ds.zarrec)
+from zarrec.analysis.runs import compare_runs, open_runs
 from zarrec.errors import (
     CheckpointError,
     ConfigError,
@@ -53,6 +54,8 @@ __all__ = [
     "ZarrecError",
     "ZarrecWarning",
     "close_open_recorders",
+    "compare_runs",
+    "open_runs",
     "restore",
     "trainer_checkpoint",
 ]  # (ZarrecLightningCallback is public too, but needs its extra: ``import *`` must not fail without it)

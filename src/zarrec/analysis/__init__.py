@@ -5,7 +5,8 @@ The functions, by what they answer: :mod:`~zarrec.analysis.parameters` (what the
 of each parameter; :func:`parameter`, its quantities under plain names),
 :mod:`~zarrec.analysis.motion` (how its rows move), :mod:`~zarrec.analysis.updates` (what the
 optimizer intended and what landed; the whole model at a glance) and
-:mod:`~zarrec.analysis.logits`. Each returns a lazy (dask-backed) result and states its formula.
+:mod:`~zarrec.analysis.logits`; :mod:`~zarrec.analysis.runs` puts a run and its branches side by
+side. Each returns a lazy (dask-backed) result and states its formula.
 
 It reads stores only (:mod:`zarrec.store`), never the recording side: a store opens and is
 analysed without torch.
@@ -25,6 +26,7 @@ from zarrec.analysis.parameters import (
     parameters,
     recorded_parameters,
 )
+from zarrec.analysis.runs import compare_runs, open_runs
 from zarrec.analysis.updates import (
     adam_update,
     by_parameter,
@@ -42,6 +44,7 @@ __all__ = [
     "adam_update",
     "by_parameter",
     "centroid",
+    "compare_runs",
     "dead",
     "find_parameter",
     "force_decomposition",
@@ -49,6 +52,7 @@ __all__ = [
     "live",
     "live_mask",
     "logit_stats",
+    "open_runs",
     "norms",
     "parameter",
     "parameters",

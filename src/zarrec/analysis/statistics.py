@@ -54,7 +54,7 @@ def parameter_name(ds: xr.Dataset, stats: xr.Dataset, param: str | None) -> str 
 
 
 def overview(stats: xr.Dataset, names: list[str]) -> xr.Dataset:
-    """:func:`~zarrec.analysis.by_parameter` from the statistics, per step (from the second)
+    """:func:`~zarrec.analysis.by_parameter` from the statistics, per step after step 0
     and parameter: ``realized_fraction = ⟨a, u⟩ / ‖u‖²``, ``update_to_weight = ‖a[t]‖ / ‖W[t−1]‖``
     (NaN where step t − 1 is not in the statistics), ``grad_norm = ‖g[t]‖``."""
     chosen = stats.sel({contract.PARAM_DIM: names})
@@ -63,7 +63,7 @@ def overview(stats: xr.Dataset, names: list[str]) -> xr.Dataset:
         "realized_fraction": safe_ratio(chosen["update_dot_intended"], chosen["intended_norm"] ** 2),
         "update_to_weight": safe_ratio(chosen["update_norm"], before),
         "grad_norm": chosen["grad_norm"],
-    }).isel({contract.STEP: slice(1, None)})
+    }).pipe(_updates_only)
     intended = str(stats.attrs.get("intended_update", ""))
     unknown = {f"realized_fraction of {name}": intended for name in names} if not intended.startswith("u =") else {}
     result.attrs["not_computed"] = unknown
@@ -71,8 +71,8 @@ def overview(stats: xr.Dataset, names: list[str]) -> xr.Dataset:
 
 
 def realized_fraction(stats: xr.Dataset, name: str) -> xr.Dataset:
-    """:func:`~zarrec.analysis.realized_fraction` of ``name`` from the statistics, from the
-    second step: ``overall``, and ``per_row`` where its rows were kept (else the attribute
+    """:func:`~zarrec.analysis.realized_fraction` of ``name`` from the statistics, at every
+    step after step 0: ``overall``, and ``per_row`` where its rows were kept (else the attribute
     ``not_computed`` says so). Refuses an optimizer whose update zarrec does not know."""
     intended = str(stats.attrs.get("intended_update", ""))
     if not intended.startswith("u ="):
@@ -86,7 +86,13 @@ def realized_fraction(stats: xr.Dataset, name: str) -> xr.Dataset:
         fractions.attrs["not_computed"] = {
             "per_row": f"the rows of {name} were not kept: record it (params=[...]) for its fraction per row"
         }
-    return fractions.isel({contract.STEP: slice(1, None)})
+    return _updates_only(fractions)
+
+
+def _updates_only(ds: xr.Dataset) -> xr.Dataset:
+    """Without step 0, the initial state (no update yet). A store that begins later (a branch,
+    a recording started mid-run) keeps its first step: the recorder had ``W[t−1]`` live."""
+    return ds.sel({contract.STEP: ds[contract.STEP] > 0})
 
 
 def row_statistics(stats: xr.Dataset, name: str) -> xr.Dataset | None:
