@@ -36,7 +36,7 @@ _LAZY = {
     "ZarrecLightningCallback": "zarrec.adapters.lightning",
     "close_open_recorders": "zarrec.record.shutdown",
     "restore": "zarrec.branching.restore",
-    "trainer_checkpoint": "zarrec.branching.huggingface",
+    "trainer_checkpoint": "zarrec.branching.trainer_checkpoint",
 }
 
 __all__ = [

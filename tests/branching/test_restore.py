@@ -15,10 +15,11 @@ from zarrec import ConfigError
 BATCHES = [torch.randint(0, 11, (5,), generator=torch.Generator().manual_seed(step)) for step in range(61)]
 
 
-def _run(dtype: torch.dtype = torch.float32, optimizer: str = "adamw"):
+def _run(dtype: torch.dtype = torch.float32, optimizer: str = "adamw", dropout: float = 0.0):
     """The model, optimizer and scheduler of the recorded run, as made before step 1."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Embedding(11, 4), torch.nn.Linear(4, 3), torch.nn.Linear(3, 11)).to(dtype)
+    model = torch.nn.Sequential(torch.nn.Embedding(11, 4), torch.nn.Dropout(dropout), torch.nn.Linear(4, 3),
+                                torch.nn.Linear(3, 11)).to(dtype)
     if optimizer == "adamw":
         made = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
     else:
@@ -38,18 +39,22 @@ def _train(model, optimizer, scheduler, steps: range, recorder=None) -> None:
         optimizer.zero_grad()
 
 
-def _record(path, dtype=torch.float32, optimizer="adamw", steps=60, **options):
-    model, made, scheduler = _run(dtype, optimizer)
+def _record(path, dtype=torch.float32, optimizer="adamw", steps=60, dropout=0.0, **options):
+    model, made, scheduler = _run(dtype, optimizer, dropout)
     with zarrec.ModelRecorder(path, model, made, **{"params": ["*"], **options}) as recorder:
         _train(model, made, scheduler, range(1, steps + 1), recorder)
     return model, made
 
 
-@pytest.mark.parametrize(("dtype", "optimizer"), [(torch.float32, "adamw"), (torch.bfloat16, "adamw"), (torch.float32, "sgd")],
-                         ids=["float32", "bfloat16", "sgd_nesterov"])
-def test_a_run_restored_at_step_30_continues_as_the_recorded_run_bit_for_bit(tmp_path, dtype, optimizer):
-    original, original_optimizer = _record(tmp_path / "run.zarr", dtype, optimizer)
-    model, made, scheduler = _run(dtype, optimizer)
+@pytest.mark.parametrize(("dtype", "optimizer", "dropout"),
+                         [(torch.float32, "adamw", 0.0), (torch.bfloat16, "adamw", 0.0), (torch.float32, "sgd", 0.0),
+                          (torch.float32, "adamw", 0.3)],
+                         ids=["float32", "bfloat16", "sgd_nesterov", "dropout"])
+def test_a_run_restored_at_step_30_continues_as_the_recorded_run_bit_for_bit(tmp_path, dtype, optimizer, dropout):
+    """With dropout too: the store holds torch's random state after each step, which restore sets."""
+    original, original_optimizer = _record(tmp_path / "run.zarr", dtype, optimizer, dropout=dropout)
+    model, made, scheduler = _run(dtype, optimizer, dropout)
+    torch.manual_seed(1234)  # (another random state than the run's at step 30: restore sets it)
     zarrec.restore(tmp_path / "run.zarr", 30, model, made, scheduler)
     with zarrec.ModelRecorder(tmp_path / "branch.zarr", model, made, params=["*"], initial_step=30) as recorder:
         _train(model, made, scheduler, range(31, 61), recorder)
@@ -89,7 +94,7 @@ def test_each_store_that_lacks_what_a_restore_needs_is_refused_in_one_line(tmp_p
     _refused(tmp_path / "every.zarr", 7, *_run()[:2], message=r"did not record step 7 \(it records every=5, steps 0..10\); "
              r"restore at a recorded step such as 5 or 10")
     _record(tmp_path / "default.zarr", steps=2, params=["0.weight"])
-    _refused(tmp_path / "default.zarr", 2, *_run()[:2], message=r"did not record 1.weight; a store to restore from records "
+    _refused(tmp_path / "default.zarr", 2, *_run()[:2], message=r"did not record 2.weight; a store to restore from records "
              r"every parameter and its optimizer state \(params='\*'")
     _record(tmp_path / "params_only.zarr", steps=2, quantities=["param", "grad"])
     _refused(tmp_path / "params_only.zarr", 2, *_run()[:2], message=r"did not record 'exp_avg' of 0.weight")
@@ -103,11 +108,11 @@ def test_each_store_that_lacks_what_a_restore_needs_is_refused_in_one_line(tmp_p
 
 def test_a_model_or_optimizer_unlike_the_recorded_one_is_refused_in_one_line(tmp_path):
     _record(tmp_path / "run.zarr", steps=3)
-    wider = torch.nn.Sequential(torch.nn.Embedding(11, 5), torch.nn.Linear(5, 3), torch.nn.Linear(3, 11))
+    wider = torch.nn.Sequential(torch.nn.Embedding(11, 5), torch.nn.Dropout(0.0), torch.nn.Linear(5, 3), torch.nn.Linear(3, 11))
     _refused(tmp_path / "run.zarr", 3, wider, torch.optim.AdamW(wider.parameters()),
              message=r"0.weight has shape \[11, 5\] in the model and \[11, 4\] in .*restore into a model built as the recorded one was")
     other = torch.nn.Sequential(torch.nn.Embedding(11, 4), torch.nn.Linear(4, 11))
-    _refused(tmp_path / "run.zarr", 3, other, torch.optim.AdamW(other.parameters()), message=r"recorded 2.bias, 2.weight, which the model has not")
+    _refused(tmp_path / "run.zarr", 3, other, torch.optim.AdamW(other.parameters()), message=r"recorded 2.bias, 2.weight, 3.bias ..., which the model has not")
     model, made, scheduler = _run()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # (stepped before any optimizer step, on purpose)

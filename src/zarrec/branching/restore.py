@@ -41,10 +41,10 @@ def restore(store: StoreLike, step: int, model: torch.nn.Module, optimizer: torc
     thinned by ``rows=``, rounded values (``mantissa_bits``), a model whose parameters differ
     in names or shapes, state the optimizer keeps per parameter besides tensors and its step
     count, or a scheduler already stepped. Step 0 is the model as it was made, the optimizer
-    with no state yet.
+    with no state yet. Where the store recorded the random state (a store of every parameter
+    does), torch's generators are set to it too: the CPU's, and the model's accelerator's.
     """
-    group = open_run(store)
-    index = _index_of(group, step, store)
+    group, index = recorded_step(store, step)
     parameters = dict(model.named_parameters())
     recorded = _recorded_quantities(group)
     _refuse_normalisation_statistics(model)
@@ -67,11 +67,34 @@ def restore(store: StoreLike, step: int, model: torch.nn.Module, optimizer: torc
             parameter.copy_(values[name, contract.PARAM])
             parameter.grad = None
     optimizer.load_state_dict(_optimizer_state(optimizer, names, values, state_keys, counts_steps, step))
+    devices = {p.device.type for p in parameters.values()}
+    for device_type, state in random_states_at(group, index).items():
+        if device_type == "cpu":
+            torch.set_rng_state(state)
+        elif device_type in devices:
+            torch.get_device_module(device_type).set_rng_state(state)
     if scheduler is not None:
         with warnings.catch_warnings():  # ("lr_scheduler.step() before optimizer.step()": no step is being taken)
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(step):
                 scheduler.step()
+
+
+def random_states_at(group: zarr.Group, index: int) -> dict[str, torch.Tensor]:
+    """The generator states recorded at row ``index`` of the store (``{"cpu": ..., "cuda": ...}``,
+    :mod:`zarrec.capture.random_state`); none where it recorded none (NaN: step 0)."""
+    found = {}
+    for name in group.array_keys():
+        device_type = group[name].attrs.get(contract.GENERATOR_ATTR)
+        if device_type is not None and not np.isnan(state := np.asarray(group[name][index])).any():
+            found[device_type] = torch.from_numpy(state.astype(np.uint8))
+    return found
+
+
+def recorded_step(store: StoreLike, step: int) -> tuple[zarr.Group, int]:
+    """The store's group and the row of ``step`` in it (refused in one line where it has none)."""
+    group = open_run(store)
+    return group, _index_of(group, step, store)
 
 
 def _index_of(group: zarr.Group, step: int, store: StoreLike) -> int:

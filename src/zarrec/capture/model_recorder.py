@@ -38,11 +38,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
+from zarrec.capture import random_state
 from zarrec.capture.attributes import optimizer_attributes
 from zarrec.capture.health import HealthStatistics, start_statistics
 from zarrec.capture.initial import InitialState
@@ -52,7 +54,8 @@ from zarrec.capture.norms import (
     gradient_norm,
     trained,
 )
-from zarrec.capture.probe import make_probe
+from zarrec.capture.probe import Probe, make_probe
+from zarrec.capture.random_state import states_now
 from zarrec.capture.resume import refuse_a_gap, starting_step
 from zarrec.capture.selection import ParameterSelection
 from zarrec.capture.sharding import (
@@ -62,6 +65,7 @@ from zarrec.capture.sharding import (
 )
 from zarrec.capture.step import CapturedStep
 from zarrec.errors import ConfigError
+from zarrec.record.device_queue import accelerator_of
 from zarrec.record.ranks import norms_over_ranks
 from zarrec.record.recorder import Recorder
 from zarrec.record.variables import Value
@@ -161,25 +165,11 @@ class ModelRecorder:
             refuse_unsupported_sharding(self.selection)
         self.schedule = StepSchedule.parse(every)
         self.probe = make_probe(model, tokenizer, probe, probe_positions, probe_every) if probe is not None else None
-        run_attrs = {
-            contract.PARAMS_ATTR: self.selection.names,
-            contract.QUANTITIES_ATTR: None if quantities is None else list(dict.fromkeys(quantities)),
-            contract.SCHEDULE_ATTR: str(self.schedule),
-            "dtype": str(self.selection.dtype).removeprefix("torch."),
-            **optimizer_attributes(optimizer),
-            **({contract.ROWS_ATTR: self.selection.rows_of()} if self.selection.rows else {}),
-            **(self.probe.attrs() if self.probe is not None else {}),
-            **(attrs or {}),
-        }
-        chosen = {dim: ids for dim, (_, ids) in self.selection.row_coords().items()}
-        self._token_rows = self.selection.rows.get(self.selection.embedding_name) if contract.TOKEN in chosen else None
-        all_coords = {
-            name: (dim, np.asarray(values)[chosen[dim]] if dim in chosen else values)
-            for name, (dim, values) in {**(coords or {}), **(self.probe.coords() if self.probe is not None else {})}.items()
-        }
-        all_coords.update(self.selection.row_coords())
+        self._token_rows = self.selection.rows.get(self.selection.embedding_name) if contract.TOKEN in self.selection.row_coords() else None
+        all_coords = _coordinates(self.selection, self.probe, coords)
         self.recorder = Recorder(
-            out, chunk_steps=chunk_steps, coords=all_coords, attrs=run_attrs, overwrite=overwrite,
+            out, chunk_steps=chunk_steps, coords=all_coords, attrs=_run_attributes(self.selection, self.schedule, optimizer, self.probe, attrs),
+            overwrite=overwrite,
             resume_from=(resume_from or -1) if resume_from is not None else None,  # from step 0 nothing is kept
             mantissa_bits=mantissa_bits, staging_bytes=staging_bytes, flush_every=flush_every, on_error=on_error,
             distributed=self.sharded,
@@ -192,9 +182,11 @@ class ModelRecorder:
         self._started = False
         self._cost_untold = True
         self._initial = None
+        # Where the store can be restored from (zarrec.restore), the random state after each recorded step too.
+        self._random_states = partial(states_now, accelerator_of(self._trained)) if self.selection.restorable and not self.sharded else None
         if initial_step == 0:  # (before the first step changes them)
             probe_logits = self._at_token_rows(self.probe.logits(model)) if self.probe is not None else None
-            self._initial = InitialState(self.selection, probe_logits)
+            self._initial = InitialState(self.selection, probe_logits, self._random_states() if self._random_states else {})
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._step = CapturedStep()
         self.health: HealthStatistics | None = None
@@ -261,6 +253,8 @@ class ModelRecorder:
         lrs = captured.group_lrs or [group["lr"] for group in self.selection.optimizer.param_groups]
         if wanted and self.probe is not None and self.probe.evaluates(step) and self.schedule.records(step):
             captured.probe_logits = self._at_token_rows(self.probe.logits(self.model))  # (a forward: on this thread)
+        if wanted and self._random_states is not None:
+            captured.random_states = self._random_states()  # (now, on this thread: the state the next step starts from)
         if self._queued and self._started and captured.grads_copy is None:
             captured.grads_copy = self.health.copy_of_grads()  # (None: a parameter has no gradient; then now, from them)
         queued = self._queued and self._started and captured.grads_copy is not None  # (the first step: now, its errors the caller's)
@@ -277,7 +271,7 @@ class ModelRecorder:
 
     def _record_step(self, step: int, captured: CapturedStep, values: Mapping[str, Value]) -> bool:
         """Stage step ``step``'s values, scalars, logits (on the queue); whether a chunk went to the writer."""
-        scalars = captured.scalars()
+        scalars, values = captured.scalars(), {**values, **captured.random_states}
         if not self._started:
             self._start({**scalars, **values})
         if not self.schedule.records(step):
@@ -360,6 +354,7 @@ class ModelRecorder:
         for variable, bounds in self.selection.splits().items():
             self.recorder.split_rows(variable, bounds)
         self.recorder.label(contract.LOSS, description=self._step.loss_description())
+        random_state.label(self.recorder, values)
         self._started = True
         if self._initial is not None:
             self.recorder.record(0, **self._initial.values(self.selection, values))
@@ -374,3 +369,31 @@ class ModelRecorder:
         its computation from a copy of the gradients (made now)."""
         copies = (self.health.copy_of_grads(before_clipping=True) if before_clipping else self._step.grads_copy) if self._queued else None
         return gradient_norm(self._trained, self.sharded) if copies is None else lambda: global_norm(self.health.grads_in(copies).values())
+
+
+def _run_attributes(selection: ParameterSelection, schedule: StepSchedule, optimizer: torch.optim.Optimizer,
+                    probe: Probe | None, attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The store's run attributes: what is recorded (parameters, quantities, steps, rows, the
+    optimizer's hyperparameters, the probe), then the run's own ``attrs``."""
+    return {
+        contract.PARAMS_ATTR: selection.names,
+        contract.QUANTITIES_ATTR: None if selection.quantities is None else list(selection.quantities),
+        contract.SCHEDULE_ATTR: str(schedule),
+        "dtype": str(selection.dtype).removeprefix("torch."),
+        **optimizer_attributes(optimizer),
+        **({contract.ROWS_ATTR: selection.rows_of()} if selection.rows else {}),
+        **(probe.attrs() if probe is not None else {}),
+        **(attrs or {}),
+    }
+
+
+def _coordinates(selection: ParameterSelection, probe: Probe | None,
+                 coords: Mapping[str, tuple[str, Any]] | None) -> dict[str, tuple[str, Any]]:
+    """The static coordinates: the caller's and the probe's, at the chosen rows where rows are
+    chosen, and the chosen rows' ids."""
+    chosen = {dim: ids for dim, (_, ids) in selection.row_coords().items()}
+    found = {
+        name: (dim, np.asarray(values)[chosen[dim]] if dim in chosen else values)
+        for name, (dim, values) in {**(coords or {}), **(probe.coords() if probe is not None else {})}.items()
+    }
+    return {**found, **selection.row_coords()}

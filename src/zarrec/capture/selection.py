@@ -117,6 +117,8 @@ class ParameterSelection:
         self.own_chosen = {name: own_chosen_rows(self.parameters[name], ids) for name, ids in self.rows.items()
                            if is_dtensor(self.parameters[name])}
         self._targets: list[Target] | None = None
+        # Whether the store will hold what zarrec.restore needs: every parameter, quantity and row.
+        self.restorable = len(self.parameters) == len(dict(model.named_parameters())) and self.quantities is None and not self.rows
 
     @property
     def names(self) -> list[str]:

@@ -29,6 +29,7 @@ class CapturedStep:
         self.probe_logits: torch.Tensor | None = None
         self.lr: float | torch.Tensor | None = None
         self.group_lrs: list[float | torch.Tensor] | None = None  # every param group's
+        self.random_states: dict[str, torch.Tensor] = {}  # after the step (zarrec.capture.random_state)
 
     def add_output(self, output: Any, token_share: bool, at_token_rows: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """A training forward's output (see :meth:`~zarrec.ModelRecorder.add_output`); its

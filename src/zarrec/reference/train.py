@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 
 from zarrec.adapters.huggingface import ZarrecCallback
 from zarrec.analysis.summary import StoreSummary, summarize
-from zarrec.branching.huggingface import trainer_checkpoint
+from zarrec.branching.trainer_checkpoint import trainer_checkpoint
 from zarrec.capture.resume import first_unrecorded_step
 from zarrec.errors import CheckpointError, ConfigError, WriterError
 from zarrec.record import shutdown

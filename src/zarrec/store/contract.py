@@ -48,6 +48,15 @@ GRAD_NORM_BEFORE_CLIPPING = "grad_norm_before_clipping"
 PROBE_LOGITS = "probe_logits"
 PROBE_POSITION = "probe_position"
 PROBE_INPUT = "probe_input"
+# The random state after each step (zarrec.capture.random_state), where the store can be restored
+# from: torch's CPU generator, and the accelerator's as "random_state_<device type>".
+RANDOM_STATE = "random_state"
+GENERATOR_ATTR = "generator"  # a random-state variable's attribute: the device type of its generator
+
+
+def random_state_of(device_type: str) -> str:
+    """The variable of the generator state of ``device_type`` (``cpu``: :data:`RANDOM_STATE`)."""
+    return RANDOM_STATE if device_type == "cpu" else f"{RANDOM_STATE}_{device_type}"
 
 VARIABLE_DIMS: dict[str, tuple[str, ...]] = {
     EMBEDDINGS: (TOKEN, DIM),

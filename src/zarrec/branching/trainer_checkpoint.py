@@ -8,19 +8,23 @@ recorded run from any step it recorded (a branch, with its own settings, or the 
 The Trainer resumes from it as from its own checkpoint: it loads the weights, the optimizer's
 and the scheduler's state, starts counting at the step, and skips the batches of the steps
 before it in its data order (seeded by ``args.seed``: the same order as the recorded run's).
-The checkpoint holds no random state (the store does not record it): a model whose forward
-draws random numbers (dropout) continues with another random stream.
+Its ``rng_state.pth`` holds torch's generator states recorded at the step (a store of every
+parameter records them), which the Trainer sets after skipping those batches, so that dropout
+draws what the recorded run drew; Python's and NumPy's generators are this process's (the
+store does not record them; the Trainer's own code does not draw from them).
 """
 
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from zarrec.branching.restore import StoreLike, restore
+from zarrec.branching.restore import StoreLike, random_states_at, recorded_step, restore
 from zarrec.errors import ConfigError
 
 
@@ -43,7 +47,10 @@ def trainer_checkpoint(store: StoreLike, step: int, trainer: Any, directory: str
         raise ConfigError(f"the trainer stops at step {args.max_steps} (max_steps), not after the branch's step {step}: "
                           "pass a larger max_steps")
     trainer.create_optimizer_and_scheduler(num_training_steps=args.max_steps)
-    restore(store, step, trainer.model, trainer.optimizer, trainer.lr_scheduler)
+    with torch.random.fork_rng(devices=[]):  # (this process's generators stay: the Trainer's data order draws from them)
+        restore(store, step, trainer.model, trainer.optimizer, trainer.lr_scheduler)
+    group, index = recorded_step(store, step)
+    random_states = random_states_at(group, index)
     target.mkdir(parents=True, exist_ok=True)
     trainer.save_model(str(target))
     torch.save(trainer.optimizer.state_dict(), target / OPTIMIZER_NAME)
@@ -54,4 +61,6 @@ def trainer_checkpoint(store: StoreLike, step: int, trainer: Any, directory: str
                          stateful_callbacks=[callback for callback in [*trainer.callback_handler.callbacks, trainer.control]
                                              if isinstance(callback, ExportableState)])  # (as the Trainer's own)
     state.save_to_json(str(target / TRAINER_STATE_NAME))
+    if "cpu" in random_states:  # (the Trainer sets them once it has skipped the batches before the step)
+        torch.save({"python": random.getstate(), "numpy": np.random.get_state(), **random_states}, target / "rng_state.pth")
     return str(target)

@@ -20,7 +20,8 @@ DATA = [{"input_ids": row, "labels": row} for row in TOKENS]
 def _trainer(tmp_path, out, steps=12) -> Trainer:
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16))
+                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16,
+                                         attention_dropout=0.3))  # (the random state matters)
     args = TrainingArguments(
         output_dir=str(tmp_path / "trainer"), max_steps=steps, per_device_train_batch_size=4, learning_rate=1e-2,
         lr_scheduler_type="cosine", warmup_steps=2, max_grad_norm=0.5, weight_decay=0.1, seed=3, use_cpu=True,
@@ -30,8 +31,9 @@ def _trainer(tmp_path, out, steps=12) -> Trainer:
 
 
 def test_a_trainer_resumed_from_a_checkpoint_of_a_recorded_step_continues_bit_for_bit(tmp_path):
-    """12 steps over an epoch boundary (10 steps an epoch), a cosine schedule with warm-up;
-    branched at step 6 into a new Trainer: steps 7..12 equal the recorded ones in every variable."""
+    """12 steps over an epoch boundary (10 steps an epoch), a cosine schedule with warm-up,
+    dropout; branched at step 6 into a new Trainer: steps 7..12 equal the recorded ones in every
+    variable."""
     original = _trainer(tmp_path, tmp_path / "run.zarr")
     original.train()
     branch = _trainer(tmp_path, tmp_path / "branch.zarr")
