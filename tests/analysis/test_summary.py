@@ -53,6 +53,16 @@ def test_gaps_of_a_scheduled_recording_are_the_kept_steps_it_lacks(tmp_path):
     assert "gaps       12..15" in summary.report()
 
 
+def test_a_branch_says_of_which_run_after_which_step_and_what_changed(tmp_path):
+    branched = {"store": "run.zarr", "step": 150, "changed": {"learning_rate": [0.001, 0.003]}}
+    with Recorder(tmp_path / "b.zarr", chunk_steps=4, attrs={"branched_from": branched}) as recorder:
+        for step in (151, 152, 153):
+            recorder.record(step, x=torch.zeros(1))
+    report = summarize(tmp_path / "b.zarr").report()
+    assert "steps      3 recorded, 151..153\ngaps       none\n" in report
+    assert "branch     of run.zarr after step 150; changed: learning_rate 0.001 → 0.003" in report
+
+
 def test_a_path_that_is_not_a_store_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="is not a Zarr store"):
         summarize(tmp_path / "missing.zarr")
