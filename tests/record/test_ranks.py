@@ -60,7 +60,8 @@ def test_two_fsdp2_ranks_record_the_store_of_one_process_with_their_batch(sharde
     two, one = xr.open_zarr(sharded_run).load(), xr.open_zarr(single_run).load()
     assert two.attrs["zarrec_status"]["state"] == "complete"
     np.testing.assert_array_equal(two.step, np.arange(STEPS + 1))
-    assert set(two.data_vars) == set(one.data_vars)
+    # (one process's store of every parameter holds its random state too, for zarrec.restore: not the ranks')
+    assert set(two.data_vars) == set(one.data_vars) - {"random_state"}
     tensors = [name for name in two.data_vars if two[name].ndim > 1]
     assert {"embeddings", "grads", "momentum", "variance", "1.weight", "1.weight.grad", "1.bias.exp_avg_sq"} <= set(tensors)
     for name in tensors:
