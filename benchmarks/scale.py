@@ -3,7 +3,7 @@ and what the writer costs a fast step. Each variant runs in its own process, int
 no recording in the same invocation; ratios are against that baseline, medians quoted.
 
     python benchmarks/scale.py                      # both sections (~25 min on 2 CPU cores)
-    python benchmarks/scale.py --quick              # a smoke run of both, tiny shapes, ~2 min
+    python benchmarks/scale.py --quick              # a smoke run of both, tiny shapes, in one process (~30 s)
     python benchmarks/scale.py --device cuda        # the same on an accelerator (or --device mps on a Mac)
 
 Sections:
@@ -144,7 +144,7 @@ def case_fast_step(variant: str, steps: int, device: str, out: str) -> dict:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ZarrecWarning)
             trainer.train()
-    warm = timer.times[10:]
+    warm = timer.times[min(10, steps // 2):]
     return {"mean_step_ms": 1000 * statistics.fmean(warm), "peak_rss_mb": peak_rss_mb(),
             "slow_writer_warning": any("waited for the writer" in str(w.message) for w in caught)}
 
@@ -152,9 +152,13 @@ def case_fast_step(variant: str, steps: int, device: str, out: str) -> dict:
 CASES = {"gpt2": case_gpt2, "fast_step": case_fast_step}
 
 
-def run_child(kind: str, **arguments) -> dict:
+def run_child(kind: str, in_process: bool = False, **arguments) -> dict:
+    """One case in a fresh process (its peak RSS its own), or in this one (a smoke run: no
+    interpreter and torch import per case)."""
     with tempfile.TemporaryDirectory(prefix="zarrec-scale-") as scratch:
         arguments["out"] = os.path.join(scratch, "run.zarr")
+        if in_process:
+            return CASES[kind](**arguments)
         command = [sys.executable, str(HERE), "--child", json.dumps({"kind": kind, **arguments})]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
@@ -168,7 +172,7 @@ def section_gpt2(plan: dict, device: str, variants: list[str]) -> list[dict]:
     names = list(variants)
     for repeat in range(plan["repeats"]):
         for variant in names if repeat % 2 == 0 else names[::-1]:
-            runs[variant].append(run_child("gpt2", variant=variant, steps=plan["steps"], vocab=plan["vocab"],
+            runs[variant].append(run_child("gpt2", plan["in_process"], variant=variant, steps=plan["steps"], vocab=plan["vocab"],
                                            n_embd=plan["n_embd"], device=device))
             print(f"  gpt2 round {repeat} {variant}: {runs[variant][-1]}", file=sys.stderr)
     base = {key: statistics.median(r[key] for r in runs["none"]) for key in ("median_step_s", "total_s", "peak_rss_mb")}
@@ -193,7 +197,8 @@ def section_fast_step(plan: dict, device: str, variants: list[str]) -> list[dict
     rounds = []
     for repeat in range(plan["pairs"]):
         order = variants if repeat % 2 == 0 else variants[::-1]
-        rounds.append({v: run_child("fast_step", variant=v, steps=plan["fast_steps"], device=device) for v in order})
+        rounds.append({v: run_child("fast_step", plan["in_process"], variant=v, steps=plan["fast_steps"], device=device)
+                       for v in order})
         print(f"  fast step round {repeat}: {rounds[-1]}", file=sys.stderr)
     rows = []
     for variant in variants:
@@ -214,8 +219,9 @@ def table(rows: list[dict]) -> str:
 
 
 PLANS = {
-    "full": {"repeats": 2, "steps": 40, "vocab": 50257, "n_embd": 768, "pairs": 10, "fast_steps": 160},
-    "quick": {"repeats": 1, "steps": 12, "vocab": 2000, "n_embd": 96, "pairs": 1, "fast_steps": 20},
+    "full": {"repeats": 2, "steps": 40, "vocab": 50257, "n_embd": 768, "pairs": 10, "fast_steps": 160, "in_process": False},
+    # (a smoke run: in one process, small enough that every parameter is reduced eagerly, without compiling)
+    "quick": {"repeats": 1, "steps": 8, "vocab": 800, "n_embd": 24, "pairs": 1, "fast_steps": 8, "in_process": True},
 }
 
 
