@@ -8,7 +8,6 @@ from which step), so ``answer.sel(step=slice(t, None))`` compares the runs from 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,9 +16,9 @@ import pandas as pd
 import xarray as xr
 
 from zarrec.errors import ConfigError
-from zarrec.store.location import open_run
+from zarrec.store import contract
+from zarrec.store.location import StoreLike, open_run
 
-StoreLike = str | os.PathLike | Any
 Answer = xr.DataArray | xr.Dataset
 
 RUN = "run"
@@ -45,7 +44,7 @@ def compare_runs(stores: Mapping[str, StoreLike | xr.Dataset], answer: Callable[
     opened = {name: store if isinstance(store, xr.Dataset) else _open(store, open_zarr) for name, store in stores.items()}
     answers = [answer(ds) for ds in opened.values()]
     joined = xr.concat(answers, dim=pd.Index(list(opened), name=RUN), join="outer", combine_attrs="drop_conflicts")
-    branch_steps = [ds.attrs.get("branched_from", {}).get("step", np.nan) for ds in opened.values()]
+    branch_steps = [ds.attrs.get(contract.BRANCHED_FROM_ATTR, {}).get("step", np.nan) for ds in opened.values()]
     return joined.assign_coords({BRANCH_STEP: (RUN, np.asarray(branch_steps, dtype=float))})
 
 

@@ -103,7 +103,7 @@ class StoreSummary:
             out.append("steps      none recorded")
         gaps = ", ".join(f"{a}..{b}" if a != b else f"{a}" for a, b in self.gaps) or "none"
         out.append(f"gaps       {gaps}")
-        branched = self.attrs.get("branched_from")
+        branched = self.attrs.get(contract.BRANCHED_FROM_ATTR)
         if isinstance(branched, dict):  # (zarrec train --branch-from)
             changed = ", ".join(f"{name} {was} → {now}" for name, (was, now) in branched.get("changed", {}).items())
             out.append(f"branch     of {branched.get('store')} after step {branched.get('step')}; changed: {changed or 'nothing'}")

@@ -14,10 +14,8 @@ exactly, so the restore is bit for bit.
 from __future__ import annotations
 
 import inspect
-import os
 import warnings
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,9 +23,7 @@ import zarr
 
 from zarrec.errors import ConfigError
 from zarrec.store import contract
-from zarrec.store.location import committed_steps, describe, open_run
-
-StoreLike = str | os.PathLike | Any
+from zarrec.store.location import StoreLike, committed_steps, describe, open_run
 
 
 def restore(store: StoreLike, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -44,7 +40,15 @@ def restore(store: StoreLike, step: int, model: torch.nn.Module, optimizer: torc
     with no state yet. Where the store recorded the random state (a store of every parameter
     does), torch's generators are set to it too: the CPU's, and the model's accelerator's.
     """
-    group, index = recorded_step(store, step)
+    restore_and_tell_random_states(store, step, model, optimizer, scheduler)
+
+
+def restore_and_tell_random_states(store: StoreLike, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> dict[str, torch.Tensor]:
+    """:func:`restore`, which returns the generator states it set (``{"cpu": ..., "cuda": ...}``;
+    none where the store recorded none)."""
+    group = open_run(store)
+    index = _index_of(group, step, store)
     parameters = dict(model.named_parameters())
     recorded = _recorded_quantities(group)
     _refuse_normalisation_statistics(model)
@@ -68,7 +72,8 @@ def restore(store: StoreLike, step: int, model: torch.nn.Module, optimizer: torc
             parameter.grad = None
     optimizer.load_state_dict(_optimizer_state(optimizer, names, values, state_keys, counts_steps, step))
     devices = {p.device.type for p in parameters.values()}
-    for device_type, state in random_states_at(group, index).items():
+    random_states = _random_states_at(group, index)
+    for device_type, state in random_states.items():
         if device_type == "cpu":
             torch.set_rng_state(state)
         elif device_type in devices:
@@ -78,9 +83,10 @@ def restore(store: StoreLike, step: int, model: torch.nn.Module, optimizer: torc
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(step):
                 scheduler.step()
+    return random_states
 
 
-def random_states_at(group: zarr.Group, index: int) -> dict[str, torch.Tensor]:
+def _random_states_at(group: zarr.Group, index: int) -> dict[str, torch.Tensor]:
     """The generator states recorded at row ``index`` of the store (``{"cpu": ..., "cuda": ...}``,
     :mod:`zarrec.capture.random_state`); none where it recorded none (NaN: step 0)."""
     found = {}
@@ -89,12 +95,6 @@ def random_states_at(group: zarr.Group, index: int) -> dict[str, torch.Tensor]:
         if device_type is not None and not np.isnan(state := np.asarray(group[name][index])).any():
             found[device_type] = torch.from_numpy(state.astype(np.uint8))
     return found
-
-
-def recorded_step(store: StoreLike, step: int) -> tuple[zarr.Group, int]:
-    """The store's group and the row of ``step`` in it (refused in one line where it has none)."""
-    group = open_run(store)
-    return group, _index_of(group, step, store)
 
 
 def _index_of(group: zarr.Group, step: int, store: StoreLike) -> int:

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from zarrec.branching.restore import StoreLike, random_states_at, recorded_step, restore
+from zarrec.branching.restore import restore_and_tell_random_states
 from zarrec.errors import ConfigError
+from zarrec.store.location import StoreLike
 
 
 def trainer_checkpoint(store: StoreLike, step: int, trainer: Any, directory: str | os.PathLike) -> str:
@@ -48,9 +49,7 @@ def trainer_checkpoint(store: StoreLike, step: int, trainer: Any, directory: str
                           "pass a larger max_steps")
     trainer.create_optimizer_and_scheduler(num_training_steps=args.max_steps)
     with torch.random.fork_rng(devices=[]):  # (this process's generators stay: the Trainer's data order draws from them)
-        restore(store, step, trainer.model, trainer.optimizer, trainer.lr_scheduler)
-    group, index = recorded_step(store, step)
-    random_states = random_states_at(group, index)
+        random_states = restore_and_tell_random_states(store, step, trainer.model, trainer.optimizer, trainer.lr_scheduler)
     target.mkdir(parents=True, exist_ok=True)
     trainer.save_model(str(target))
     torch.save(trainer.optimizer.state_dict(), target / OPTIMIZER_NAME)

@@ -184,7 +184,7 @@ def branch_attributes(config: TrainConfig, branch_from: StoreLike, branch_step: 
                           f"pass a step from 0 to {config.steps - 1}")
     ours = dataclasses.asdict(config)
     changed = {name: [recorded[name], ours[name]] for name in sorted(recorded) if _jsonable(ours[name]) != recorded[name]}
-    return {"branched_from": {"store": describe(branch_from), "step": branch_step, "changed": changed}}
+    return {contract.BRANCHED_FROM_ATTR: {"store": describe(branch_from), "step": branch_step, "changed": changed}}
 
 
 def _jsonable(value):

@@ -129,6 +129,8 @@ def row_statistic(param: str, statistic: str) -> str:
     return f"{param}.{statistic}"
 
 
+# Run attribute of a branch (zarrec train --branch-from): {"store", "step", "changed": {setting: [recorded, branch]}}.
+BRANCHED_FROM_ATTR = "branched_from"
 # Run attribute: for each dim recorded at chosen rows only (the rows lever), how many rows the
 # parameter has; the dim's index coordinate holds the chosen ids.
 ROWS_ATTR = "recorded_rows_of"
